@@ -1,0 +1,429 @@
+//! The controller's HTTP/JSON API under `/v1`, plus `/healthz` and `/metrics`.
+//!
+//! One warp filter hands every request to [`handle`], which authenticates, routes by path
+//! segments and answers JSON. Routing by hand keeps every `/v1` route behind one authentication
+//! check and gives one place that turns errors into `{ "error": ..., "details": ... }`.
+
+mod error;
+mod watch;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Buf;
+use futures::{Stream, StreamExt};
+use serde::Serialize;
+use texu_api::{Container, Kind, Node, Role, RoleBodyError};
+use tokio::sync::watch as signal;
+use warp::http::{header, Method, StatusCode};
+use warp::reply::Response;
+use warp::Filter;
+
+pub use error::ApiError;
+
+use crate::auth::Token;
+use crate::metrics::Metrics;
+use crate::objects::{Object, Objects};
+
+/// Request bodies above this size are refused with 413.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+
+/// Every `/v1` route as (method, pattern); `{name}` stands for an object name.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/v1/roles"),
+    ("GET", "/v1/roles/{name}"),
+    ("PUT", "/v1/roles/{name}"),
+    ("DELETE", "/v1/roles/{name}"),
+    ("GET", "/v1/nodes"),
+    ("GET", "/v1/nodes/{name}"),
+    ("GET", "/v1/containers"),
+    ("GET", "/v1/containers/{name}"),
+];
+
+/// What every request handler shares.
+pub struct ApiState {
+    pub objects: Objects,
+    pub admin_token: Token,
+    pub metrics: Arc<Metrics>,
+    /// Flips to true when the controller shuts down; open watches end then.
+    pub shutdown: signal::Receiver<bool>,
+}
+
+/// The warp filter serving the whole API.
+pub fn routes(
+    state: Arc<ApiState>,
+) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone + Send + Sync + 'static {
+    warp::method()
+        .and(warp::path::full())
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and(warp::header::headers_cloned())
+        .and(warp::body::stream())
+        .then(
+            move |method, path: warp::path::FullPath, query: String, headers, body| {
+                let state = state.clone();
+                async move {
+                    let request = Request {
+                        method,
+                        path: path.as_str().to_string(),
+                        query: parse_query(&query),
+                        headers,
+                    };
+                    handle(state, request, Box::pin(body)).await
+                }
+            },
+        )
+}
+
+/// The parts of a request the handlers look at.
+pub struct Request {
+    pub method: Method,
+    pub path: String,
+    pub query: HashMap<String, String>,
+    pub headers: warp::http::HeaderMap,
+}
+
+/// Answers one request and records it in the metrics.
+pub async fn handle<S, B>(state: Arc<ApiState>, req: Request, body: S) -> Response
+where
+    S: Stream<Item = Result<B, warp::Error>> + Unpin + Send,
+    B: Buf,
+{
+    let started = Instant::now();
+    let (route, result) = dispatch(&state, &req, body).await;
+    let response = result.unwrap_or_else(|e| e.into_response());
+    let status = response.status().as_u16();
+    if status >= 500 {
+        tracing::warn!(method = %req.method, path = %req.path, status, "request failed");
+    } else {
+        tracing::debug!(method = %req.method, path = %req.path, status, "request");
+    }
+    state.metrics.observe_request(
+        route,
+        req.method.as_str(),
+        status,
+        started.elapsed().as_secs_f64(),
+    );
+    response
+}
+
+type Answer = Result<Response, ApiError>;
+
+async fn dispatch<S, B>(state: &ApiState, req: &Request, body: S) -> (&'static str, Answer)
+where
+    S: Stream<Item = Result<B, warp::Error>> + Unpin + Send,
+    B: Buf,
+{
+    let segments: Vec<&str> = req
+        .path
+        .trim_start_matches('/')
+        .trim_end_matches('/')
+        .split('/')
+        .collect();
+    match segments.as_slice() {
+        ["healthz"] => ("/healthz", only(req, &[Method::GET]).map(|_| text("ok\n"))),
+        ["metrics"] => ("/metrics", metrics(state, req).await),
+        ["v1", rest @ ..] => {
+            if let Err(e) = authenticate(state, req) {
+                return ("/v1", Err(e));
+            }
+            v1(state, req, rest, body).await
+        }
+        _ => (
+            "other",
+            Err(ApiError::not_found(format!("no route {}", req.path))),
+        ),
+    }
+}
+
+async fn v1<S, B>(state: &ApiState, req: &Request, rest: &[&str], body: S) -> (&'static str, Answer)
+where
+    S: Stream<Item = Result<B, warp::Error>> + Unpin + Send,
+    B: Buf,
+{
+    match rest {
+        ["roles"] => ("/v1/roles", list::<Role>(state, req).await),
+        ["roles", name] => {
+            let route = "/v1/roles/{name}";
+            let answer = match req.method {
+                Method::GET => get::<Role>(state, name).await,
+                Method::PUT => put_role(state, req, name, body).await,
+                Method::DELETE => delete(state, Kind::Role, name).await,
+                _ => Err(ApiError::method_not_allowed("GET, PUT, DELETE")),
+            };
+            (route, answer)
+        }
+        ["nodes"] => ("/v1/nodes", list::<Node>(state, req).await),
+        ["nodes", name] => ("/v1/nodes/{name}", read_one::<Node>(state, req, name).await),
+        ["containers"] => ("/v1/containers", list::<Container>(state, req).await),
+        ["containers", name] => (
+            "/v1/containers/{name}",
+            read_one::<Container>(state, req, name).await,
+        ),
+        _ => (
+            "/v1/other",
+            Err(ApiError::not_found(format!("no route {}", req.path))),
+        ),
+    }
+}
+
+fn authenticate(state: &ApiState, req: &Request) -> Result<(), ApiError> {
+    let presented = req
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented {
+        None => Err(ApiError::unauthorized(
+            "missing credentials: send Authorization: Bearer TOKEN",
+        )),
+        Some(token) if state.admin_token.matches(token) => Ok(()),
+        Some(_) => Err(ApiError::unauthorized("invalid token")),
+    }
+}
+
+fn only(req: &Request, allowed: &[Method]) -> Result<(), ApiError> {
+    if allowed.contains(&req.method) {
+        Ok(())
+    } else {
+        let names: Vec<&str> = allowed.iter().map(Method::as_str).collect();
+        Err(ApiError::method_not_allowed(&names.join(", ")))
+    }
+}
+
+async fn metrics(state: &ApiState, req: &Request) -> Answer {
+    only(req, &[Method::GET])?;
+    for kind in [Kind::Role, Kind::Node, Kind::Container] {
+        let count = state.objects.count(kind).await?;
+        state.metrics.set_objects(kind.as_str(), count as i64);
+    }
+    let mut response = text(state.metrics.encode());
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        ),
+    );
+    Ok(response)
+}
+
+/// A list of objects with the revision it was read at, so a client can resume a watch.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct List<T> {
+    api_version: &'static str,
+    kind: String,
+    revision: i64,
+    items: Vec<T>,
+}
+
+async fn list<T: Object>(state: &ApiState, req: &Request) -> Answer {
+    only(req, &[Method::GET])?;
+    let (role_filter, node_filter) = (req.query.get("role"), req.query.get("node"));
+    for (param, value) in [("role", role_filter), ("node", node_filter)] {
+        if let Some(v) = value {
+            texu_api::validate_name(v)
+                .map_err(|why| ApiError::bad_request(format!("query parameter {param}: {why}")))?;
+        }
+    }
+    if req.query.get("watch").map(String::as_str) == Some("true") {
+        let after = match req.query.get("revision") {
+            None => 0,
+            Some(r) => r.parse::<i64>().ok().filter(|r| *r >= 0).ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "revision must be a non-negative integer, got {r:?}"
+                ))
+            })?,
+        };
+        return watch::serve(state, T::KIND, after, role_filter, node_filter).await;
+    }
+    let (mut items, revision) = state.objects.list::<T>().await?;
+    if T::KIND == Kind::Container {
+        items.retain(|item| {
+            let value = serde_json::to_value(item).unwrap_or_default();
+            watch::matches_filters(&value, role_filter, node_filter)
+        });
+    }
+    Ok(json(
+        StatusCode::OK,
+        &List {
+            api_version: texu_api::API_VERSION,
+            kind: format!("{}List", T::KIND.as_str()),
+            revision,
+            items,
+        },
+    ))
+}
+
+async fn read_one<T: Object>(state: &ApiState, req: &Request, name: &str) -> Answer {
+    only(req, &[Method::GET])?;
+    get::<T>(state, name).await
+}
+
+async fn get<T: Object>(state: &ApiState, name: &str) -> Answer {
+    valid_name(name)?;
+    match state.objects.get::<T>(name).await? {
+        Some(obj) => Ok(json(StatusCode::OK, &obj)),
+        None => Err(ApiError::not_found(format!(
+            "{} {name} not found",
+            T::KIND.as_str().to_lowercase()
+        ))),
+    }
+}
+
+/// The answer to an apply: what happened and the object as stored.
+#[derive(Serialize)]
+struct Applied<T> {
+    result: &'static str,
+    #[serde(rename = "dryRun", skip_serializing_if = "std::ops::Not::not")]
+    dry_run: bool,
+    object: T,
+}
+
+async fn put_role<S, B>(state: &ApiState, req: &Request, name: &str, body: S) -> Answer
+where
+    S: Stream<Item = Result<B, warp::Error>> + Unpin + Send,
+    B: Buf,
+{
+    valid_name(name)?;
+    let bytes = read_body(req, body).await?;
+    let role = texu_api::parse_json_role(&bytes).map_err(|e| match e {
+        RoleBodyError::Invalid(errors) => ApiError::unprocessable(
+            format!("role {name} is invalid"),
+            errors.iter().map(ToString::to_string).collect(),
+        ),
+        RoleBodyError::TooLarge { .. } => {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
+        }
+        RoleBodyError::Json { .. } => ApiError::bad_request(e.to_string()),
+    })?;
+    if role.metadata.name != name {
+        return Err(ApiError::bad_request(format!(
+            "metadata.name {:?} does not match the name in the path {name:?}",
+            role.metadata.name
+        )));
+    }
+    let dry_run = req.query.get("dryRun").map(String::as_str) == Some("true");
+    let (outcome, stored) = state.objects.apply_role(role, dry_run).await?;
+    let status = match outcome {
+        crate::objects::ApplyOutcome::Created if !dry_run => StatusCode::CREATED,
+        _ => StatusCode::OK,
+    };
+    if !dry_run {
+        tracing::info!(
+            role = name,
+            result = outcome.as_str(),
+            generation = stored.meta().generation,
+            "role applied"
+        );
+    }
+    Ok(json(
+        status,
+        &Applied {
+            result: outcome.as_str(),
+            dry_run,
+            object: stored,
+        },
+    ))
+}
+
+async fn delete(state: &ApiState, kind: Kind, name: &str) -> Answer {
+    valid_name(name)?;
+    if state.objects.delete(kind, name).await? {
+        tracing::info!(kind = kind.as_str(), name, "deleted");
+        Ok(json(
+            StatusCode::OK,
+            &serde_json::json!({ "result": "deleted", "kind": kind.as_str(), "name": name }),
+        ))
+    } else {
+        Err(ApiError::not_found(format!(
+            "{} {name} not found",
+            kind.as_str().to_lowercase()
+        )))
+    }
+}
+
+fn valid_name(name: &str) -> Result<(), ApiError> {
+    texu_api::validate_name(name)
+        .map_err(|why| ApiError::bad_request(format!("invalid name {name:?}: {why}")))
+}
+
+/// Reads a request body, refusing more than [`MAX_BODY_BYTES`] whether or not a length is sent.
+async fn read_body<S, B>(req: &Request, mut body: S) -> Result<Vec<u8>, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>> + Unpin + Send,
+    B: Buf,
+{
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("request body is larger than {MAX_BODY_BYTES} bytes"),
+        )
+    };
+    let declared = req
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(too_large());
+    }
+    let mut out = Vec::with_capacity(declared.unwrap_or(0) as usize);
+    while let Some(chunk) = body.next().await {
+        let mut chunk =
+            chunk.map_err(|e| ApiError::bad_request(format!("cannot read request body: {e}")))?;
+        if out.len() + chunk.remaining() > MAX_BODY_BYTES {
+            return Err(too_large());
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            out.extend_from_slice(part);
+            let n = part.len();
+            chunk.advance(n);
+        }
+    }
+    Ok(out)
+}
+
+fn parse_query(raw: &str) -> HashMap<String, String> {
+    raw.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| match pair.split_once('=') {
+            Some((k, v)) => (k.to_string(), v.to_string()),
+            None => (pair.to_string(), "true".to_string()),
+        })
+        .collect()
+}
+
+fn text(body: impl Into<String>) -> Response {
+    let mut response = Response::new(body.into().into());
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// A JSON response with a status code.
+pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
+    let body = match serde_json::to_vec(value) {
+        Ok(mut b) => {
+            b.push(b'\n');
+            b
+        }
+        Err(e) => {
+            return ApiError::internal(format!("cannot encode the response: {e}")).into_response()
+        }
+    };
+    let mut response = Response::new(body.into());
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+#[cfg(test)]
+mod tests;

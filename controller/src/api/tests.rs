@@ -1,0 +1,164 @@
+//! Unit tests of the API handler, driven in process against an embedded store.
+
+use std::sync::Arc;
+
+use futures::stream;
+use texu_api::{Role, RoleSpec};
+use warp::http::{HeaderMap, HeaderValue, Method, StatusCode};
+
+use super::*;
+use crate::store::embedded::EmbeddedStore;
+
+struct Fixture {
+    state: Arc<ApiState>,
+    _dir: tempfile::TempDir,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(EmbeddedStore::open(&dir.path().join("state.redb")).unwrap());
+    let (_stop, shutdown) = tokio::sync::watch::channel(false);
+    let state = Arc::new(ApiState {
+        objects: Objects::new(store),
+        admin_token: Token::from_secret("secret"),
+        metrics: Arc::new(Metrics::new()),
+        shutdown,
+    });
+    Fixture { state, _dir: dir }
+}
+
+async fn call(
+    f: &Fixture,
+    method: Method,
+    path: &str,
+    token: Option<&str>,
+    body: &[u8],
+) -> (StatusCode, serde_json::Value) {
+    let (path, query) = path.split_once('?').unwrap_or((path, ""));
+    let mut headers = HeaderMap::new();
+    if let Some(t) = token {
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {t}")).unwrap(),
+        );
+    }
+    let req = Request {
+        method,
+        path: path.to_string(),
+        query: parse_query(query),
+        headers,
+    };
+    let chunks: Vec<Result<bytes::Bytes, warp::Error>> =
+        vec![Ok(bytes::Bytes::copy_from_slice(body))];
+    let response = handle(f.state.clone(), req, stream::iter(chunks)).await;
+    let status = response.status();
+    let bytes = http_body_util_collect(response).await;
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+async fn http_body_util_collect(response: Response) -> Vec<u8> {
+    use warp::hyper::body::Body as _;
+    let mut body = response.into_body();
+    let mut out = Vec::new();
+    let mut body = std::pin::Pin::new(&mut body);
+    while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            out.extend_from_slice(&data);
+        }
+    }
+    out
+}
+
+fn role_json(name: &str, replicas: i64) -> Vec<u8> {
+    let mut spec = RoleSpec::with_image("host");
+    spec.replicas = replicas;
+    serde_json::to_vec(&Role::new(name, spec)).unwrap()
+}
+
+#[tokio::test]
+async fn put_reports_created_unchanged_configured_and_bumps_generation() {
+    let f = fixture();
+    let t = Some("secret");
+    let (s, v) = call(&f, Method::PUT, "/v1/roles/app", t, &role_json("app", 2)).await;
+    assert_eq!(
+        (s, v["result"].as_str()),
+        (StatusCode::CREATED, Some("created"))
+    );
+    assert_eq!(v["object"]["metadata"]["generation"], 1);
+    let (s, v) = call(&f, Method::PUT, "/v1/roles/app", t, &role_json("app", 2)).await;
+    assert_eq!(
+        (s, v["result"].as_str()),
+        (StatusCode::OK, Some("unchanged"))
+    );
+    let (_, v) = call(
+        &f,
+        Method::PUT,
+        "/v1/roles/app?dryRun=true",
+        t,
+        &role_json("app", 5),
+    )
+    .await;
+    assert_eq!(
+        (v["result"].as_str(), v["dryRun"].as_bool()),
+        (Some("configured"), Some(true))
+    );
+    let (_, v) = call(&f, Method::GET, "/v1/roles/app", t, b"").await;
+    assert_eq!(v["spec"]["replicas"], 2, "a dry run writes nothing");
+    let (s, v) = call(&f, Method::PUT, "/v1/roles/app", t, &role_json("app", 3)).await;
+    assert_eq!(
+        (s, v["result"].as_str()),
+        (StatusCode::OK, Some("configured"))
+    );
+    assert_eq!(v["object"]["metadata"]["generation"], 2);
+}
+
+#[tokio::test]
+async fn v1_needs_the_token_and_health_does_not() {
+    let f = fixture();
+    let (s, v) = call(&f, Method::GET, "/v1/roles", None, b"").await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    assert!(v["error"].as_str().unwrap().contains("Bearer"));
+    let (s, _) = call(&f, Method::GET, "/v1/roles", Some("secreT"), b"").await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, v) = call(&f, Method::GET, "/v1/roles", Some("secret"), b"").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["kind"], "RoleList");
+    let (s, _) = call(&f, Method::GET, "/healthz", None, b"").await;
+    assert_eq!(s, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn oversize_and_invalid_bodies_are_refused() {
+    let f = fixture();
+    let t = Some("secret");
+    let big = vec![b' '; MAX_BODY_BYTES + 1];
+    let (s, _) = call(&f, Method::PUT, "/v1/roles/app", t, &big).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+    let (s, v) = call(&f, Method::PUT, "/v1/roles/app", t, &role_json("app", -1)).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        v["details"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("spec.replicas"),
+        "{v}"
+    );
+    let (s, _) = call(&f, Method::PUT, "/v1/roles/other", t, &role_json("app", 1)).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _) = call(&f, Method::DELETE, "/v1/roles/app", t, b"").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = call(&f, Method::PATCH, "/v1/roles/app", t, b"").await;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[test]
+fn query_strings_parse_into_pairs() {
+    let q = parse_query("watch=true&revision=12&flag");
+    assert_eq!(q.get("watch").map(String::as_str), Some("true"));
+    assert_eq!(q.get("revision").map(String::as_str), Some("12"));
+    assert_eq!(q.get("flag").map(String::as_str), Some("true"));
+    assert!(parse_query("").is_empty());
+}

@@ -1,0 +1,9 @@
+//! Texu's controller: keeps desired and observed state in a store and serves it over HTTP.
+
+pub mod api;
+pub mod auth;
+pub mod clock;
+pub mod metrics;
+pub mod objects;
+pub mod server;
+pub mod store;

@@ -1,0 +1,178 @@
+//! The controller process: opens the store, makes credentials, serves the API until a signal.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::api::{self, ApiState};
+use crate::auth::{self, Token};
+use crate::metrics::Metrics;
+use crate::objects::Objects;
+use crate::store::embedded::EmbeddedStore;
+use crate::store::etcd::EtcdStore;
+use crate::store::{Store, StoreError};
+
+/// File the controller writes its bound address to, so scripts and tests can find it.
+pub const ADDRESS_FILE: &str = "controller.addr";
+/// File name of the embedded store inside the data dir.
+pub const STATE_FILE: &str = "state.redb";
+/// How long in-flight requests get to finish after a shutdown signal.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How the controller is configured.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// etcd endpoints; empty means the embedded store in the data dir.
+    pub etcd_endpoints: Vec<String>,
+}
+
+/// What can stop the controller from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot create data dir {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Auth(#[from] auth::AuthError),
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write {path}: {source}")]
+    WriteFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A controller that is listening, before it serves.
+pub struct Controller {
+    listener: tokio::net::TcpListener,
+    state: Arc<ApiState>,
+    store: Arc<dyn Store>,
+    stop: watch::Sender<bool>,
+    /// The admin token, for writing the local client config.
+    pub admin_token: Token,
+    /// Where the admin token is kept.
+    pub admin_token_path: PathBuf,
+    /// True when this start created the admin token.
+    pub admin_token_created: bool,
+    /// The address actually bound (useful with port 0).
+    pub local_addr: SocketAddr,
+}
+
+impl Controller {
+    /// Prepares the data dir, credentials and store, and binds the listener.
+    pub async fn bind(config: &Config) -> Result<Controller, ServerError> {
+        create_private_dir(&config.data_dir)?;
+        let (admin_token, created) =
+            auth::load_or_create(&config.data_dir, auth::ADMIN_TOKEN_FILE, "texu-admin-")?;
+        auth::load_or_create(&config.data_dir, auth::JOIN_TOKEN_FILE, "texu-join-")?;
+        let store = open_store(config).await?;
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| ServerError::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| ServerError::Listen {
+                addr: config.listen,
+                source,
+            })?;
+        let addr_path = config.data_dir.join(ADDRESS_FILE);
+        std::fs::write(&addr_path, format!("{local_addr}\n")).map_err(|source| {
+            ServerError::WriteFile {
+                path: addr_path,
+                source,
+            }
+        })?;
+        let (stop, shutdown) = watch::channel(false);
+        let state = Arc::new(ApiState {
+            objects: Objects::new(store.clone()),
+            admin_token: admin_token.clone(),
+            metrics: Arc::new(Metrics::new()),
+            shutdown,
+        });
+        Ok(Controller {
+            listener,
+            state,
+            store,
+            stop,
+            admin_token,
+            admin_token_path: config.data_dir.join(auth::ADMIN_TOKEN_FILE),
+            admin_token_created: created,
+            local_addr,
+        })
+    }
+
+    /// Serves until `signal` completes, then stops accepting, lets in-flight requests finish
+    /// (open watches end), and closes the store.
+    pub async fn serve(self, signal: impl std::future::Future<Output = ()> + Send + 'static) {
+        let stop = self.stop;
+        let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
+        let graceful = async move {
+            signal.await;
+            tracing::info!("shutting down: no new connections, finishing requests");
+            let _ = stop.send(true);
+            let _ = drained_tx.send(());
+        };
+        let server = warp::serve(api::routes(self.state.clone()))
+            .incoming(self.listener)
+            .graceful(graceful)
+            .run();
+        tokio::pin!(server);
+        tokio::select! {
+            _ = &mut server => {}
+            _ = async {
+                let _ = drained_rx.await;
+                tokio::time::sleep(DRAIN_TIMEOUT).await;
+            } => tracing::warn!("requests still open after {DRAIN_TIMEOUT:?}; closing anyway"),
+        }
+        if let Err(e) = self.store.close().await {
+            tracing::error!(error = %e, "closing the store");
+        }
+        tracing::info!("controller stopped");
+    }
+}
+
+async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
+    if config.etcd_endpoints.is_empty() {
+        let path = config.data_dir.join(STATE_FILE);
+        tracing::info!(path = %path.display(), "using the embedded store");
+        Ok(Arc::new(EmbeddedStore::open(&path)?))
+    } else {
+        tracing::info!(endpoints = ?config.etcd_endpoints, "using etcd");
+        Ok(Arc::new(EtcdStore::connect(&config.etcd_endpoints).await?))
+    }
+}
+
+fn create_private_dir(path: &Path) -> Result<(), ServerError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let err = |source| ServerError::DataDir {
+        path: path.to_path_buf(),
+        source,
+    };
+    if path.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(err)
+}

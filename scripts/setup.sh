@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs every Debian package Texu's build, demo and tests need. Idempotent: safe to run again.
+set -euo pipefail
+PKGS=(
+  build-essential pkg-config clang libclang-dev   # lxc-sys bindgen, C builds
+  lxc lxc-dev lxc-templates busybox-static        # runtime, liblxc, busybox template
+  protobuf-compiler                               # etcd-client (tonic/prost) build
+  etcd-server etcd-client                         # real etcd for store tests
+  apache2 iproute2 nftables curl procps psmisc    # proxy tier, networking, test tools
+)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: need root to install: ${missing[*]}" >&2; exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# Debian starts etcd and apache2 as services on install; the tests start their own on loopback.
+for svc in etcd apache2; do
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
+    systemctl stop "$svc" || true
+  fi
+done
+command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust (rustup) first" >&2; exit 1; }
+echo "setup: all packages present"

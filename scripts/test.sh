@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Sets up this machine (Debian packages) and runs every check and test Texu has.
+# This is the README's test command and exactly what CI runs (.ci/run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "$(id -u)" -eq 0 ]; then
+  bash scripts/setup.sh
+else
+  sudo bash scripts/setup.sh
+fi
+export CARGO_TERM_COLOR=never
+echo "== format"; cargo fmt --all -- --check
+echo "== lint";   cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== build";  cargo build --workspace --all-targets --locked
+echo "== test";   cargo test --workspace --locked

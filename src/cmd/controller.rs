@@ -1,0 +1,125 @@
+//! `texu controller`: runs the controller until SIGTERM or SIGINT.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use texu_controller::server::{Config, Controller};
+
+use crate::config::{self, ClientConfig};
+
+/// Arguments of `texu controller`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Directory for the state file, tokens and the bound address.
+    #[arg(long, default_value = "/var/lib/texu/controller")]
+    data_dir: PathBuf,
+    /// Address to serve the API on.
+    #[arg(long, default_value = "127.0.0.1:7080")]
+    listen: SocketAddr,
+    /// Use etcd instead of the embedded store: etcd://HOST:PORT[,HOST:PORT...]
+    #[arg(long)]
+    store: Option<String>,
+    /// Do not write the local user's client config.
+    #[arg(long)]
+    no_client_config: bool,
+}
+
+/// Parses `etcd://h1:2379,h2:2379` into endpoints.
+pub fn parse_store(store: Option<&str>) -> Result<Vec<String>> {
+    let Some(store) = store else {
+        return Ok(Vec::new());
+    };
+    let Some(list) = store.strip_prefix("etcd://") else {
+        bail!("--store {store:?}: expected etcd://HOST:PORT[,HOST:PORT...]");
+    };
+    let endpoints: Vec<String> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(|e| format!("http://{e}"))
+        .collect();
+    if endpoints.is_empty() {
+        bail!("--store {store:?}: no etcd endpoint given");
+    }
+    Ok(endpoints)
+}
+
+/// Runs the controller.
+pub fn run(args: &Args, config_path: Option<PathBuf>) -> Result<ExitCode> {
+    let config = Config {
+        data_dir: args.data_dir.clone(),
+        listen: args.listen,
+        etcd_endpoints: parse_store(args.store.as_deref())?,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let controller = Controller::bind(&config).await?;
+        let server = format!("http://{}", controller.local_addr);
+        tracing::info!(%server, "controller listening");
+        if controller.admin_token_created {
+            eprintln!(
+                "texu: admin token written to {}",
+                controller.admin_token_path.display()
+            );
+        }
+        if !args.no_client_config {
+            write_client_config(&server, controller.admin_token.secret(), config_path);
+        }
+        controller.serve(shutdown_signal()).await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn write_client_config(server: &str, token: &str, path: Option<PathBuf>) {
+    let Some(path) = path.or_else(config::default_path) else {
+        return;
+    };
+    let client = ClientConfig {
+        server: server.replace("0.0.0.0", "127.0.0.1"),
+        token: token.to_string(),
+    };
+    match config::write(&path, &client) {
+        Ok(()) => eprintln!("texu: client config written to {}", path.display()),
+        Err(e) => tracing::warn!("cannot write the client config: {e:#}"),
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut term, mut int) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(t), Ok(i)) => (t, i),
+        _ => {
+            tracing::error!("cannot install signal handlers; stop with SIGKILL");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_etcd_store_urls() {
+        assert_eq!(parse_store(None).unwrap(), Vec::<String>::new());
+        assert_eq!(
+            parse_store(Some("etcd://127.0.0.1:2379,198.18.0.2:2379")).unwrap(),
+            vec!["http://127.0.0.1:2379", "http://198.18.0.2:2379"]
+        );
+        assert!(parse_store(Some("redis://x")).is_err());
+        assert!(parse_store(Some("etcd://")).is_err());
+    }
+}

@@ -1,0 +1,70 @@
+//! `texu delete role NAME` and `texu delete -f PATH`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Result};
+use texu_api::Manifest;
+
+use crate::client::{self, Client};
+
+/// Arguments of `texu delete`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Kind of object (only `role` can be deleted by an operator).
+    kind: Option<String>,
+    /// Names of the objects.
+    names: Vec<String>,
+    /// Delete the objects these manifests describe.
+    #[arg(short = 'f', long = "filename", num_args = 1.., conflicts_with_all = ["kind", "names"])]
+    files: Vec<PathBuf>,
+    /// Do not fail when an object does not exist.
+    #[arg(long)]
+    ignore_not_found: bool,
+}
+
+/// Runs `texu delete`.
+pub fn run(client: &Client, args: &Args) -> Result<ExitCode> {
+    let names: Vec<String> = if !args.files.is_empty() {
+        let Some(manifests) = super::apply::load_or_report(&args.files) else {
+            return Ok(ExitCode::FAILURE);
+        };
+        manifests
+            .into_iter()
+            .map(|(_, m)| match m {
+                Manifest::Role(r) => r.metadata.name,
+            })
+            .collect()
+    } else {
+        match args.kind.as_deref() {
+            Some("role" | "roles") => {}
+            Some(other) => bail!("cannot delete {other:?}: only roles are deleted by operators (nodes and containers follow from them)"),
+            None => bail!("say what to delete: `texu delete role NAME` or `texu delete -f FILE`"),
+        }
+        if args.names.is_empty() {
+            bail!("name the roles to delete: `texu delete role NAME...`");
+        }
+        args.names.clone()
+    };
+    let mut failed = false;
+    for name in names {
+        if let Err(why) = texu_api::validate_name(&name) {
+            eprintln!("error: role/{name}: invalid name: {why}");
+            failed = true;
+            continue;
+        }
+        match client.delete::<serde_json::Value>(&format!("/v1/roles/{name}")) {
+            Ok(_) => println!("role/{name} deleted"),
+            Err(e) if client::is_not_found(&e) && args.ignore_not_found => {}
+            Err(e) => {
+                eprintln!("error: role/{name}: {e:#}");
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}

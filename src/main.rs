@@ -1,0 +1,82 @@
+//! `texu`: the one binary — controller, agent, demo, and the admin CLI.
+
+mod client;
+mod cmd;
+mod config;
+mod load;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Texu: LXC containers on small boards joined by a VPN overlay.
+#[derive(Parser)]
+#[command(name = "texu", version, about, propagate_version = true)]
+struct Cli {
+    /// Controller URL (default: the client config, else http://127.0.0.1:7080).
+    #[arg(long, global = true, env = "TEXU_SERVER")]
+    server: Option<String>,
+    /// Admin token (default: the client config).
+    #[arg(long, global = true, env = "TEXU_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Client config file (default: ~/.config/texu/config.yaml).
+    #[arg(long, global = true, env = "TEXU_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controller: store, API, and (later) scheduler.
+    Controller(cmd::controller::Args),
+    /// Create or update objects from manifest files, directories or `-` (stdin).
+    Apply(cmd::apply::Args),
+    /// List objects, or show one, as a table, JSON or YAML.
+    Get(cmd::get::Args),
+    /// Show one object in detail.
+    Describe(cmd::get::DescribeArgs),
+    /// Delete objects by name or by manifest.
+    Delete(cmd::delete::Args),
+    /// A one-screen summary of the cluster.
+    Status,
+    /// Print the JSON Schema of the manifest kinds (for editors).
+    Schema,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let daemon = matches!(cli.command, Command::Controller(_));
+    init_logging(if daemon { "info" } else { "warn" });
+    let client = || {
+        config::resolve(cli.server.clone(), cli.token.clone(), cli.config.clone())
+            .map(client::Client::new)
+    };
+    let result = match cli.command {
+        Command::Controller(ref args) => cmd::controller::run(args, cli.config.clone()),
+        Command::Apply(ref args) => client().and_then(|c| cmd::apply::run(&c, args)),
+        Command::Get(ref args) => client().and_then(|c| cmd::get::run(&c, args)),
+        Command::Describe(ref args) => client().and_then(|c| cmd::get::describe(&c, args)),
+        Command::Delete(ref args) => client().and_then(|c| cmd::delete::run(&c, args)),
+        Command::Status => client().and_then(|c| cmd::status::run(&c)),
+        Command::Schema => cmd::schema(),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

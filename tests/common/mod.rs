@@ -1,0 +1,204 @@
+//! Test harness: start real controller processes and run the real `texu` binary against them.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `texu` binary cargo built for these tests.
+pub fn texu_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_texu"))
+}
+
+/// A controller process with its own data dir; killed and reaped on drop.
+pub struct ControllerProcess {
+    child: Option<Child>,
+    pub data_dir: PathBuf,
+    pub server: String,
+    pub token: String,
+    store: Option<String>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl ControllerProcess {
+    /// Starts a controller on the embedded store in a fresh temp dir.
+    pub fn start() -> ControllerProcess {
+        Self::start_with_store(None)
+    }
+
+    /// Starts a controller; `store` is `etcd://HOST:PORT` or `None` for the embedded store.
+    pub fn start_with_store(store: Option<String>) -> ControllerProcess {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let data_dir = tmp.path().join("controller");
+        let mut c = ControllerProcess {
+            child: None,
+            data_dir,
+            server: String::new(),
+            token: String::new(),
+            store,
+            _tmp: Some(tmp),
+        };
+        c.spawn();
+        c
+    }
+
+    /// (Re)starts the process on the same data dir and waits until it answers /healthz.
+    pub fn spawn(&mut self) {
+        let _ = std::fs::remove_file(self.data_dir.join("controller.addr"));
+        let mut cmd = Command::new(texu_bin());
+        cmd.arg("controller")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["--listen", "127.0.0.1:0", "--no-client-config"])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        if let Some(store) = &self.store {
+            cmd.args(["--store", store]);
+        }
+        self.child = Some(cmd.spawn().expect("spawn texu controller"));
+        let addr_file = self.data_dir.join("controller.addr");
+        let addr = wait_for(
+            Duration::from_secs(20),
+            "the controller to write its address",
+            || {
+                std::fs::read_to_string(&addr_file)
+                    .ok()
+                    .filter(|s| s.ends_with('\n'))
+            },
+        );
+        self.server = format!("http://{}", addr.trim());
+        self.token = std::fs::read_to_string(self.data_dir.join("admin.token"))
+            .expect("admin token")
+            .trim()
+            .to_string();
+        let health = format!("{}/healthz", self.server);
+        wait_for(
+            Duration::from_secs(20),
+            "the controller to answer /healthz",
+            || ureq::get(&health).call().ok().map(|_| ()),
+        );
+    }
+
+    /// Sends a signal to the process.
+    pub fn signal(&self, sig: i32) {
+        if let Some(child) = &self.child {
+            // SAFETY: kill(2) with our own child's pid.
+            unsafe { libc_kill(child.id() as i32, sig) };
+        }
+    }
+
+    /// Kills the process with SIGKILL and reaps it.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits for the process to exit on its own, up to `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Runs `texu ARGS...` against this controller.
+    pub fn texu(&self, args: &[&str]) -> Output {
+        texu_with(&self.server, &self.token, args, None)
+    }
+
+    /// Runs `texu ARGS...` with `stdin` as standard input.
+    pub fn texu_stdin(&self, args: &[&str], stdin: &[u8]) -> Output {
+        texu_with(&self.server, &self.token, args, Some(stdin))
+    }
+
+    /// Runs `texu ARGS...`, asserts success and returns stdout.
+    pub fn texu_ok(&self, args: &[&str]) -> String {
+        let out = self.texu(args);
+        assert!(
+            out.status.success(),
+            "texu {args:?} failed: {}\nstderr: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Parses `texu get KIND -o json`.
+    pub fn get_json(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["get"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["-o", "json"]);
+        serde_json::from_str(&self.texu_ok(&all)).expect("get -o json prints JSON")
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// Runs the `texu` binary with a server and token; never reads the user's own client config.
+pub fn texu_with(server: &str, token: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
+    use std::io::Write;
+    let mut cmd = Command::new(texu_bin());
+    cmd.args(args)
+        .env("TEXU_SERVER", server)
+        .env("TEXU_TOKEN", token)
+        .env("TEXU_CONFIG", "/nonexistent/texu-test-config.yaml")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+    let mut child = cmd.spawn().expect("spawn texu");
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().expect("stdin pipe");
+        let _ = pipe.write_all(input);
+    }
+    child.wait_with_output().expect("texu output")
+}
+
+/// Polls `probe` every 20 ms until it returns `Some`, or panics after `timeout` naming `what`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The test manifests folder.
+pub fn manifests_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/manifests")
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+pub const SIGINT: i32 = 2;
+pub const SIGTERM: i32 = 15;
