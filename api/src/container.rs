@@ -36,7 +36,7 @@ impl Container {
 }
 
 /// Which role a container belongs to, where it runs and whether it should run.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ContainerSpec {
     /// The role's name.
@@ -52,6 +52,10 @@ pub struct ContainerSpec {
     /// Whether it should run.
     #[serde(default, skip_serializing_if = "is_default")]
     pub desired: DesiredState,
+    /// The role's spec at `generation`: what the agent builds. Agents read only their own
+    /// containers, so each carries the template it was made from (like a pod's spec).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<crate::RoleSpec>,
 }
 
 /// Whether a container should run.

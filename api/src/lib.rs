@@ -58,7 +58,7 @@ pub use role::{
     Protocol, Resources, Role, RoleSpec, RoleStatus, Strategy, TcpProbe, Volume,
 };
 pub use schema::{manifest_json_schema, role_schema};
-pub use validate::{FieldError, MAX_REPLICAS};
+pub use validate::{FieldError, MAX_REPLICAS, MAX_ROLE_NAME};
 pub use yaml::{MAX_DEPTH, MAX_NODES};
 
 use std::fmt;

@@ -13,6 +13,9 @@ use std::collections::BTreeMap;
 /// The most replicas a role may ask for.
 pub const MAX_REPLICAS: i64 = 10_000;
 
+/// The longest role name: `NAME-9999` (the largest ordinal) must fit in a 63-character label.
+pub const MAX_ROLE_NAME: usize = 58;
+
 /// One rule a field breaks: where, and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{path}: {message}")]
@@ -93,7 +96,19 @@ impl Role {
         if self.kind != Kind::Role.as_str() {
             errors.add("kind", format!("must be Role, got {:?}", self.kind));
         }
-        errors.check("metadata.name", validate_name(&self.metadata.name));
+        match validate_name(&self.metadata.name) {
+            Err(why) => errors.add("metadata.name", why),
+            // Containers are named NAME-ORDINAL and must stay DNS labels too.
+            Ok(()) if self.metadata.name.len() > MAX_ROLE_NAME => errors.add(
+                "metadata.name",
+                format!(
+                    "a role name must be at most {MAX_ROLE_NAME} characters so that its container \
+                     names (NAME-ORDINAL) stay within 63, got {}",
+                    self.metadata.name.len()
+                ),
+            ),
+            Ok(()) => {}
+        }
         check_labels(&mut errors, "metadata.labels", &self.metadata.labels);
         self.validate_spec(&mut errors);
         if errors.0.is_empty() {

@@ -37,6 +37,11 @@ pub enum ObjectError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("{kind} {name} not found")]
+    NotFound { kind: &'static str, name: String },
+    /// Another writer changed the object since it was read.
+    #[error("{kind} {name} was changed by someone else")]
+    Stale { kind: &'static str, name: String },
     #[error("{kind} {name} kept changing while it was being applied; try again")]
     Conflict { kind: &'static str, name: String },
 }
@@ -190,6 +195,37 @@ impl Objects {
             kind: Kind::Role.as_str(),
             name: role.metadata.name,
         })
+    }
+
+    /// Writes an object read earlier, if nobody changed it since (its `metadata.revision`);
+    /// a revision of 0 creates it only if it does not exist. Returns the new revision.
+    pub async fn replace<T: Object>(&self, obj: &T) -> Result<i64> {
+        let name = obj.meta().name.clone();
+        let key = object_key(T::KIND, &name);
+        let expected = obj.meta().revision;
+        let mut stored = obj.clone();
+        stored.meta_mut().revision = 0;
+        let txn = Txn::new()
+            .when_mod_revision(key.clone(), expected)
+            .put(key, encode(&stored)?);
+        let result = self.store.txn(txn).await?;
+        if result.succeeded {
+            Ok(result.revision)
+        } else {
+            Err(ObjectError::Stale {
+                kind: T::KIND.as_str(),
+                name,
+            })
+        }
+    }
+
+    /// Deletes an object if it is still at `revision`.
+    pub async fn delete_at(&self, kind: Kind, name: &str, revision: i64) -> Result<bool> {
+        let key = object_key(kind, name);
+        let txn = Txn::new()
+            .when_mod_revision(key.clone(), revision)
+            .delete(key);
+        Ok(self.store.txn(txn).await?.succeeded)
     }
 
     /// Deletes an object; false when it did not exist.

@@ -10,7 +10,9 @@ use tokio::sync::watch;
 use crate::api::{self, ApiState};
 use crate::auth::{self, Token};
 use crate::metrics::Metrics;
+use crate::nodes::Nodes;
 use crate::objects::Objects;
+use crate::scheduling;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::etcd::EtcdStore;
 use crate::store::{Store, StoreError};
@@ -29,6 +31,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// etcd endpoints; empty means the embedded store in the data dir.
     pub etcd_endpoints: Vec<String>,
+    /// A node is NotReady after this long without a heartbeat.
+    pub node_grace: Duration,
 }
 
 /// What can stop the controller from starting.
@@ -80,7 +84,8 @@ impl Controller {
         create_private_dir(&config.data_dir)?;
         let (admin_token, created) =
             auth::load_or_create(&config.data_dir, auth::ADMIN_TOKEN_FILE, "texu-admin-")?;
-        auth::load_or_create(&config.data_dir, auth::JOIN_TOKEN_FILE, "texu-join-")?;
+        let (join_token, _) =
+            auth::load_or_create(&config.data_dir, auth::JOIN_TOKEN_FILE, "texu-join-")?;
         let store = open_store(config).await?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -102,9 +107,13 @@ impl Controller {
             }
         })?;
         let (stop, shutdown) = watch::channel(false);
+        let objects = Objects::new(store.clone());
+        let nodes = Arc::new(Nodes::new(objects.clone(), config.node_grace));
         let state = Arc::new(ApiState {
-            objects: Objects::new(store.clone()),
+            objects,
             admin_token: admin_token.clone(),
+            join_token,
+            nodes,
             metrics: Arc::new(Metrics::new()),
             shutdown,
         });
@@ -123,6 +132,16 @@ impl Controller {
     /// Serves until `signal` completes, then stops accepting, lets in-flight requests finish
     /// (open watches end), and closes the store.
     pub async fn serve(self, signal: impl std::future::Future<Output = ()> + Send + 'static) {
+        let monitor = tokio::spawn(
+            self.state
+                .nodes
+                .clone()
+                .monitor(self.state.shutdown.clone()),
+        );
+        let scheduling = tokio::spawn(scheduling::run(
+            self.state.objects.clone(),
+            self.state.shutdown.clone(),
+        ));
         let stop = self.stop;
         let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
         let graceful = async move {
@@ -143,6 +162,7 @@ impl Controller {
                 tokio::time::sleep(DRAIN_TIMEOUT).await;
             } => tracing::warn!("requests still open after {DRAIN_TIMEOUT:?}; closing anyway"),
         }
+        let _ = tokio::join!(monitor, scheduling);
         if let Err(e) = self.store.close().await {
             tracing::error!(error = %e, "closing the store");
         }

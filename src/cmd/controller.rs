@@ -21,6 +21,9 @@ pub struct Args {
     /// Use etcd instead of the embedded store: etcd://HOST:PORT[,HOST:PORT...]
     #[arg(long)]
     store: Option<String>,
+    /// A board is NotReady after this long without a heartbeat (e.g. 2s, 500ms).
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    node_grace: std::time::Duration,
     /// Do not write the local user's client config.
     #[arg(long)]
     no_client_config: bool,
@@ -46,12 +49,19 @@ pub fn parse_store(store: Option<&str>) -> Result<Vec<String>> {
     Ok(endpoints)
 }
 
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    texu_api::Duration(text.to_string())
+        .as_std()
+        .map_err(|e| e.to_string())
+}
+
 /// Runs the controller.
 pub fn run(args: &Args, config_path: Option<PathBuf>) -> Result<ExitCode> {
     let config = Config {
         data_dir: args.data_dir.clone(),
         listen: args.listen,
         etcd_endpoints: parse_store(args.store.as_deref())?,
+        node_grace: args.node_grace,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -17,6 +17,7 @@ pub struct ControllerProcess {
     pub server: String,
     pub token: String,
     store: Option<String>,
+    extra_args: Vec<String>,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -28,6 +29,11 @@ impl ControllerProcess {
 
     /// Starts a controller; `store` is `etcd://HOST:PORT` or `None` for the embedded store.
     pub fn start_with_store(store: Option<String>) -> ControllerProcess {
+        Self::start_with(store, &[])
+    }
+
+    /// Starts a controller with extra `texu controller` arguments.
+    pub fn start_with(store: Option<String>, extra_args: &[&str]) -> ControllerProcess {
         let tmp = tempfile::tempdir().expect("temp dir");
         let data_dir = tmp.path().join("controller");
         let mut c = ControllerProcess {
@@ -36,6 +42,7 @@ impl ControllerProcess {
             server: String::new(),
             token: String::new(),
             store,
+            extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             _tmp: Some(tmp),
         };
         c.spawn();
@@ -57,6 +64,7 @@ impl ControllerProcess {
         if let Some(store) = &self.store {
             cmd.args(["--store", store]);
         }
+        cmd.args(&self.extra_args);
         self.child = Some(cmd.spawn().expect("spawn texu controller"));
         let addr_file = self.data_dir.join("controller.addr");
         let addr = wait_for(
@@ -112,6 +120,14 @@ impl ControllerProcess {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The cluster join token.
+    pub fn join_token(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("join.token"))
+            .expect("join token")
+            .trim()
+            .to_string()
     }
 
     /// Runs `texu ARGS...` against this controller.

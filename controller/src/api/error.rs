@@ -96,7 +96,10 @@ impl ApiError {
 impl From<ObjectError> for ApiError {
     fn from(e: ObjectError) -> Self {
         match e {
-            ObjectError::Conflict { .. } => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+            ObjectError::Conflict { .. } | ObjectError::Stale { .. } => {
+                ApiError::new(StatusCode::CONFLICT, e.to_string())
+            }
+            ObjectError::NotFound { .. } => ApiError::not_found(e.to_string()),
             ObjectError::Store(StoreError::Compacted { .. }) => {
                 ApiError::new(StatusCode::GONE, e.to_string())
             }

@@ -24,6 +24,7 @@ pub use error::ApiError;
 
 use crate::auth::Token;
 use crate::metrics::Metrics;
+use crate::nodes::{Heartbeat, JoinRequest, Nodes};
 use crate::objects::{Object, Objects};
 
 /// Request bodies above this size are refused with 413.
@@ -39,12 +40,26 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/nodes/{name}"),
     ("GET", "/v1/containers"),
     ("GET", "/v1/containers/{name}"),
+    ("PUT", "/v1/nodes/{name}/status"),
+    ("POST", "/v1/join"),
 ];
+
+/// Who is asking.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// An operator with the admin token: everything.
+    Admin,
+    /// A board's agent: its own node and containers only.
+    Node(String),
+}
 
 /// What every request handler shares.
 pub struct ApiState {
     pub objects: Objects,
     pub admin_token: Token,
+    /// The cluster join token agents present once to get their own credential.
+    pub join_token: Token,
+    pub nodes: Arc<Nodes>,
     pub metrics: Arc<Metrics>,
     /// Flips to true when the controller shuts down; open watches end then.
     pub shutdown: signal::Receiver<bool>,
@@ -123,12 +138,12 @@ where
     match segments.as_slice() {
         ["healthz"] => ("/healthz", only(req, &[Method::GET]).map(|_| text("ok\n"))),
         ["metrics"] => ("/metrics", metrics(state, req).await),
-        ["v1", rest @ ..] => {
-            if let Err(e) = authenticate(state, req) {
-                return ("/v1", Err(e));
-            }
-            v1(state, req, rest, body).await
-        }
+        ["v1", "join"] => ("/v1/join", join(state, req, body).await),
+        ["v1", rest @ ..] => match authenticate(state, req).await {
+            Err(e) => ("/v1", Err(e)),
+            Ok(Principal::Admin) => v1(state, req, rest, body).await,
+            Ok(Principal::Node(node)) => node_v1(state, req, &node, rest, body).await,
+        },
         _ => (
             "other",
             Err(ApiError::not_found(format!("no route {}", req.path))),
@@ -160,6 +175,10 @@ where
             "/v1/containers/{name}",
             read_one::<Container>(state, req, name).await,
         ),
+        ["nodes", name, "status"] => (
+            "/v1/nodes/{name}/status",
+            heartbeat(state, req, name, body).await,
+        ),
         _ => (
             "/v1/other",
             Err(ApiError::not_found(format!("no route {}", req.path))),
@@ -167,20 +186,109 @@ where
     }
 }
 
-fn authenticate(state: &ApiState, req: &Request) -> Result<(), ApiError> {
-    let presented = req
-        .headers
+fn bearer(req: &Request) -> Result<&str, ApiError> {
+    req.headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match presented {
-        None => Err(ApiError::unauthorized(
-            "missing credentials: send Authorization: Bearer TOKEN",
-        )),
-        Some(token) if state.admin_token.matches(token) => Ok(()),
-        Some(_) => Err(ApiError::unauthorized("invalid token")),
+        .map(str::trim)
+        .ok_or_else(|| {
+            ApiError::unauthorized("missing credentials: send Authorization: Bearer TOKEN")
+        })
+}
+
+async fn authenticate(state: &ApiState, req: &Request) -> Result<Principal, ApiError> {
+    let token = bearer(req)?;
+    if state.admin_token.matches(token) {
+        return Ok(Principal::Admin);
     }
+    match state.nodes.authenticate(token).await? {
+        Some(node) => Ok(Principal::Node(node)),
+        None => Err(ApiError::unauthorized("invalid token")),
+    }
+}
+
+/// What a board's agent may do: read its own node and containers, report its own status.
+async fn node_v1<S, B>(
+    state: &ApiState,
+    req: &Request,
+    node: &str,
+    rest: &[&str],
+    body: S,
+) -> (&'static str, Answer)
+where
+    S: Stream<Item = Result<B, warp::Error>> + Unpin + Send,
+    B: Buf,
+{
+    let forbidden = |what: &str| {
+        Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("node {node} may not {what}"),
+        ))
+    };
+    match rest {
+        ["nodes", name] if *name == node => {
+            ("/v1/nodes/{name}", read_one::<Node>(state, req, name).await)
+        }
+        ["nodes", name, "status"] if *name == node => (
+            "/v1/nodes/{name}/status",
+            heartbeat(state, req, name, body).await,
+        ),
+        ["containers"] if req.query.get("node").map(String::as_str) == Some(node) => {
+            ("/v1/containers", list::<Container>(state, req).await)
+        }
+        ["containers"] => (
+            "/v1/containers",
+            forbidden("list containers of other nodes (add ?node=ITSELF)"),
+        ),
+        ["containers", name] => {
+            let answer = match state.objects.get::<Container>(name).await {
+                Ok(Some(c)) if c.spec.node.as_deref() == Some(node) => {
+                    read_one::<Container>(state, req, name).await
+                }
+                Ok(_) => forbidden(&format!("read container {name}")),
+                Err(e) => Err(e.into()),
+            };
+            ("/v1/containers/{name}", answer)
+        }
+        _ => (
+            "/v1/other",
+            forbidden(&format!("{} {}", req.method, req.path)),
+        ),
+    }
+}
+
+async fn join<S, B>(state: &ApiState, req: &Request, body: S) -> Answer
+where
+    S: Stream<Item = Result<B, warp::Error>> + Unpin + Send,
+    B: Buf,
+{
+    if !state.join_token.matches(bearer(req)?) {
+        return Err(ApiError::unauthorized("invalid join token"));
+    }
+    only(req, &[Method::POST])?;
+    let bytes = read_body(req, body).await?;
+    let join: JoinRequest = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::bad_request(format!("request body is not a valid join request: {e}"))
+    })?;
+    valid_name(&join.name)?;
+    let answer = state.nodes.join(join).await?;
+    Ok(json(StatusCode::OK, &answer))
+}
+
+async fn heartbeat<S, B>(state: &ApiState, req: &Request, name: &str, body: S) -> Answer
+where
+    S: Stream<Item = Result<B, warp::Error>> + Unpin + Send,
+    B: Buf,
+{
+    only(req, &[Method::PUT])?;
+    valid_name(name)?;
+    let bytes = read_body(req, body).await?;
+    let beat: Heartbeat = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::bad_request(format!("request body is not a valid heartbeat: {e}"))
+    })?;
+    state.nodes.heartbeat(name, beat).await?;
+    Ok(json(StatusCode::OK, &serde_json::json!({ "result": "ok" })))
 }
 
 fn only(req: &Request, allowed: &[Method]) -> Result<(), ApiError> {

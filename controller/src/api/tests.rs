@@ -18,9 +18,15 @@ fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(EmbeddedStore::open(&dir.path().join("state.redb")).unwrap());
     let (_stop, shutdown) = tokio::sync::watch::channel(false);
+    let objects = Objects::new(store);
     let state = Arc::new(ApiState {
-        objects: Objects::new(store),
+        nodes: Arc::new(Nodes::new(
+            objects.clone(),
+            std::time::Duration::from_secs(2),
+        )),
+        objects,
         admin_token: Token::from_secret("secret"),
+        join_token: Token::from_secret("join"),
         metrics: Arc::new(Metrics::new()),
         shutdown,
     });

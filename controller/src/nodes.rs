@@ -1,0 +1,230 @@
+//! Boards: joining with the cluster token, per-node credentials, heartbeats and readiness.
+//!
+//! Heartbeats live in memory; the store is written only when something a user can see changes
+//! (a node becomes Ready or NotReady, a container's status changes), so an idle cluster writes
+//! close to nothing.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use texu_api::{Container, ContainerStatus, Kind, Node, NodePhase, NodeSpec, NodeStatus};
+use tokio::sync::Mutex;
+
+use crate::auth::Token;
+use crate::clock;
+use crate::objects::{object_key, ObjectError, Objects};
+use crate::store::Txn;
+
+/// Where per-node credential hashes are kept.
+const CREDENTIAL_PREFIX: &str = "/texu/v1/credentials/";
+
+/// What an agent sends to join.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JoinRequest {
+    pub name: String,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    pub spec: NodeSpec,
+}
+
+/// What the controller answers to a join: the node's own credential.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JoinResponse {
+    pub name: String,
+    pub credential: String,
+}
+
+/// One container's status as an agent reports it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReportedContainer {
+    pub name: String,
+    pub generation: i64,
+    pub status: ContainerStatus,
+}
+
+/// A heartbeat: the node's facts and the status of its containers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Heartbeat {
+    pub spec: NodeSpec,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub containers: Vec<ReportedContainer>,
+}
+
+/// Node bookkeeping shared by the API and the readiness monitor.
+pub struct Nodes {
+    objects: Objects,
+    last_seen: Mutex<HashMap<String, Instant>>,
+    grace: Duration,
+}
+
+fn hash(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+impl Nodes {
+    /// Node bookkeeping over `objects`; a node is NotReady after `grace` without heartbeats.
+    pub fn new(objects: Objects, grace: Duration) -> Self {
+        Nodes {
+            objects,
+            last_seen: Mutex::new(HashMap::new()),
+            grace,
+        }
+    }
+
+    /// Admits a board: stores its Node (keeping a cordon and subnet it had) and returns a fresh
+    /// credential, replacing any earlier one for that name.
+    pub async fn join(&self, req: JoinRequest) -> Result<JoinResponse, ObjectError> {
+        let credential = Token::generate(&format!("texu-node-{}-", req.name));
+        let existing = self.objects.get::<Node>(&req.name).await?;
+        let mut node = Node::new(req.name.clone(), req.spec);
+        node.metadata.labels = req.labels;
+        if let Some(old) = existing {
+            node.metadata.created = old.metadata.created;
+            node.spec.unschedulable = old.spec.unschedulable;
+            node.spec.subnet = node.spec.subnet.or(old.spec.subnet);
+            node.status = old.status;
+        } else {
+            node.metadata.created = Some(clock::now_rfc3339());
+        }
+        node.metadata.revision = 0;
+        let value = serde_json::to_vec(&node).map_err(|source| ObjectError::Encode {
+            name: req.name.clone(),
+            source,
+        })?;
+        let txn = Txn::new()
+            .put(object_key(Kind::Node, &req.name), value)
+            .put(
+                format!("{CREDENTIAL_PREFIX}{}", req.name),
+                hash(credential.secret()),
+            );
+        self.objects.store().txn(txn).await?;
+        tracing::info!(node = %req.name, "node joined");
+        Ok(JoinResponse {
+            name: req.name,
+            credential: credential.secret().to_string(),
+        })
+    }
+
+    /// The node a credential belongs to, if any. Credentials look like `texu-node-NAME-HEX`.
+    pub async fn authenticate(&self, presented: &str) -> Result<Option<String>, ObjectError> {
+        let Some(rest) = presented.strip_prefix("texu-node-") else {
+            return Ok(None);
+        };
+        let Some((name, _)) = rest.rsplit_once('-') else {
+            return Ok(None);
+        };
+        if texu_api::validate_name(name).is_err() {
+            return Ok(None);
+        }
+        let stored = self
+            .objects
+            .store()
+            .get(&format!("{CREDENTIAL_PREFIX}{name}"))
+            .await?;
+        let ok = stored.is_some_and(|kv| {
+            Token::from_secret(hash(presented)).matches(&String::from_utf8_lossy(&kv.value))
+        });
+        Ok(ok.then(|| name.to_string()))
+    }
+
+    /// Takes a heartbeat: marks the node seen, and writes node and container status that changed.
+    pub async fn heartbeat(&self, name: &str, beat: Heartbeat) -> Result<(), ObjectError> {
+        self.last_seen
+            .lock()
+            .await
+            .insert(name.to_string(), Instant::now());
+        let Some(mut node) = self.objects.get::<Node>(name).await? else {
+            return Err(ObjectError::NotFound {
+                kind: "node",
+                name: name.to_string(),
+            });
+        };
+        let was_ready = node.status.as_ref().map(|s| s.phase) == Some(NodePhase::Ready);
+        let mut next = node.clone();
+        next.spec.address = beat.spec.address;
+        next.spec.arch = beat.spec.arch;
+        next.spec.cpus = beat.spec.cpus;
+        next.spec.memory_bytes = beat.spec.memory_bytes;
+        next.metadata.labels = beat.labels;
+        let count = beat.containers.len() as i64;
+        let status = next.status.get_or_insert_with(NodeStatus::default);
+        status.phase = NodePhase::Ready;
+        status.containers = count;
+        status.message = None;
+        if !was_ready
+            || next.spec != node.spec
+            || next.metadata.labels != node.metadata.labels
+            || node.status.as_ref().map(|s| s.containers) != Some(count)
+        {
+            if let Some(s) = next.status.as_mut() {
+                s.last_heartbeat = Some(clock::now_rfc3339());
+            }
+            if !was_ready {
+                tracing::info!(node = name, "node is Ready");
+            }
+            node = next;
+            self.objects.replace(&node).await?;
+        }
+        for reported in beat.containers {
+            let Some(mut c) = self.objects.get::<Container>(&reported.name).await? else {
+                continue;
+            };
+            if c.spec.node.as_deref() != Some(name) || c.spec.generation != reported.generation {
+                continue;
+            }
+            if c.status.as_ref() != Some(&reported.status) {
+                c.status = Some(reported.status);
+                // A conflict means the scheduler changed it meanwhile: the next beat retries.
+                let _ = self.objects.replace(&c).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks nodes whose heartbeats stopped for the grace period NotReady; runs until `stop`.
+    pub async fn monitor(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        // Nodes get one grace period after a controller (re)start before they are judged.
+        let started = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        loop {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                _ = tick.tick() => {}
+            }
+            if let Err(e) = self.check(started).await {
+                tracing::warn!(error = %e, "node readiness check failed; retrying");
+            }
+        }
+    }
+
+    async fn check(&self, started: Instant) -> Result<(), ObjectError> {
+        let (nodes, _) = self.objects.list::<Node>().await?;
+        let seen = self.last_seen.lock().await.clone();
+        for mut node in nodes {
+            let ready = node.status.as_ref().map(|s| s.phase) == Some(NodePhase::Ready);
+            if !ready {
+                continue;
+            }
+            let last = seen.get(&node.metadata.name).copied().unwrap_or(started);
+            if last.elapsed() < self.grace {
+                continue;
+            }
+            tracing::warn!(node = %node.metadata.name, "no heartbeat for {:?}: NotReady", self.grace);
+            if let Some(s) = node.status.as_mut() {
+                s.phase = NodePhase::NotReady;
+                s.message = Some(format!("no heartbeat for {:?}", last.elapsed()));
+            }
+            let _ = self.objects.replace(&node).await;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,418 @@
+//! The scheduler: a pure function from a snapshot of roles, nodes and containers to a plan.
+//!
+//! No I/O and no clock: the same snapshot always gives the same plan, so it is tested with plain
+//! values. Reconciliation (which containers should exist) is separate from placement (which node
+//! each goes to): `plan` walks every role's ordinals, and `place` filters and scores nodes.
+
+use std::collections::{BTreeMap, HashMap};
+
+use texu_api::{
+    Container, ContainerPhase, ContainerSpec, ContainerStatus, Node, NodePhase, Role, Strategy,
+};
+
+/// What the scheduler wants written.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Plan {
+    /// New containers (bound to a node, or pending with a reason).
+    pub create: Vec<Container>,
+    /// Existing containers with a new node, template or generation.
+    pub update: Vec<Container>,
+    /// Names of containers to delete (role gone or scaled down).
+    pub delete: Vec<String>,
+}
+
+impl Plan {
+    /// True when nothing needs writing.
+    pub fn is_empty(&self) -> bool {
+        self.create.is_empty() && self.update.is_empty() && self.delete.is_empty()
+    }
+}
+
+/// A container's name: `ROLE-ORDINAL`.
+pub fn container_name(role: &str, ordinal: i64) -> String {
+    format!("{role}-{ordinal}")
+}
+
+/// What is already placed on a node, in requests.
+#[derive(Debug, Default, Clone)]
+struct Load {
+    cpu_millis: u64,
+    memory_bytes: u64,
+    containers: usize,
+    by_role: HashMap<String, usize>,
+}
+
+fn requests(role: &texu_api::RoleSpec) -> (u64, u64) {
+    let cpu = role
+        .resources
+        .cpu
+        .as_ref()
+        .and_then(|q| q.cpu_millis().ok())
+        .unwrap_or(0);
+    let memory = role
+        .resources
+        .memory
+        .as_ref()
+        .and_then(|q| q.bytes().ok())
+        .unwrap_or(0);
+    (cpu, memory)
+}
+
+/// Computes the plan for a snapshot.
+pub fn plan(roles: &[Role], nodes: &[Node], containers: &[Container]) -> Plan {
+    let mut out = Plan::default();
+    let roles_by_name: BTreeMap<&str, &Role> = roles
+        .iter()
+        .map(|r| (r.metadata.name.as_str(), r))
+        .collect();
+    let mut loads: BTreeMap<&str, Load> = nodes
+        .iter()
+        .map(|n| (n.metadata.name.as_str(), Load::default()))
+        .collect();
+    let mut existing: BTreeMap<&str, &Container> = BTreeMap::new();
+    for c in containers {
+        existing.insert(c.metadata.name.as_str(), c);
+        let Some(role) = roles_by_name.get(c.spec.role.as_str()) else {
+            out.delete.push(c.metadata.name.clone());
+            continue;
+        };
+        if c.spec.ordinal >= role.spec.replicas {
+            out.delete.push(c.metadata.name.clone());
+            continue;
+        }
+        if let Some(load) = c.spec.node.as_deref().and_then(|n| loads.get_mut(n)) {
+            let (cpu, memory) = requests(c.spec.template.as_ref().unwrap_or(&role.spec));
+            load.cpu_millis += cpu;
+            load.memory_bytes += memory;
+            load.containers += 1;
+            *load.by_role.entry(c.spec.role.clone()).or_default() += 1;
+        }
+    }
+    for role in roles {
+        for ordinal in 0..role.spec.replicas {
+            let name = container_name(&role.metadata.name, ordinal);
+            match existing.get(name.as_str()) {
+                Some(current) => {
+                    let mut next = (*current).clone();
+                    let mut changed = false;
+                    if current.spec.generation != role.metadata.generation
+                        || current.spec.template.as_ref() != Some(&role.spec)
+                    {
+                        next.spec.generation = role.metadata.generation;
+                        next.spec.template = Some(role.spec.clone());
+                        changed = true;
+                    }
+                    let bound = current
+                        .spec
+                        .node
+                        .as_deref()
+                        .is_some_and(|n| loads.contains_key(n));
+                    if !bound {
+                        changed |= bind(&mut next, role, nodes, &mut loads);
+                    }
+                    if changed {
+                        out.update.push(next);
+                    }
+                }
+                None => {
+                    let mut container = Container::new(
+                        name,
+                        ContainerSpec {
+                            role: role.metadata.name.clone(),
+                            ordinal,
+                            node: None,
+                            generation: role.metadata.generation,
+                            desired: Default::default(),
+                            template: Some(role.spec.clone()),
+                        },
+                    );
+                    bind(&mut container, role, nodes, &mut loads);
+                    out.create.push(container);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Binds a container to the best node, or marks it pending with the reason. True if it changed.
+fn bind(
+    container: &mut Container,
+    role: &Role,
+    nodes: &[Node],
+    loads: &mut BTreeMap<&str, Load>,
+) -> bool {
+    let before = (container.spec.node.clone(), container.status.clone());
+    match place(role, nodes, loads) {
+        Ok(node) => {
+            let (cpu, memory) = requests(&role.spec);
+            if let Some(load) = loads.get_mut(node.as_str()) {
+                load.cpu_millis += cpu;
+                load.memory_bytes += memory;
+                load.containers += 1;
+                *load.by_role.entry(role.metadata.name.clone()).or_default() += 1;
+            }
+            container.spec.node = Some(node);
+            container.status = Some(ContainerStatus {
+                phase: ContainerPhase::Pending,
+                reason: Some("Scheduled".into()),
+                ..Default::default()
+            });
+        }
+        Err(why) => {
+            container.spec.node = None;
+            container.status = Some(ContainerStatus {
+                phase: ContainerPhase::Pending,
+                reason: Some("Unschedulable".into()),
+                message: Some(why),
+                ..Default::default()
+            });
+        }
+    }
+    before != (container.spec.node.clone(), container.status.clone())
+}
+
+/// Picks a node for one more container of `role`, or says why none fits.
+fn place(role: &Role, nodes: &[Node], loads: &BTreeMap<&str, Load>) -> Result<String, String> {
+    let spec = &role.spec;
+    let (cpu, memory) = requests(spec);
+    let mut rejected: BTreeMap<&'static str, usize> = BTreeMap::new();
+    let mut best: Option<((i64, i64, usize), &str)> = None;
+    for node in nodes {
+        let name = node.metadata.name.as_str();
+        let load = loads.get(name).cloned().unwrap_or_default();
+        let reason = if node.status.as_ref().map(|s| s.phase) != Some(NodePhase::Ready) {
+            Some("not ready")
+        } else if node.spec.unschedulable {
+            Some("cordoned")
+        } else if !spec.placement.arch.is_empty() && !spec.placement.arch.contains(&node.spec.arch)
+        {
+            Some("wrong architecture")
+        } else if spec
+            .placement
+            .node_selector
+            .iter()
+            .any(|(k, v)| node.metadata.labels.get(k) != Some(v))
+        {
+            Some("not matching nodeSelector")
+        } else if load.cpu_millis + cpu > u64::from(node.spec.cpus) * 1000 {
+            Some("insufficient cpu")
+        } else if load.memory_bytes + memory > node.spec.memory_bytes {
+            Some("insufficient memory")
+        } else if spec.placement.max_per_node.is_some_and(|max| {
+            load.by_role.get(&role.metadata.name).copied().unwrap_or(0) as i64 >= max
+        }) {
+            Some("maxPerNode reached")
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
+            *rejected.entry(reason).or_default() += 1;
+            continue;
+        }
+        let same_role = load.by_role.get(&role.metadata.name).copied().unwrap_or(0) as i64;
+        let total = load.containers as i64;
+        // Lower is better. Spread: fewest of this role, then fewest overall. Pack: fullest first.
+        let score = match spec.placement.strategy {
+            Strategy::Spread => (same_role, total, 0),
+            Strategy::Pack => (-total, same_role, 0),
+        };
+        if best.as_ref().is_none_or(|(b, _)| score < *b) {
+            best = Some((score, name));
+        }
+    }
+    match best {
+        Some((_, name)) => Ok(name.to_string()),
+        None => {
+            let parts: Vec<String> = rejected
+                .iter()
+                .map(|(why, n)| format!("{n} {why}"))
+                .collect();
+            Err(if nodes.is_empty() {
+                "0/0 nodes: no node has joined".to_string()
+            } else {
+                format!("0/{} nodes: {}", nodes.len(), parts.join(", "))
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use texu_api::{Arch, NodeSpec, NodeStatus, Quantity, RoleSpec};
+
+    fn node(name: &str, arch: Arch, ready: bool) -> Node {
+        let mut n = Node::new(
+            name,
+            NodeSpec {
+                address: "198.18.0.2".into(),
+                arch,
+                cpus: 4,
+                memory_bytes: 1 << 30,
+                subnet: None,
+                unschedulable: false,
+            },
+        );
+        n.status = Some(NodeStatus {
+            phase: if ready {
+                NodePhase::Ready
+            } else {
+                NodePhase::NotReady
+            },
+            ..Default::default()
+        });
+        n
+    }
+
+    fn role(name: &str, replicas: i64) -> Role {
+        let mut spec = RoleSpec::with_image("host");
+        spec.replicas = replicas;
+        let mut r = Role::new(name, spec);
+        r.metadata.generation = 1;
+        r
+    }
+
+    fn apply(plan: &Plan, containers: &mut Vec<Container>) {
+        containers.retain(|c| !plan.delete.contains(&c.metadata.name));
+        for u in &plan.update {
+            if let Some(c) = containers
+                .iter_mut()
+                .find(|c| c.metadata.name == u.metadata.name)
+            {
+                *c = u.clone();
+            }
+        }
+        containers.extend(plan.create.iter().cloned());
+    }
+
+    fn per_node(containers: &[Container]) -> BTreeMap<String, usize> {
+        let mut m = BTreeMap::new();
+        for c in containers {
+            *m.entry(c.spec.node.clone().unwrap_or_default())
+                .or_default() += 1;
+        }
+        m
+    }
+
+    #[test]
+    fn spreads_replicas_evenly_and_is_deterministic() {
+        let nodes = vec![
+            node("a", Arch::Amd64, true),
+            node("b", Arch::Amd64, true),
+            node("c", Arch::Amd64, true),
+        ];
+        let roles = vec![role("app", 6)];
+        let p1 = plan(&roles, &nodes, &[]);
+        assert_eq!(p1, plan(&roles, &nodes, &[]));
+        assert_eq!(p1.create.len(), 6);
+        let counts = per_node(&p1.create);
+        assert_eq!(counts.values().copied().collect::<Vec<_>>(), [2, 2, 2]);
+        assert_eq!(p1.create[0].metadata.name, "app-0");
+        let mut containers = Vec::new();
+        apply(&p1, &mut containers);
+        assert!(
+            plan(&roles, &nodes, &containers).is_empty(),
+            "a converged snapshot plans nothing"
+        );
+    }
+
+    #[test]
+    fn scales_down_deletes_the_highest_ordinals_and_deleted_roles() {
+        let nodes = vec![node("a", Arch::Amd64, true)];
+        let mut containers = Vec::new();
+        apply(
+            &plan(&[role("app", 3), role("db", 1)], &nodes, &[]),
+            &mut containers,
+        );
+        let p = plan(&[role("app", 1)], &nodes, &containers);
+        let mut deleted = p.delete.clone();
+        deleted.sort();
+        assert_eq!(deleted, ["app-1", "app-2", "db-0"]);
+    }
+
+    #[test]
+    fn unschedulable_reasons_are_counted() {
+        let mut full = node("full", Arch::Amd64, true);
+        full.spec.memory_bytes = 64 << 20;
+        let nodes = vec![
+            node("down", Arch::Amd64, false),
+            node("arm", Arch::Arm64, true),
+            full,
+        ];
+        let mut r = role("app", 1);
+        r.spec.placement.arch = vec![Arch::Amd64];
+        r.spec.resources.memory = Some(Quantity("128Mi".into()));
+        let p = plan(&[r], &nodes, &[]);
+        let status = p.create[0].status.clone().unwrap();
+        assert_eq!(p.create[0].spec.node, None);
+        assert_eq!(status.reason.as_deref(), Some("Unschedulable"));
+        assert_eq!(
+            status.message.as_deref(),
+            Some("0/3 nodes: 1 insufficient memory, 1 not ready, 1 wrong architecture")
+        );
+    }
+
+    #[test]
+    fn pending_containers_are_bound_when_a_node_arrives() {
+        let mut containers = Vec::new();
+        apply(&plan(&[role("app", 1)], &[], &[]), &mut containers);
+        assert_eq!(containers[0].spec.node, None);
+        let p = plan(
+            &[role("app", 1)],
+            &[node("a", Arch::Amd64, true)],
+            &containers,
+        );
+        assert_eq!(p.update.len(), 1);
+        assert_eq!(p.update[0].spec.node.as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn a_new_generation_updates_the_template_in_place() {
+        let nodes = vec![node("a", Arch::Amd64, true)];
+        let mut containers = Vec::new();
+        apply(&plan(&[role("app", 1)], &nodes, &[]), &mut containers);
+        let mut r = role("app", 1);
+        r.metadata.generation = 2;
+        r.spec.command = vec!["/bin/true".into()];
+        let p = plan(&[r], &nodes, &containers);
+        assert_eq!(p.update.len(), 1);
+        assert_eq!(p.update[0].spec.generation, 2);
+        assert_eq!(
+            p.update[0].spec.node.as_deref(),
+            Some("a"),
+            "stays on its node"
+        );
+    }
+
+    #[test]
+    fn selector_max_per_node_and_pack() {
+        let mut a = node("a", Arch::Amd64, true);
+        a.metadata.labels.insert("site".into(), "home".into());
+        let nodes = vec![a, node("b", Arch::Amd64, true)];
+        let mut r = role("app", 3);
+        r.spec
+            .placement
+            .node_selector
+            .insert("site".into(), "home".into());
+        r.spec.placement.max_per_node = Some(2);
+        let p = plan(&[r], &nodes, &[]);
+        assert_eq!(
+            p.create
+                .iter()
+                .filter(|c| c.spec.node.as_deref() == Some("a"))
+                .count(),
+            2
+        );
+        let last = p.create[2].status.clone().unwrap();
+        assert_eq!(
+            last.message.as_deref(),
+            Some("0/2 nodes: 1 maxPerNode reached, 1 not matching nodeSelector")
+        );
+
+        let mut packed = role("batch", 3);
+        packed.spec.placement.strategy = Strategy::Pack;
+        let p = plan(&[packed], &nodes, &[]);
+        assert_eq!(per_node(&p.create).len(), 1, "pack fills one node first");
+    }
+}

@@ -1,0 +1,234 @@
+//! Boards at the API level: joining, per-node credentials and their limits, heartbeats,
+//! readiness and placement, against a real controller process.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{wait_for, ControllerProcess};
+use serde_json::{json, Value};
+
+fn call(method: &str, url: &str, token: &str, body: Option<&Value>) -> (u16, Value) {
+    let req = ureq::request(method, url).set("Authorization", &format!("Bearer {token}"));
+    let result = match body {
+        Some(b) => req
+            .set("Content-Type", "application/json")
+            .send_string(&b.to_string()),
+        None => req.call(),
+    };
+    let (code, response) = match result {
+        Ok(r) => (r.status(), r),
+        Err(ureq::Error::Status(code, r)) => (code, r),
+        Err(e) => panic!("{method} {url}: {e}"),
+    };
+    let text = response.into_string().unwrap_or_default();
+    (code, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+fn spec(address: &str) -> Value {
+    json!({ "address": address, "arch": "amd64", "cpus": 2, "memoryBytes": 1u64 << 30 })
+}
+
+fn join(c: &ControllerProcess, name: &str, address: &str) -> String {
+    let (code, v) = call(
+        "POST",
+        &format!("{}/v1/join", c.server),
+        &c.join_token(),
+        Some(&json!({ "name": name, "labels": {"site": "home"}, "spec": spec(address) })),
+    );
+    assert_eq!(code, 200, "{v}");
+    v["credential"].as_str().unwrap().to_string()
+}
+
+fn beat(c: &ControllerProcess, name: &str, credential: &str, containers: Value) -> u16 {
+    let body =
+        json!({ "spec": spec("198.18.0.2"), "labels": {"site": "home"}, "containers": containers });
+    call(
+        "PUT",
+        &format!("{}/v1/nodes/{name}/status", c.server),
+        credential,
+        Some(&body),
+    )
+    .0
+}
+
+#[test]
+fn boards_join_see_only_their_own_containers_and_go_not_ready_when_silent() {
+    let c = ControllerProcess::start_with(None, &["--node-grace", "600ms"]);
+    let a = join(&c, "board-a", "198.18.0.2");
+    let b = join(&c, "board-b", "198.18.0.3");
+    assert!(a.starts_with("texu-node-board-a-"));
+
+    // A wrong join token gets nothing.
+    let (code, _) = call(
+        "POST",
+        &format!("{}/v1/join", c.server),
+        "texu-join-wrong",
+        Some(&json!({ "name": "evil", "spec": spec("198.18.0.9") })),
+    );
+    assert_eq!(code, 401);
+
+    // Both boards report in; the role's 4 replicas are spread 2 and 2.
+    assert_eq!(beat(&c, "board-a", &a, json!([])), 200);
+    assert_eq!(beat(&c, "board-b", &b, json!([])), 200);
+    c.texu_ok(&[
+        "apply",
+        "-f",
+        common::manifests_dir()
+            .join("good/stack.yaml")
+            .to_str()
+            .unwrap(),
+    ]);
+    let containers = wait_for(Duration::from_secs(10), "3 app containers placed", || {
+        let list = c.get_json(&["containers", "--role", "app"]);
+        let items = list["items"].as_array().cloned().unwrap_or_default();
+        (items.len() == 3 && items.iter().all(|i| i["spec"]["node"].is_string())).then_some(items)
+    });
+    let on_b: Vec<String> = containers
+        .iter()
+        .filter(|i| i["spec"]["node"] == "board-b")
+        .map(|i| i["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
+    let on_a: Vec<String> = containers
+        .iter()
+        .filter(|i| i["spec"]["node"] == "board-a")
+        .map(|i| i["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        !on_a.is_empty() && !on_b.is_empty(),
+        "spread over both boards: {on_a:?} {on_b:?}"
+    );
+
+    // Board A reads its own containers, and nothing of board B's.
+    let url = |p: &str| format!("{}{p}", c.server);
+    let (code, list) = call("GET", &url("/v1/containers?node=board-a"), &a, None);
+    assert_eq!(code, 200);
+    assert!(list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|i| i["spec"]["node"] == "board-a"));
+    assert_eq!(
+        call("GET", &url("/v1/containers?node=board-b"), &a, None).0,
+        403
+    );
+    assert_eq!(call("GET", &url("/v1/containers"), &a, None).0, 403);
+    assert_eq!(
+        call(
+            "GET",
+            &url(&format!("/v1/containers/{}", on_b[0])),
+            &a,
+            None
+        )
+        .0,
+        403
+    );
+    assert_eq!(
+        call(
+            "GET",
+            &url(&format!("/v1/containers/{}", on_a[0])),
+            &a,
+            None
+        )
+        .0,
+        200
+    );
+    assert_eq!(call("GET", &url("/v1/roles"), &a, None).0, 403);
+    assert_eq!(
+        call("PUT", &url("/v1/roles/app"), &a, Some(&json!({}))).0,
+        403
+    );
+    assert_eq!(call("GET", &url("/v1/nodes/board-b"), &a, None).0, 403);
+    // ...and cannot change B's node or containers.
+    let forged = json!([{ "name": on_b[0], "generation": 1, "status": { "phase": "Failed" } }]);
+    assert_eq!(beat(&c, "board-b", &a, forged.clone()), 403);
+    assert_eq!(beat(&c, "board-a", &a, forged), 200);
+    let victim = c.get_json(&["containers", &on_b[0]]);
+    assert_ne!(
+        victim["status"]["phase"], "Failed",
+        "A's report about B's container is ignored"
+    );
+
+    // Its own container status, reported in a heartbeat, shows in the API.
+    let report = json!([{ "name": on_a[0], "generation": 1,
+        "status": { "phase": "Ready", "address": "198.19.1.5", "restarts": 1 } }]);
+    assert_eq!(beat(&c, "board-a", &a, report), 200);
+    let mine = c.get_json(&["containers", &on_a[0]]);
+    assert_eq!(mine["status"]["phase"], "Ready");
+    assert_eq!(mine["status"]["address"], "198.19.1.5");
+    let wide = c.texu_ok(&["get", "containers", "-o", "wide"]);
+    assert!(
+        wide.lines().any(|l| l.contains(&on_a[0])
+            && l.contains("board-a")
+            && l.contains("198.19.1.5")
+            && l.contains("Ready")),
+        "{wide}"
+    );
+
+    // Nodes are Ready while they beat; B goes silent and becomes NotReady, A stays Ready.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let states = loop {
+        beat(&c, "board-a", &a, json!([]));
+        let nodes = c.get_json(&["nodes"]);
+        let phase = |n: &str| {
+            nodes["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|i| i["metadata"]["name"] == n)
+                .map(|i| {
+                    i["status"]["phase"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string()
+                })
+                .unwrap()
+        };
+        let states = (phase("board-a"), phase("board-b"));
+        if states.1 == "NotReady" || std::time::Instant::now() > deadline {
+            break states;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(states, ("Ready".to_string(), "NotReady".to_string()));
+    let status = c.texu_ok(&["status"]);
+    assert!(status.contains("Nodes:       1/2 ready"), "{status}");
+
+    // A stolen-looking credential for another name, or garbage, is refused.
+    let forged_credential = a.replace("board-a", "board-b");
+    assert_eq!(
+        call(
+            "GET",
+            &url("/v1/containers?node=board-b"),
+            &forged_credential,
+            None
+        )
+        .0,
+        401
+    );
+    assert_eq!(
+        call("GET", &url("/v1/nodes/board-a"), "texu-node-", None).0,
+        401
+    );
+}
+
+#[test]
+fn roles_wait_pending_with_a_reason_when_no_board_fits() {
+    let c = ControllerProcess::start();
+    c.texu_ok(&[
+        "apply",
+        "-f",
+        common::manifests_dir()
+            .join("good/stack.yaml")
+            .to_str()
+            .unwrap(),
+    ]);
+    let reason = wait_for(Duration::from_secs(10), "a pending container", || {
+        let app0 = c.texu(&["get", "containers", "app-0", "-o", "json"]);
+        let v: Value = serde_json::from_slice(&app0.stdout).ok()?;
+        v["status"]["message"].as_str().map(str::to_string)
+    });
+    assert_eq!(reason, "0/0 nodes: no node has joined");
+    let wide = c.texu_ok(&["get", "containers", "-o", "wide"]);
+    assert!(wide.contains("Unschedulable"), "{wide}");
+}
