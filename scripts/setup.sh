@@ -6,6 +6,7 @@ PKGS=(
   lxc lxc-dev lxc-templates busybox-static        # runtime, liblxc, busybox template
   protobuf-compiler                               # etcd-client (tonic/prost) build
   etcd-server etcd-client                         # real etcd for store tests
+  libprotobuf-dev                                 # descriptor.proto for etcd-client
   apache2 iproute2 nftables curl procps psmisc    # proxy tier, networking, test tools
 )
 missing=()

@@ -32,6 +32,8 @@ struct Cli {
 enum Command {
     /// Run the controller: store, API, and (later) scheduler.
     Controller(cmd::controller::Args),
+    /// Run a board's agent: join, then run the containers the controller assigns here.
+    Agent(cmd::agent::Args),
     /// Create or update objects from manifest files, directories or `-` (stdin).
     Apply(cmd::apply::Args),
     /// List objects, or show one, as a table, JSON or YAML.
@@ -48,7 +50,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let daemon = matches!(cli.command, Command::Controller(_));
+    let daemon = matches!(cli.command, Command::Controller(_) | Command::Agent(_));
     init_logging(if daemon { "info" } else { "warn" });
     let client = || {
         config::resolve(cli.server.clone(), cli.token.clone(), cli.config.clone())
@@ -56,6 +58,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Controller(ref args) => cmd::controller::run(args, cli.config.clone()),
+        Command::Agent(ref args) => cmd::agent::run(args, cli.server.clone()),
         Command::Apply(ref args) => client().and_then(|c| cmd::apply::run(&c, args)),
         Command::Get(ref args) => client().and_then(|c| cmd::get::run(&c, args)),
         Command::Describe(ref args) => client().and_then(|c| cmd::get::describe(&c, args)),

@@ -49,7 +49,7 @@ pub fn parse_store(store: Option<&str>) -> Result<Vec<String>> {
     Ok(endpoints)
 }
 
-fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     texu_api::Duration(text.to_string())
         .as_std()
         .map_err(|e| e.to_string())
@@ -100,7 +100,7 @@ fn write_client_config(server: &str, token: &str, path: Option<PathBuf>) {
     }
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let (mut term, mut int) = match (
         signal(SignalKind::terminate()),

@@ -1,5 +1,6 @@
 //! The `texu` subcommands, one module each.
 
+pub mod agent;
 pub mod apply;
 pub mod controller;
 pub mod delete;

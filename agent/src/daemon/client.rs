@@ -1,0 +1,213 @@
+//! The agent's client for the controller API: join, heartbeat, list and watch its containers.
+//!
+//! Blocking HTTP (ureq) run on blocking threads: the agent makes a request every half second at
+//! most, and a blocking client keeps the binary and the resident set small.
+
+use std::io::BufRead;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use texu_api::{Container, ContainerStatus, NodeSpec};
+
+/// What can go wrong talking to the controller.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The controller could not be reached (refused, timeout, DNS).
+    #[error("cannot reach the controller at {server}: {message}")]
+    Unreachable { server: String, message: String },
+    /// The controller answered with an error status.
+    #[error("the controller answered {status}: {message}")]
+    Status { status: u16, message: String },
+    /// The controller's answer did not decode.
+    #[error("unexpected answer from the controller: {0}")]
+    Decode(String),
+}
+
+/// A result of this module.
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
+
+/// One container's status in a heartbeat.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Reported {
+    pub name: String,
+    pub generation: i64,
+    pub status: ContainerStatus,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Heartbeat<'a> {
+    spec: &'a NodeSpec,
+    labels: &'a std::collections::BTreeMap<String, String>,
+    containers: &'a [Reported],
+}
+
+#[derive(Deserialize)]
+struct ContainerList {
+    revision: i64,
+    items: Vec<Container>,
+}
+
+/// A change to one of this node's containers.
+#[derive(Debug, Clone, Deserialize)]
+pub struct WatchEvent {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub revision: i64,
+    #[serde(default)]
+    pub object: serde_json::Value,
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// A client bound to one controller.
+#[derive(Clone)]
+pub struct Client {
+    agent: ureq::Agent,
+    server: String,
+}
+
+impl Client {
+    /// A client for `server` (`http://HOST:PORT`).
+    pub fn new(server: &str) -> Client {
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(3))
+            .timeout_read(Duration::from_secs(10))
+            .build();
+        Client {
+            agent,
+            server: server.trim_end_matches('/').to_string(),
+        }
+    }
+
+    /// Joins the cluster with the join token; returns the node's own credential.
+    pub fn join(
+        &self,
+        join_token: &str,
+        name: &str,
+        labels: &std::collections::BTreeMap<String, String>,
+        spec: &NodeSpec,
+    ) -> Result<String> {
+        let body = serde_json::json!({ "name": name, "labels": labels, "spec": spec });
+        let v: serde_json::Value = self.send("POST", "/v1/join", join_token, Some(body))?;
+        v["credential"]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| ClientError::Decode("join answer has no credential".into()))
+    }
+
+    /// Sends a heartbeat with the status of every container.
+    pub fn heartbeat(
+        &self,
+        credential: &str,
+        name: &str,
+        spec: &NodeSpec,
+        labels: &std::collections::BTreeMap<String, String>,
+        containers: &[Reported],
+    ) -> Result<()> {
+        let body = serde_json::to_value(Heartbeat {
+            spec,
+            labels,
+            containers,
+        })
+        .map_err(|e| ClientError::Decode(e.to_string()))?;
+        let _: serde_json::Value = self.send(
+            "PUT",
+            &format!("/v1/nodes/{name}/status"),
+            credential,
+            Some(body),
+        )?;
+        Ok(())
+    }
+
+    /// Lists this node's containers and the revision of the read.
+    pub fn containers(&self, credential: &str, node: &str) -> Result<(Vec<Container>, i64)> {
+        let list: ContainerList = self.send(
+            "GET",
+            &format!("/v1/containers?node={node}"),
+            credential,
+            None,
+        )?;
+        Ok((list.items, list.revision))
+    }
+
+    /// Follows changes to this node's containers after `revision`, calling `on_event` for each
+    /// until the stream ends or `on_event` returns false.
+    pub fn watch(
+        &self,
+        credential: &str,
+        node: &str,
+        revision: i64,
+        mut on_event: impl FnMut(WatchEvent) -> bool,
+    ) -> Result<()> {
+        let url = format!(
+            "{}/v1/containers?node={node}&watch=true&revision={revision}",
+            self.server
+        );
+        // No read timeout: a quiet watch is normal.
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(3))
+            .build();
+        let response = agent
+            .get(&url)
+            .set("Authorization", &format!("Bearer {credential}"))
+            .call()
+            .map_err(|e| self.error(e))?;
+        let reader = std::io::BufReader::new(response.into_reader());
+        for line in reader.lines() {
+            let line = line.map_err(|e| ClientError::Unreachable {
+                server: self.server.clone(),
+                message: e.to_string(),
+            })?;
+            let event: WatchEvent =
+                serde_json::from_str(&line).map_err(|e| ClientError::Decode(e.to_string()))?;
+            if !on_event(event) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn send<T: serde::de::DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<T> {
+        let req = self
+            .agent
+            .request(method, &format!("{}{path}", self.server))
+            .set("Authorization", &format!("Bearer {token}"));
+        let result = match body {
+            Some(b) => req
+                .set("Content-Type", "application/json")
+                .send_string(&b.to_string()),
+            None => req.call(),
+        };
+        let response = result.map_err(|e| self.error(e))?;
+        let text = response
+            .into_string()
+            .map_err(|e| ClientError::Decode(e.to_string()))?;
+        serde_json::from_str(&text).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    fn error(&self, e: ureq::Error) -> ClientError {
+        match e {
+            ureq::Error::Status(status, response) => {
+                let text = response.into_string().unwrap_or_default();
+                let message = serde_json::from_str::<serde_json::Value>(&text)
+                    .ok()
+                    .and_then(|v| v["error"].as_str().map(str::to_string))
+                    .unwrap_or(text);
+                ClientError::Status { status, message }
+            }
+            ureq::Error::Transport(t) => ClientError::Unreachable {
+                server: self.server.clone(),
+                message: t.to_string(),
+            },
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! `texu agent`: joins the cluster, follows this board's containers and makes them so.
+//!
+//! Three parts run together: a watcher thread that lists and watches this node's containers
+//! (level-triggered: every change wakes the reconciler at once), the reconciler that moves the
+//! runtime toward that desired state and keeps each container's status, and a heartbeat that
+//! carries those statuses to the controller. The controller being unreachable changes nothing
+//! on the board: containers keep running and the agent retries with capped backoff.
+
+pub mod client;
+pub mod facts;
+pub mod network;
+mod reconcile;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use texu_api::{Container, NodeSpec};
+use tokio::sync::{mpsc, watch, Mutex};
+
+use crate::runtime::Runtime;
+use client::{Client, ClientError, Reported};
+pub use reconcile::Reconciler;
+
+/// How the agent is configured.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: String,
+    /// The cluster join token; needed only until the node has its own credential.
+    pub join_token: Option<String>,
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub labels: BTreeMap<String, String>,
+    /// The board's overlay address.
+    pub address: String,
+    /// The board's container bridge and subnet; `None`: containers get no network.
+    pub network: Option<(String, network::Subnet)>,
+    pub heartbeat: Duration,
+}
+
+/// What stops the agent from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot use data dir {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("this node has no credential yet and no --join-token was given")]
+    NoJoinToken,
+    #[error("joining the cluster failed: {0}")]
+    Join(#[source] ClientError),
+    #[error(transparent)]
+    Network(#[from] network::NetworkError),
+    #[error(transparent)]
+    Runtime(#[from] crate::runtime::RuntimeError),
+}
+
+/// File holding the node's credential inside the data dir (mode 0600).
+pub const CREDENTIAL_FILE: &str = "node.credential";
+
+/// A change seen by the watcher thread.
+#[derive(Debug)]
+pub enum Desired {
+    /// A full list: replaces everything known.
+    Snapshot(Vec<Container>),
+    /// One container added or changed.
+    Upsert(Box<Container>),
+    /// One container removed.
+    Remove(String),
+}
+
+/// This board's facts, as sent on join and in every heartbeat.
+pub fn node_spec(config: &Config) -> NodeSpec {
+    NodeSpec {
+        address: config.address.clone(),
+        arch: facts::arch(),
+        cpus: facts::cpus(),
+        memory_bytes: facts::memory_bytes(),
+        subnet: config.network.as_ref().map(|(_, s)| s.to_string()),
+        unschedulable: false,
+    }
+}
+
+/// Reads the stored credential, or joins with the join token and stores the new one.
+pub async fn credential(config: &Config, client: &Client) -> Result<String, AgentError> {
+    let path = config.data_dir.join(CREDENTIAL_FILE);
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let c = text.trim().to_string();
+        if !c.is_empty() {
+            return Ok(c);
+        }
+    }
+    let token = config.join_token.clone().ok_or(AgentError::NoJoinToken)?;
+    let spec = node_spec(config);
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let (client, name, labels, spec, token) = (
+            client.clone(),
+            config.name.clone(),
+            config.labels.clone(),
+            spec.clone(),
+            token.clone(),
+        );
+        let result =
+            tokio::task::spawn_blocking(move || client.join(&token, &name, &labels, &spec))
+                .await
+                .unwrap_or_else(|e| Err(ClientError::Decode(format!("join task failed: {e}"))));
+        match result {
+            Ok(credential) => {
+                write_private(&path, &credential).map_err(|source| AgentError::DataDir {
+                    path: path.clone(),
+                    source,
+                })?;
+                tracing::info!(node = %config.name, "joined the cluster");
+                return Ok(credential);
+            }
+            // Refused outright: retrying will not help.
+            Err(
+                e @ ClientError::Status {
+                    status: 400..=499, ..
+                },
+            ) => return Err(AgentError::Join(e)),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot join yet; retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(tmp, path)
+}
+
+/// Runs the agent until `stop` flips to true.
+pub async fn run(
+    config: Config,
+    runtime: Arc<dyn Runtime>,
+    stop: watch::Receiver<bool>,
+) -> Result<(), AgentError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| AgentError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    if let Some((bridge, subnet)) = &config.network {
+        network::ensure_bridge(bridge, *subnet)?;
+    }
+    let client = Client::new(&config.server);
+    let credential = credential(&config, &client).await?;
+    let statuses: Arc<Mutex<Vec<Reported>>> = Arc::new(Mutex::new(Vec::new()));
+    let (desired_tx, desired_rx) = mpsc::channel::<Desired>(1024);
+
+    spawn_watcher(
+        client.clone(),
+        credential.clone(),
+        config.name.clone(),
+        desired_tx,
+        stop.clone(),
+    );
+    let heartbeat = tokio::spawn(heartbeat_loop(
+        client.clone(),
+        credential.clone(),
+        config.clone(),
+        statuses.clone(),
+        stop.clone(),
+    ));
+    let mut reconciler = Reconciler::new(&config, runtime)?;
+    reconciler.run(desired_rx, statuses, stop).await;
+    let _ = heartbeat.await;
+    Ok(())
+}
+
+/// Lists then watches this node's containers on a blocking thread, forever, with backoff.
+fn spawn_watcher(
+    client: Client,
+    credential: String,
+    node: String,
+    tx: mpsc::Sender<Desired>,
+    stop: watch::Receiver<bool>,
+) {
+    std::thread::Builder::new()
+        .name("texu-watch".into())
+        .spawn(move || {
+            let mut backoff = Duration::from_millis(100);
+            while !*stop.borrow() {
+                let result = client.containers(&credential, &node).and_then(|(items, revision)| {
+                    if tx.blocking_send(Desired::Snapshot(items)).is_err() {
+                        return Ok(());
+                    }
+                    backoff = Duration::from_millis(100);
+                    client.watch(&credential, &node, revision, |event| {
+                        let name = event.object["metadata"]["name"]
+                            .as_str()
+                            .unwrap_or_default()
+                            .to_string();
+                        let msg = match event.kind.as_str() {
+                            "DELETED" => Desired::Remove(name),
+                            "ERROR" => return false,
+                            _ => match serde_json::from_value::<Container>(event.object) {
+                                Ok(c) if c.spec.node.as_deref() == Some(node.as_str()) => {
+                                    Desired::Upsert(Box::new(c))
+                                }
+                                // Moved to another node: for this board it is gone.
+                                Ok(_) => Desired::Remove(name),
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "undecodable container event");
+                                    return true;
+                                }
+                            },
+                        };
+                        tx.blocking_send(msg).is_ok() && !*stop.borrow()
+                    })
+                });
+                if tx.is_closed() {
+                    return;
+                }
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "watch of this node's containers failed; retrying in {backoff:?}");
+                }
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        })
+        .map(|_| ())
+        .unwrap_or_else(|e| tracing::error!(error = %e, "cannot start the watch thread"));
+}
+
+/// Sends a heartbeat every period with the latest container statuses; never gives up.
+async fn heartbeat_loop(
+    client: Client,
+    credential: String,
+    config: Config,
+    statuses: Arc<Mutex<Vec<Reported>>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let spec = node_spec(&config);
+    let mut failures = 0u32;
+    loop {
+        let containers = statuses.lock().await.clone();
+        let (c, cred, name, labels, spec2) = (
+            client.clone(),
+            credential.clone(),
+            config.name.clone(),
+            config.labels.clone(),
+            spec.clone(),
+        );
+        let started = tokio::time::Instant::now();
+        let result = tokio::task::spawn_blocking(move || {
+            c.heartbeat(&cred, &name, &spec2, &labels, &containers)
+        })
+        .await;
+        let delay = match result {
+            Ok(Ok(())) => {
+                if failures > 0 {
+                    tracing::info!("controller reachable again");
+                }
+                failures = 0;
+                crate::metrics::heartbeat_rtt(started.elapsed());
+                config.heartbeat
+            }
+            Ok(Err(e)) => {
+                failures += 1;
+                if failures == 1 || failures.is_multiple_of(20) {
+                    tracing::warn!(error = %e, failures, "heartbeat failed; containers keep running");
+                }
+                (config.heartbeat * 2u32.saturating_pow(failures.min(4)))
+                    .min(Duration::from_secs(5))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "heartbeat task failed");
+                config.heartbeat
+            }
+        };
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}

@@ -1,0 +1,606 @@
+//! The reconciler: moves the board's LXC containers toward the containers assigned to it.
+//!
+//! Level-triggered and idempotent: each pass compares what should run (the controller's
+//! containers for this node) with what the runtime has, and takes one step per container. On
+//! start it adopts the containers it finds in its LXC path without restarting them; it removes
+//! containers no longer assigned only after it has heard the controller's list.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use texu_api::{Container, ContainerPhase, ContainerStatus, ImageRef, RoleSpec};
+use tokio::sync::{mpsc, watch, Mutex};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::client::Reported;
+use super::network::{Addresses, Subnet};
+use super::{AgentError, Config, Desired};
+use crate::probe::{BackoffPolicy, Exec, ProbeReport, ProbeRunner, ProbeTarget, RestartBackoff};
+use crate::runtime::{self, ContainerState, NetConfig, Runtime, RuntimeError};
+
+/// How often the reconciler looks at the runtime when nothing else wakes it.
+const TICK: Duration = Duration::from_millis(250);
+/// How long a container gets to stop before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How long a failed create waits before it is tried again.
+const CREATE_RETRY: Duration = Duration::from_secs(5);
+
+/// What the agent remembers about a container across its own restarts.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+struct Record {
+    generation: i64,
+    restarts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    last_exit: Option<String>,
+}
+
+/// One container the reconciler looks after.
+struct Slot {
+    record: Record,
+    backoff: RestartBackoff,
+    status: ContainerStatus,
+    probes: Option<(CancellationToken, watch::Receiver<ProbeReport>)>,
+    retry_create_at: Option<Instant>,
+    address: Option<Ipv4Addr>,
+}
+
+/// Runs probes' `exec` checks through the runtime.
+struct RuntimeExec(Arc<dyn Runtime>);
+
+#[async_trait::async_trait]
+impl Exec for RuntimeExec {
+    async fn exec(&self, container: &str, argv: &[String]) -> Result<i32, String> {
+        let out = self
+            .0
+            .exec(container, argv, Duration::from_secs(30))
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(out.status.code().unwrap_or(-1))
+    }
+}
+
+/// The reconciler's state.
+pub struct Reconciler {
+    runtime: Arc<dyn Runtime>,
+    data_dir: PathBuf,
+    network: Option<(String, Subnet)>,
+    addresses: Option<Addresses>,
+    desired: BTreeMap<String, Container>,
+    /// True once the controller's list has been seen: only then are strays removed.
+    synced: bool,
+    slots: HashMap<String, Slot>,
+}
+
+impl Reconciler {
+    /// A reconciler for the agent `config` over `runtime`.
+    pub fn new(config: &Config, runtime: Arc<dyn Runtime>) -> Result<Self, AgentError> {
+        let dir = config.data_dir.join("containers");
+        std::fs::create_dir_all(&dir).map_err(|source| AgentError::DataDir {
+            path: dir.clone(),
+            source,
+        })?;
+        let addresses = match &config.network {
+            Some((_, subnet)) => Some(Addresses::load(
+                &config.data_dir.join("addresses"),
+                *subnet,
+            )?),
+            None => None,
+        };
+        Ok(Reconciler {
+            runtime,
+            data_dir: config.data_dir.clone(),
+            network: config.network.clone(),
+            addresses,
+            desired: BTreeMap::new(),
+            synced: false,
+            slots: HashMap::new(),
+        })
+    }
+
+    /// Reconciles on every change and every tick until `stop`.
+    pub async fn run(
+        &mut self,
+        mut desired: mpsc::Receiver<Desired>,
+        statuses: Arc<Mutex<Vec<Reported>>>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => break,
+                _ = tick.tick() => {}
+                msg = desired.recv() => match msg {
+                    Some(msg) => {
+                        self.apply(msg);
+                        // Take the rest of a burst before reconciling.
+                        while let Ok(more) = desired.try_recv() {
+                            self.apply(more);
+                        }
+                    }
+                    None => break,
+                },
+            }
+            let started = std::time::Instant::now();
+            self.pass().await;
+            crate::metrics::reconciled(started.elapsed(), &self.phases());
+            *statuses.lock().await = self.report();
+        }
+        for slot in self.slots.values() {
+            if let Some((cancel, _)) = &slot.probes {
+                cancel.cancel();
+            }
+        }
+    }
+
+    fn apply(&mut self, msg: Desired) {
+        match msg {
+            Desired::Snapshot(items) => {
+                self.desired = items
+                    .into_iter()
+                    .map(|c| (c.metadata.name.clone(), c))
+                    .collect();
+                self.synced = true;
+            }
+            Desired::Upsert(c) => {
+                self.desired.insert(c.metadata.name.clone(), *c);
+            }
+            Desired::Remove(name) => {
+                self.desired.remove(&name);
+            }
+        }
+    }
+
+    fn phases(&self) -> Vec<ContainerPhase> {
+        self.slots.values().map(|s| s.status.phase).collect()
+    }
+
+    /// The statuses to report, for containers the controller asked for.
+    fn report(&self) -> Vec<Reported> {
+        self.desired
+            .values()
+            .filter_map(|c| {
+                let slot = self.slots.get(&c.metadata.name)?;
+                Some(Reported {
+                    name: c.metadata.name.clone(),
+                    generation: c.spec.generation,
+                    status: slot.status.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// One pass over every container.
+    pub async fn pass(&mut self) {
+        let existing = match self.runtime.list().await {
+            Ok(names) => names,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list containers");
+                return;
+            }
+        };
+        if self.synced {
+            let strays: Vec<String> = existing
+                .iter()
+                .filter(|n| !self.desired.contains_key(*n))
+                .cloned()
+                .collect();
+            for name in strays {
+                self.remove(&name).await;
+            }
+            let gone: Vec<String> = self
+                .slots
+                .keys()
+                .filter(|n| !self.desired.contains_key(*n) && !existing.contains(n))
+                .cloned()
+                .collect();
+            for name in gone {
+                self.remove(&name).await;
+            }
+        }
+        let desired: Vec<Container> = self.desired.values().cloned().collect();
+        for c in desired {
+            self.step(&c, existing.contains(&c.metadata.name)).await;
+        }
+    }
+
+    async fn step(&mut self, c: &Container, exists: bool) {
+        let name = c.metadata.name.clone();
+        if !self.slots.contains_key(&name) {
+            // The restart count and last exit survive agent restarts through the record.
+            let record = read_record(&self.record_path(&name)).unwrap_or_default();
+            self.slots.insert(
+                name.clone(),
+                Slot {
+                    record,
+                    backoff: RestartBackoff::new(BackoffPolicy::default(), Instant::now()),
+                    status: ContainerStatus::default(),
+                    probes: None,
+                    retry_create_at: None,
+                    address: None,
+                },
+            );
+            if let Some(slot) = self.slots.get_mut(&name) {
+                slot.status.restarts = i64::from(slot.record.restarts);
+                slot.status.last_exit = slot.record.last_exit.clone();
+            }
+        }
+        let state = if exists {
+            match self.runtime.state(&name).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(container = %name, error = %e, "cannot read state");
+                    return;
+                }
+            }
+        } else {
+            None
+        };
+        let generation_matches = self
+            .slots
+            .get(&name)
+            .is_some_and(|s| s.record.generation == c.spec.generation);
+        match state {
+            Some(_) if !generation_matches => {
+                // Fencing: an older generation stops before the new one starts.
+                tracing::info!(container = %name, generation = c.spec.generation, "new generation: recreating");
+                self.teardown(&name, false).await;
+                self.create(c).await;
+            }
+            None => self.create(c).await,
+            Some(state) if state.phase.is_alive() => self.running(c, &state).await,
+            Some(state) => self.exited(c, &state).await,
+        }
+    }
+
+    async fn create(&mut self, c: &Container) {
+        let name = c.metadata.name.clone();
+        let now = Instant::now();
+        if let Some(slot) = self.slots.get(&name) {
+            if slot.retry_create_at.is_some_and(|t| now < t) {
+                return;
+            }
+        }
+        self.set_phase(&name, ContainerPhase::Creating, None, None);
+        let spec = match self.runtime_spec(c) {
+            Ok(spec) => spec,
+            Err((reason, message)) => {
+                self.fail_create(&name, reason, message);
+                return;
+            }
+        };
+        let result = match self.runtime.create(&spec).await {
+            Ok(()) => self.runtime.start(&name).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => {
+                tracing::info!(container = %name, generation = c.spec.generation, "container started");
+                let Some(slot) = self.slots.get_mut(&name) else {
+                    return;
+                };
+                slot.record.generation = c.spec.generation;
+                slot.retry_create_at = None;
+                slot.backoff.started(Instant::now());
+                slot.address = spec.network.as_ref().map(|n| n.address);
+                slot.status.address = slot.address.map(|a| a.to_string());
+                let record = slot.record.clone();
+                write_record(&self.record_path(&name), &record);
+                self.set_phase(&name, ContainerPhase::Running, None, None);
+                self.start_probes(c);
+            }
+            Err(e) => {
+                // Leave nothing half-made behind.
+                let _ = self.runtime.destroy(&name).await;
+                let reason = match &e {
+                    RuntimeError::CommandNotFound { .. } => "CommandNotFound",
+                    RuntimeError::InvalidSpec { .. } => "InvalidSpec",
+                    RuntimeError::Template { .. } => "ImageFailed",
+                    _ => "CreateFailed",
+                };
+                self.fail_create(&name, reason, e.to_string());
+            }
+        }
+    }
+
+    fn fail_create(&mut self, name: &str, reason: &str, message: String) {
+        tracing::warn!(container = %name, reason, %message, "cannot create container");
+        if let Some(slot) = self.slots.get_mut(name) {
+            slot.retry_create_at = Some(Instant::now() + CREATE_RETRY);
+        }
+        self.set_phase(name, ContainerPhase::Failed, Some(reason), Some(message));
+    }
+
+    async fn running(&mut self, c: &Container, _state: &ContainerState) {
+        let name = &c.metadata.name;
+        let Some(slot) = self.slots.get_mut(name) else {
+            return;
+        };
+        if slot.probes.is_none() && slot.status.phase != ContainerPhase::Creating {
+            // Adopted after an agent restart: same generation, still running; keep it.
+            if slot.status.phase == ContainerPhase::Pending {
+                tracing::info!(container = %name, "adopted running container");
+            }
+            slot.address = self
+                .addresses
+                .as_mut()
+                .and_then(|a| a.get_or_assign(name).ok());
+            slot.status.address = slot.address.map(|a| a.to_string());
+            self.start_probes(c);
+        }
+        let Some(slot) = self.slots.get_mut(name) else {
+            return;
+        };
+        let report = slot.probes.as_ref().map(|(_, rx)| rx.borrow().clone());
+        match report {
+            Some(r) if r.liveness_failed => {
+                tracing::warn!(container = %name, probe = %r.last_probe, "liveness failed: restarting");
+                slot.status.last_probe = Some(r.last_probe.clone());
+                if let Some((cancel, _)) = slot.probes.take() {
+                    cancel.cancel();
+                }
+                let _ = self.runtime.stop(name, STOP_GRACE).await;
+                self.record_exit(name, "LivenessFailed".into());
+            }
+            Some(r) => {
+                slot.status.last_probe = (!r.last_probe.is_empty()).then(|| r.last_probe.clone());
+                let phase = if r.ready {
+                    ContainerPhase::Ready
+                } else {
+                    ContainerPhase::Running
+                };
+                let reason = slot
+                    .backoff
+                    .in_crash_loop(Instant::now())
+                    .then_some("CrashLoopBackOff");
+                self.set_phase(name, phase, reason, None);
+            }
+            None => self.set_phase(name, ContainerPhase::Running, None, None),
+        }
+    }
+
+    async fn exited(&mut self, c: &Container, state: &ContainerState) {
+        let name = c.metadata.name.clone();
+        let now = Instant::now();
+        let waiting = self
+            .slots
+            .get(&name)
+            .and_then(|s| s.backoff.restart_at())
+            .is_some();
+        if !waiting {
+            let why = if state.oom_killed() {
+                "OOMKilled".to_string()
+            } else {
+                "Exited".to_string()
+            };
+            self.record_exit(&name, why);
+        }
+        let Some(slot) = self.slots.get_mut(&name) else {
+            return;
+        };
+        if slot.backoff.restart_due(now) {
+            match self.runtime.start(&name).await {
+                Ok(()) => {
+                    tracing::info!(container = %name, restarts = slot.record.restarts, "container restarted");
+                    slot.backoff.started(Instant::now());
+                    self.set_phase(&name, ContainerPhase::Running, None, None);
+                    self.start_probes(c);
+                }
+                Err(e) => {
+                    tracing::warn!(container = %name, error = %e, "restart failed");
+                    slot.backoff.exited(Instant::now());
+                }
+            }
+        }
+    }
+
+    /// Counts an exit: restarts + 1, the reason kept, a backoff before the next start.
+    fn record_exit(&mut self, name: &str, why: String) {
+        let now = Instant::now();
+        let Some(slot) = self.slots.get_mut(name) else {
+            return;
+        };
+        if let Some((cancel, _)) = slot.probes.take() {
+            cancel.cancel();
+        }
+        let delay = slot.backoff.exited(now);
+        crate::metrics::restarted(&why);
+        slot.record.restarts += 1;
+        slot.record.last_exit = Some(why.clone());
+        slot.status.restarts = i64::from(slot.record.restarts);
+        slot.status.last_exit = Some(why.clone());
+        let record = slot.record.clone();
+        let crash_loop = slot.backoff.in_crash_loop(now);
+        write_record(&self.record_path(name), &record);
+        tracing::warn!(container = %name, reason = %why, restart_in = ?delay, "container exited");
+        let reason = if crash_loop {
+            "CrashLoopBackOff"
+        } else {
+            "BackOff"
+        };
+        self.set_phase(
+            name,
+            ContainerPhase::Failed,
+            Some(reason),
+            Some(format!("{why}; restarting in {delay:?}")),
+        );
+    }
+
+    fn start_probes(&mut self, c: &Container) {
+        let name = c.metadata.name.clone();
+        let Some(template) = c.spec.template.as_ref() else {
+            return;
+        };
+        let Some(slot) = self.slots.get_mut(&name) else {
+            return;
+        };
+        if let Some((cancel, _)) = slot.probes.take() {
+            cancel.cancel();
+        }
+        let address = slot
+            .address
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        let target = ProbeTarget {
+            container: name.clone(),
+            address,
+        };
+        let exec: Arc<dyn Exec> = Arc::new(RuntimeExec(self.runtime.clone()));
+        match ProbeRunner::new(target, &template.health, &template.ports, exec) {
+            Ok(runner) => {
+                let rx = runner.subscribe();
+                let cancel = CancellationToken::new();
+                runner.spawn(cancel.clone());
+                slot.probes = Some((cancel, rx));
+            }
+            Err(e) => tracing::warn!(container = %name, error = %e, "probes not started"),
+        }
+    }
+
+    fn set_phase(
+        &mut self,
+        name: &str,
+        phase: ContainerPhase,
+        reason: Option<&str>,
+        message: Option<String>,
+    ) {
+        if let Some(slot) = self.slots.get_mut(name) {
+            slot.status.phase = phase;
+            slot.status.reason = reason.map(str::to_string);
+            slot.status.message = message;
+        }
+    }
+
+    /// Stops and destroys a container no longer assigned here, with its volumes and address.
+    async fn remove(&mut self, name: &str) {
+        tracing::info!(container = %name, "removing container no longer assigned here");
+        self.teardown(name, true).await;
+    }
+
+    async fn teardown(&mut self, name: &str, forget: bool) {
+        if let Some(slot) = self.slots.get_mut(name) {
+            if let Some((cancel, _)) = slot.probes.take() {
+                cancel.cancel();
+            }
+        }
+        if let Err(e) = self.runtime.stop(name, STOP_GRACE).await {
+            if !matches!(
+                e,
+                RuntimeError::NotFound { .. } | RuntimeError::NotRunning { .. }
+            ) {
+                tracing::warn!(container = %name, error = %e, "stop failed");
+            }
+        }
+        if let Err(e) = self.runtime.destroy(name).await {
+            if !matches!(e, RuntimeError::NotFound { .. }) {
+                tracing::warn!(container = %name, error = %e, "destroy failed");
+            }
+        }
+        if forget {
+            self.slots.remove(name);
+            let _ = std::fs::remove_file(self.record_path(name));
+            let _ = std::fs::remove_dir_all(self.volumes_dir(name));
+            if let Some(a) = self.addresses.as_mut() {
+                let _ = a.release(name);
+            }
+        }
+    }
+
+    fn record_path(&self, name: &str) -> PathBuf {
+        self.data_dir
+            .join("containers")
+            .join(format!("{name}.json"))
+    }
+
+    fn volumes_dir(&self, name: &str) -> PathBuf {
+        self.data_dir.join("volumes").join(name)
+    }
+
+    /// The runtime's spec for a container, or a reason and message why it cannot be built.
+    fn runtime_spec(
+        &mut self,
+        c: &Container,
+    ) -> Result<runtime::ContainerSpec, (&'static str, String)> {
+        let name = &c.metadata.name;
+        let template: &RoleSpec = c.spec.template.as_ref().ok_or((
+            "NoTemplate",
+            "the container has no template from its role".to_string(),
+        ))?;
+        let image = match template.image_ref() {
+            Ok(ImageRef::Host) => runtime::Image::Host,
+            Ok(ImageRef::Template(t)) => runtime::Image::Template(t),
+            Ok(ImageRef::Stored { name: image, tag }) => {
+                return Err((
+                    "ImageUnavailable",
+                    format!("image {image}:{tag}: this agent cannot pull stored images yet"),
+                ))
+            }
+            Err(e) => return Err(("InvalidImage", e.to_string())),
+        };
+        let mut spec = runtime::ContainerSpec::new(name.clone(), image);
+        spec.command = template.command.clone();
+        spec.env = template
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        spec.hostname = Some(name.clone());
+        spec.memory_limit_bytes = template
+            .resources
+            .memory
+            .as_ref()
+            .and_then(|q| q.bytes().ok());
+        spec.cpu_millis = template
+            .resources
+            .cpu
+            .as_ref()
+            .and_then(|q| q.cpu_millis().ok())
+            .map(|m| m.min(u64::from(u32::MAX)) as u32);
+        for volume in &template.volumes {
+            let host = self.volumes_dir(name).join(&volume.name);
+            std::fs::create_dir_all(&host).map_err(|e| {
+                (
+                    "VolumeFailed",
+                    format!("cannot create {}: {e}", host.display()),
+                )
+            })?;
+            spec.volumes.push(runtime::Volume {
+                host_path: host,
+                container_path: PathBuf::from(&volume.path),
+            });
+        }
+        if let (Some((bridge, subnet)), Some(addresses)) = (&self.network, self.addresses.as_mut())
+        {
+            let address = addresses
+                .get_or_assign(name)
+                .map_err(|e| ("NetworkFailed", e.to_string()))?;
+            spec.network = Some(NetConfig {
+                bridge: bridge.clone(),
+                address,
+                prefix_len: subnet.prefix_len,
+                gateway: Some(subnet.gateway()),
+            });
+        }
+        Ok(spec)
+    }
+}
+
+fn read_record(path: &Path) -> Option<Record> {
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+fn write_record(path: &Path, record: &Record) {
+    let tmp = path.with_extension("tmp");
+    let result = serde_json::to_vec(record)
+        .map_err(std::io::Error::other)
+        .and_then(|bytes| std::fs::write(&tmp, bytes))
+        .and_then(|_| std::fs::rename(&tmp, path));
+    if let Err(e) = result {
+        tracing::warn!(path = %path.display(), error = %e, "cannot save container record");
+    }
+}

@@ -1,0 +1,161 @@
+//! The agent's Prometheus metrics: containers by phase, probe results, restarts, reconcile
+//! duration and heartbeat round-trip, served with `/healthz` on `--metrics-listen`.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use texu_api::ContainerPhase;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabels {
+    phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: String,
+}
+
+struct Metrics {
+    registry: Registry,
+    containers: Family<PhaseLabels, Gauge>,
+    restarts: Family<ReasonLabels, Counter>,
+    probe_failures: Counter,
+    reconcile: Histogram,
+    heartbeat: Histogram,
+}
+
+fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(|| {
+        let mut registry = Registry::with_prefix("texu_agent");
+        let containers = Family::<PhaseLabels, Gauge>::default();
+        let restarts = Family::<ReasonLabels, Counter>::default();
+        let probe_failures = Counter::default();
+        let reconcile = Histogram::new(exponential_buckets(0.0001, 3.0, 12));
+        let heartbeat = Histogram::new(exponential_buckets(0.0005, 2.5, 12));
+        registry.register("containers", "Containers by phase", containers.clone());
+        registry.register("restarts", "Container restarts by reason", restarts.clone());
+        registry.register(
+            "probe_failures",
+            "Probe-caused restarts (liveness failures)",
+            probe_failures.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "Duration of one reconcile pass",
+            reconcile.clone(),
+        );
+        registry.register(
+            "heartbeat_rtt_seconds",
+            "Round-trip time of heartbeats to the controller",
+            heartbeat.clone(),
+        );
+        Metrics {
+            registry,
+            containers,
+            restarts,
+            probe_failures,
+            reconcile,
+            heartbeat,
+        }
+    })
+}
+
+/// Records a reconcile pass and the phases it left containers in.
+pub fn reconciled(took: Duration, phases: &[ContainerPhase]) {
+    let m = metrics();
+    m.reconcile.observe(took.as_secs_f64());
+    m.containers.clear();
+    for phase in phases {
+        m.containers
+            .get_or_create(&PhaseLabels {
+                phase: phase.as_str().to_string(),
+            })
+            .inc();
+    }
+}
+
+/// Records a container restart and why.
+pub fn restarted(reason: &str) {
+    let m = metrics();
+    m.restarts
+        .get_or_create(&ReasonLabels {
+            reason: reason.to_string(),
+        })
+        .inc();
+    if reason == "LivenessFailed" {
+        m.probe_failures.inc();
+    }
+}
+
+/// Records a heartbeat's round trip.
+pub fn heartbeat_rtt(took: Duration) {
+    metrics().heartbeat.observe(took.as_secs_f64());
+}
+
+/// The Prometheus text exposition.
+pub fn encode() -> String {
+    let mut out = String::new();
+    let _ = prometheus_client::encoding::text::encode(&mut out, &metrics().registry);
+    out
+}
+
+/// Serves `/metrics` and `/healthz` on `addr` until `stop`.
+pub async fn serve(addr: std::net::SocketAddr, stop: tokio::sync::watch::Receiver<bool>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(%addr, error = %e, "cannot serve metrics");
+            return;
+        }
+    };
+    let stopped = async move {
+        let mut stop = stop;
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    tokio::pin!(stopped);
+    loop {
+        let (mut conn, _) = tokio::select! {
+            _ = &mut stopped => return,
+            accepted = listener.accept() => match accepted {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let n = match tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await {
+                Ok(Ok(n)) => n,
+                _ => return,
+            };
+            let request = String::from_utf8_lossy(&buf[..n]);
+            let path = request.split_whitespace().nth(1).unwrap_or("/");
+            let (status, kind, body) = match path {
+                "/metrics" => (
+                    "200 OK",
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    encode(),
+                ),
+                "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
+                _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
+            };
+            let response = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = conn.write_all(response.as_bytes()).await;
+        });
+    }
+}

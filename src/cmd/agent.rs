@@ -1,0 +1,107 @@
+//! `texu agent`: runs a board's agent until SIGTERM or SIGINT.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use texu_agent::daemon::{self, network::Subnet, Config};
+use texu_agent::runtime::LxcRuntime;
+
+/// Arguments of `texu agent` (the controller's URL is the global --server).
+#[derive(clap::Args)]
+pub struct Args {
+    /// The cluster join token (from the controller's DATA_DIR/join.token); needed only on the
+    /// first start, after which the node's own credential is kept in the data dir.
+    #[arg(long, env = "TEXU_JOIN_TOKEN", hide_env_values = true)]
+    join_token: Option<String>,
+    /// This board's node name (a DNS label).
+    #[arg(long)]
+    name: String,
+    /// Directory for the credential, LXC containers, volumes and records.
+    #[arg(long, default_value = "/var/lib/texu/agent")]
+    data_dir: PathBuf,
+    /// A label for placement, e.g. site=home (repeatable).
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// This board's overlay (VPN) address.
+    #[arg(long, default_value = "127.0.0.1")]
+    address: String,
+    /// The container bridge to create on this board.
+    #[arg(long, default_value = "texu0")]
+    bridge: String,
+    /// The container subnet on this board (CIDR); without it containers have no network.
+    #[arg(long)]
+    subnet: Option<String>,
+    /// How often to send a heartbeat.
+    #[arg(long, default_value = "500ms", value_parser = super::controller::parse_duration)]
+    heartbeat: std::time::Duration,
+    /// Serve /metrics and /healthz here.
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    let (k, v) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?}: expected KEY=VALUE"))?;
+    texu_api::validate_label_key(k).map_err(|e| format!("label key {k:?}: {e}"))?;
+    texu_api::validate_label_value(v).map_err(|e| format!("label value {v:?}: {e}"))?;
+    Ok((k.to_string(), v.to_string()))
+}
+
+/// Runs the agent.
+pub fn run(args: &Args, server: Option<String>) -> Result<ExitCode> {
+    let Some(server) = server else {
+        bail!("say where the controller is: --server http://HOST:PORT (or TEXU_SERVER)");
+    };
+    texu_api::validate_name(&args.name)
+        .map_err(|why| anyhow::anyhow!("--name {:?}: {why}", args.name))?;
+    if !nix_is_root() {
+        bail!("texu agent runs LXC containers and must run as root");
+    }
+    let network = match &args.subnet {
+        Some(s) => Some((args.bridge.clone(), Subnet::parse(s)?)),
+        None => None,
+    };
+    let config = Config {
+        server,
+        join_token: args.join_token.clone(),
+        name: args.name.clone(),
+        data_dir: args.data_dir.clone(),
+        labels: args.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
+        address: args.address.clone(),
+        network,
+        heartbeat: args.heartbeat,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(16)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let lxc = LxcRuntime::new(config.data_dir.join("lxc"))
+            .context("cannot set up the LXC runtime")?;
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            super::controller::shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        });
+        if let Some(addr) = args.metrics_listen {
+            tokio::spawn(texu_agent::metrics::serve(addr, stop.clone()));
+        }
+        tracing::info!(node = %config.name, server = %config.server, "agent starting");
+        daemon::run(config, Arc::new(lxc), stop).await?;
+        tracing::info!("agent stopped; containers keep running");
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn nix_is_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
+}
