@@ -218,3 +218,158 @@ extern "C" {
 
 pub const SIGINT: i32 = 2;
 pub const SIGTERM: i32 = 15;
+
+/// Fails the test with a clear message unless it runs as root with LXC installed.
+pub fn require_root_and_lxc() {
+    let uid = std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        .unwrap_or(u32::MAX);
+    assert_eq!(
+        uid, 0,
+        "this test runs LXC containers and must run as root (CI runs it as root)"
+    );
+    assert!(
+        Path::new("/usr/share/lxc/templates/lxc-busybox").exists(),
+        "LXC's busybox template is missing: run scripts/setup.sh (packages lxc, lxc-templates, busybox-static)"
+    );
+}
+
+/// A `texu agent` process on the host, with its own data dir, bridge and subnet. On drop the
+/// agent is killed and its containers, bridge and data dir removed.
+pub struct AgentProcess {
+    child: Option<Child>,
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub bridge: String,
+    pub subnet: String,
+    server: String,
+    join_token: String,
+    _tmp: tempfile::TempDir,
+}
+
+impl AgentProcess {
+    /// Starts an agent named `name` for controller `c`; `net` picks its subnet 198.19.NET.0/24
+    /// and bridge name, so tests running at once never share them.
+    pub fn start(c: &ControllerProcess, name: &str, net: u8) -> AgentProcess {
+        require_root_and_lxc();
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let mut agent = AgentProcess {
+            child: None,
+            name: name.to_string(),
+            data_dir: tmp.path().join("agent"),
+            bridge: format!("txtest{net}"),
+            subnet: format!("198.19.{net}.0/24"),
+            server: c.server.clone(),
+            join_token: c.join_token(),
+            _tmp: tmp,
+        };
+        agent.spawn();
+        agent.wait_ready(c);
+        agent
+    }
+
+    /// (Re)starts the agent process on the same data dir.
+    pub fn spawn(&mut self) {
+        let child = Command::new(texu_bin())
+            .args(["--server", &self.server, "agent", "--name", &self.name])
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .args(["--join-token", &self.join_token])
+            .args(["--bridge", &self.bridge, "--subnet", &self.subnet])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn texu agent");
+        self.child = Some(child);
+    }
+
+    /// Waits until the controller lists this agent's node as Ready.
+    pub fn wait_ready(&self, c: &ControllerProcess) {
+        wait_for(
+            Duration::from_secs(20),
+            "the agent's node to be Ready",
+            || {
+                let nodes = c.get_json(&["nodes"]);
+                nodes["items"]
+                    .as_array()?
+                    .iter()
+                    .any(|n| {
+                        n["metadata"]["name"] == self.name.as_str()
+                            && n["status"]["phase"] == "Ready"
+                    })
+                    .then_some(())
+            },
+        );
+    }
+
+    /// SIGKILLs the agent (its containers keep running).
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The agent's LXC path.
+    pub fn lxc_path(&self) -> PathBuf {
+        self.data_dir.join("lxc")
+    }
+
+    /// Names of the containers defined in the agent's LXC path.
+    pub fn lxc_containers(&self) -> Vec<String> {
+        let out = Command::new("lxc-ls")
+            .arg("-P")
+            .arg(self.lxc_path())
+            .arg("-1")
+            .output()
+            .expect("lxc-ls");
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// A container's init PID as LXC reports it (None when not running).
+    pub fn init_pid(&self, container: &str) -> Option<u32> {
+        let out = Command::new("lxc-info")
+            .arg("-P")
+            .arg(self.lxc_path())
+            .args(["-n", container, "-pH"])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.kill9();
+        for name in self.lxc_containers() {
+            let _ = Command::new("lxc-stop")
+                .arg("-P")
+                .arg(self.lxc_path())
+                .args(["-n", &name, "-k"])
+                .output();
+            let _ = Command::new("lxc-destroy")
+                .arg("-P")
+                .arg(self.lxc_path())
+                .args(["-n", &name, "-f"])
+                .output();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .output();
+    }
+}
+
+/// GETs `url` with a short timeout; the body on 2xx.
+pub fn http_get(url: &str) -> Option<String> {
+    ureq::get(url)
+        .timeout(Duration::from_secs(2))
+        .call()
+        .ok()?
+        .into_string()
+        .ok()
+}
