@@ -4,6 +4,7 @@ set -euo pipefail
 PKGS=(
   build-essential pkg-config clang libclang-dev   # lxc-sys bindgen, C builds
   lxc lxc-dev lxc-templates busybox-static        # runtime, liblxc, busybox template
+  tar xz-utils zstd                               # unpacking rootfs images
   protobuf-compiler                               # etcd-client (tonic/prost) build
   etcd-server etcd-client                         # real etcd for store tests
   libprotobuf-dev                                 # descriptor.proto for etcd-client

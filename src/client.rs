@@ -62,6 +62,24 @@ impl Client {
         )
     }
 
+    /// PUTs a file as the request body (streamed) and decodes the JSON answer.
+    pub fn put_file<T: DeserializeOwned>(&self, path: &str, file: &std::path::Path) -> Result<T> {
+        let f = std::fs::File::open(file)
+            .map_err(|e| anyhow!("cannot open {}: {e}", file.display()))?;
+        let size = f.metadata()?.len();
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(5))
+            .timeout_read(Duration::from_secs(600))
+            .build();
+        let response = agent
+            .put(&format!("{}{path}", self.server))
+            .set("Authorization", &format!("Bearer {}", self.token))
+            .set("Content-Type", "application/octet-stream")
+            .set("Content-Length", &size.to_string())
+            .send(f);
+        self.call(response)
+    }
+
     /// DELETEs a path and decodes the JSON answer.
     pub fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         self.call(self.request("DELETE", path).call())

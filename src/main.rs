@@ -42,8 +42,13 @@ enum Command {
     Describe(cmd::get::DescribeArgs),
     /// Delete objects by name or by manifest.
     Delete(cmd::delete::Args),
+    /// Root filesystem images in the controller's image store.
+    #[command(subcommand)]
+    Image(cmd::image::Command),
     /// A one-screen summary of the cluster.
     Status,
+    /// Run a whole multi-board cluster on this machine (as root) until Ctrl-C.
+    Demo(cmd::demo::Args),
     /// Print the JSON Schema of the manifest kinds (for editors).
     Schema,
 }
@@ -63,7 +68,9 @@ fn main() -> ExitCode {
         Command::Get(ref args) => client().and_then(|c| cmd::get::run(&c, args)),
         Command::Describe(ref args) => client().and_then(|c| cmd::get::describe(&c, args)),
         Command::Delete(ref args) => client().and_then(|c| cmd::delete::run(&c, args)),
+        Command::Image(ref command) => client().and_then(|c| cmd::image::run(&c, command)),
         Command::Status => client().and_then(|c| cmd::status::run(&c)),
+        Command::Demo(ref args) => cmd::demo::run(args),
         Command::Schema => cmd::schema(),
     };
     match result {

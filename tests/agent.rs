@@ -301,7 +301,10 @@ spec:
             let unschedulable = all
                 .get("armonly-0")
                 .is_some_and(|v| v["status"]["reason"] == "Unschedulable");
-            let settled = failed("typo-0") && failed("stored-0") && unschedulable;
+            let not_imported = all
+                .get("stored-0")
+                .is_some_and(|v| v["status"]["reason"] == "Unschedulable");
+            let settled = failed("typo-0") && not_imported && unschedulable;
             settled.then_some(all)
         },
     );
@@ -328,14 +331,136 @@ spec:
         "{arm}"
     );
     let stored = &all["stored-0"]["status"];
-    assert_eq!(
-        (stored["phase"].as_str(), stored["reason"].as_str()),
-        (Some("Failed"), Some("ImageUnavailable")),
+    assert_eq!(stored["phase"], "Pending");
+    assert!(
+        stored["message"]
+            .as_str()
+            .unwrap()
+            .contains("image exchange:1.0 is not in the image store"),
         "{stored}"
     );
     assert!(
         agent.lxc_containers().is_empty(),
         "nothing half-created: {:?}",
         agent.lxc_containers()
+    );
+}
+
+/// A root filesystem tarball with busybox and a page to serve.
+fn busybox_image(dir: &std::path::Path) -> std::path::PathBuf {
+    let root = dir.join("rootfs");
+    for d in ["bin", "etc", "proc", "sys", "dev", "tmp", "www"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
+        .expect("busybox-static is installed (scripts/setup.sh)");
+    for applet in ["sh", "httpd", "sleep"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    std::fs::write(
+        root.join("www/index.html"),
+        "served from an imported image\n",
+    )
+    .unwrap();
+    let tarball = dir.join("bb.tar.gz");
+    let ok = std::process::Command::new("tar")
+        .arg("-czf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(&root)
+        .arg(".")
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "tar failed");
+    tarball
+}
+
+#[test]
+fn imported_images_are_verified_cached_and_unpacked_and_a_bad_digest_is_refused() {
+    common::require_root_and_lxc();
+    let c = ControllerProcess::start();
+    let agent = AgentProcess::start(&c, "board-e", 25);
+    let tmp = tempfile::tempdir().unwrap();
+    let tarball = busybox_image(tmp.path());
+    let out = c.texu_ok(&[
+        "image",
+        "import",
+        "bb:1",
+        "--arch",
+        "amd64",
+        tarball.to_str().unwrap(),
+    ]);
+    assert!(out.contains("image/bb:1 amd64 imported: sha256:"), "{out}");
+    let listed = c.texu_ok(&["image", "list"]);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with("bb:1") && l.contains("amd64")),
+        "{listed}"
+    );
+    let role = |name: &str, image: &str| {
+        format!(
+            "apiVersion: texu.io/v1\nkind: Role\nmetadata:\n  name: {name}\nspec:\n  image: {image}\n  \
+             command: [/bin/httpd, -f, -p, \"8080\", -h, /www]\n  ports:\n  - {{name: http, port: 8080}}\n  \
+             health:\n    readiness:\n      http: {{path: /index.html, port: http}}\n      periodSeconds: 0.2\n"
+        )
+    };
+    apply_yaml(&c, &role("img", "bb:1"));
+    let all = wait_ready(&c, &["img-0"], Duration::from_secs(60));
+    let address = all["img-0"]["status"]["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let body = http_get(&format!("http://{address}:8080/index.html")).expect("an answer");
+    assert_eq!(body.trim(), "served from an imported image");
+    let cached: Vec<_> = std::fs::read_dir(agent.data_dir.join("images/sha256"))
+        .unwrap()
+        .collect();
+    assert_eq!(cached.len(), 1, "one cached blob");
+
+    // The same image under another tag, corrupted in the controller's store after import.
+    let out = c.texu_ok(&[
+        "image",
+        "import",
+        "bad:1",
+        "--arch",
+        "amd64",
+        tarball.to_str().unwrap(),
+    ]);
+    let digest = out
+        .split("sha256:")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    std::fs::remove_dir_all(agent.data_dir.join("images")).unwrap();
+    let blob = c.data_dir.join("images/sha256").join(&digest);
+    let mut bytes = std::fs::read(&blob).unwrap();
+    bytes.extend_from_slice(b"tampered");
+    std::fs::write(&blob, bytes).unwrap();
+    apply_yaml(&c, &role("bad", "bad:1"));
+    let status = wait_for(Duration::from_secs(30), "bad-0 refused", || {
+        let v = containers(&c).remove("bad-0")?;
+        (v["status"]["reason"] == "ImageDigestMismatch").then(|| v["status"].clone())
+    });
+    assert_eq!(status["phase"], "Failed");
+    assert!(
+        status["message"].as_str().unwrap().contains(&digest),
+        "{status}"
+    );
+    assert!(!agent.lxc_containers().contains(&"bad-0".to_string()));
+    assert!(
+        !agent.data_dir.join("rootfs/bad-0").exists(),
+        "no half-made rootfs"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(agent.data_dir.join("images/sha256"))
+        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        leftovers.is_empty(),
+        "the bad download is not kept: {leftovers:?}"
     );
 }

@@ -56,6 +56,10 @@ pub struct ContainerSpec {
     /// containers, so each carries the template it was made from (like a pod's spec).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<crate::RoleSpec>,
+    /// For an image from the image store: the `sha256:` digest of the variant for the node's
+    /// architecture, chosen when the container was bound to the node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_digest: Option<String>,
 }
 
 /// Whether a container should run.

@@ -7,7 +7,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use texu_api::{
-    Container, ContainerPhase, ContainerSpec, ContainerStatus, Node, NodePhase, Role, Strategy,
+    Arch, Container, ContainerPhase, ContainerSpec, ContainerStatus, ImageRef, Node, NodePhase,
+    Role, Strategy,
 };
 
 /// What the scheduler wants written.
@@ -58,8 +59,11 @@ fn requests(role: &texu_api::RoleSpec) -> (u64, u64) {
     (cpu, memory)
 }
 
+/// The image store's contents: `NAME:TAG` -> digest per architecture.
+pub type Catalog = BTreeMap<String, BTreeMap<Arch, String>>;
+
 /// Computes the plan for a snapshot.
-pub fn plan(roles: &[Role], nodes: &[Node], containers: &[Container]) -> Plan {
+pub fn plan(roles: &[Role], nodes: &[Node], containers: &[Container], catalog: &Catalog) -> Plan {
     let mut out = Plan::default();
     let roles_by_name: BTreeMap<&str, &Role> = roles
         .iter()
@@ -108,7 +112,7 @@ pub fn plan(roles: &[Role], nodes: &[Node], containers: &[Container]) -> Plan {
                         .as_deref()
                         .is_some_and(|n| loads.contains_key(n));
                     if !bound {
-                        changed |= bind(&mut next, role, nodes, &mut loads);
+                        changed |= bind(&mut next, role, nodes, &mut loads, catalog);
                     }
                     if changed {
                         out.update.push(next);
@@ -124,9 +128,10 @@ pub fn plan(roles: &[Role], nodes: &[Node], containers: &[Container]) -> Plan {
                             generation: role.metadata.generation,
                             desired: Default::default(),
                             template: Some(role.spec.clone()),
+                            image_digest: None,
                         },
                     );
-                    bind(&mut container, role, nodes, &mut loads);
+                    bind(&mut container, role, nodes, &mut loads, catalog);
                     out.create.push(container);
                 }
             }
@@ -141,10 +146,20 @@ fn bind(
     role: &Role,
     nodes: &[Node],
     loads: &mut BTreeMap<&str, Load>,
+    catalog: &Catalog,
 ) -> bool {
     let before = (container.spec.node.clone(), container.status.clone());
-    match place(role, nodes, loads) {
+    let variants = stored_image(role).map(|image| catalog.get(&image));
+    match place(role, nodes, loads, variants) {
         Ok(node) => {
+            let arch = nodes
+                .iter()
+                .find(|n| n.metadata.name == node)
+                .map(|n| n.spec.arch);
+            container.spec.image_digest = variants
+                .flatten()
+                .zip(arch)
+                .and_then(|(v, arch)| v.get(&arch).cloned());
             let (cpu, memory) = requests(&role.spec);
             if let Some(load) = loads.get_mut(node.as_str()) {
                 load.cpu_millis += cpu;
@@ -172,8 +187,29 @@ fn bind(
     before != (container.spec.node.clone(), container.status.clone())
 }
 
-/// Picks a node for one more container of `role`, or says why none fits.
-fn place(role: &Role, nodes: &[Node], loads: &BTreeMap<&str, Load>) -> Result<String, String> {
+/// `NAME:TAG` when the role runs an image from the image store.
+fn stored_image(role: &Role) -> Option<String> {
+    match role.spec.image_ref() {
+        Ok(ImageRef::Stored { name, tag }) => Some(format!("{name}:{tag}")),
+        _ => None,
+    }
+}
+
+/// Picks a node for one more container of `role`, or says why none fits. `variants` is
+/// `Some(None)` for a stored image that was never imported.
+fn place(
+    role: &Role,
+    nodes: &[Node],
+    loads: &BTreeMap<&str, Load>,
+    variants: Option<Option<&BTreeMap<Arch, String>>>,
+) -> Result<String, String> {
+    if let Some(None) = variants {
+        return Err(format!(
+            "image {} is not in the image store (texu image import)",
+            role.spec.image
+        ));
+    }
+    let variants = variants.flatten();
     let spec = &role.spec;
     let (cpu, memory) = requests(spec);
     let mut rejected: BTreeMap<&'static str, usize> = BTreeMap::new();
@@ -188,6 +224,8 @@ fn place(role: &Role, nodes: &[Node], loads: &BTreeMap<&str, Load>) -> Result<St
         } else if !spec.placement.arch.is_empty() && !spec.placement.arch.contains(&node.spec.arch)
         {
             Some("wrong architecture")
+        } else if variants.is_some_and(|v| !v.contains_key(&node.spec.arch)) {
+            Some("no image variant for its architecture")
         } else if spec
             .placement
             .node_selector
@@ -303,8 +341,8 @@ mod tests {
             node("c", Arch::Amd64, true),
         ];
         let roles = vec![role("app", 6)];
-        let p1 = plan(&roles, &nodes, &[]);
-        assert_eq!(p1, plan(&roles, &nodes, &[]));
+        let p1 = plan(&roles, &nodes, &[], &Catalog::new());
+        assert_eq!(p1, plan(&roles, &nodes, &[], &Catalog::new()));
         assert_eq!(p1.create.len(), 6);
         let counts = per_node(&p1.create);
         assert_eq!(counts.values().copied().collect::<Vec<_>>(), [2, 2, 2]);
@@ -312,7 +350,7 @@ mod tests {
         let mut containers = Vec::new();
         apply(&p1, &mut containers);
         assert!(
-            plan(&roles, &nodes, &containers).is_empty(),
+            plan(&roles, &nodes, &containers, &Catalog::new()).is_empty(),
             "a converged snapshot plans nothing"
         );
     }
@@ -322,10 +360,15 @@ mod tests {
         let nodes = vec![node("a", Arch::Amd64, true)];
         let mut containers = Vec::new();
         apply(
-            &plan(&[role("app", 3), role("db", 1)], &nodes, &[]),
+            &plan(
+                &[role("app", 3), role("db", 1)],
+                &nodes,
+                &[],
+                &Catalog::new(),
+            ),
             &mut containers,
         );
-        let p = plan(&[role("app", 1)], &nodes, &containers);
+        let p = plan(&[role("app", 1)], &nodes, &containers, &Catalog::new());
         let mut deleted = p.delete.clone();
         deleted.sort();
         assert_eq!(deleted, ["app-1", "app-2", "db-0"]);
@@ -343,7 +386,7 @@ mod tests {
         let mut r = role("app", 1);
         r.spec.placement.arch = vec![Arch::Amd64];
         r.spec.resources.memory = Some(Quantity("128Mi".into()));
-        let p = plan(&[r], &nodes, &[]);
+        let p = plan(&[r], &nodes, &[], &Catalog::new());
         let status = p.create[0].status.clone().unwrap();
         assert_eq!(p.create[0].spec.node, None);
         assert_eq!(status.reason.as_deref(), Some("Unschedulable"));
@@ -356,12 +399,16 @@ mod tests {
     #[test]
     fn pending_containers_are_bound_when_a_node_arrives() {
         let mut containers = Vec::new();
-        apply(&plan(&[role("app", 1)], &[], &[]), &mut containers);
+        apply(
+            &plan(&[role("app", 1)], &[], &[], &Catalog::new()),
+            &mut containers,
+        );
         assert_eq!(containers[0].spec.node, None);
         let p = plan(
             &[role("app", 1)],
             &[node("a", Arch::Amd64, true)],
             &containers,
+            &Catalog::new(),
         );
         assert_eq!(p.update.len(), 1);
         assert_eq!(p.update[0].spec.node.as_deref(), Some("a"));
@@ -371,17 +418,50 @@ mod tests {
     fn a_new_generation_updates_the_template_in_place() {
         let nodes = vec![node("a", Arch::Amd64, true)];
         let mut containers = Vec::new();
-        apply(&plan(&[role("app", 1)], &nodes, &[]), &mut containers);
+        apply(
+            &plan(&[role("app", 1)], &nodes, &[], &Catalog::new()),
+            &mut containers,
+        );
         let mut r = role("app", 1);
         r.metadata.generation = 2;
         r.spec.command = vec!["/bin/true".into()];
-        let p = plan(&[r], &nodes, &containers);
+        let p = plan(&[r], &nodes, &containers, &Catalog::new());
         assert_eq!(p.update.len(), 1);
         assert_eq!(p.update[0].spec.generation, 2);
         assert_eq!(
             p.update[0].spec.node.as_deref(),
             Some("a"),
             "stays on its node"
+        );
+    }
+
+    #[test]
+    fn stored_images_go_only_where_a_variant_exists_and_carry_its_digest() {
+        let nodes = vec![node("pi", Arch::Arm64, true), node("pc", Arch::Amd64, true)];
+        let mut r = role("app", 2);
+        r.spec.image = "exchange:1.0".into();
+        let p = plan(&[r.clone()], &nodes, &[], &Catalog::new());
+        let status = p.create[0].status.clone().unwrap();
+        assert!(status.message.unwrap().contains("not in the image store"));
+        let mut catalog = Catalog::new();
+        catalog.insert(
+            "exchange:1.0".into(),
+            BTreeMap::from([(Arch::Arm64, "sha256:aa".to_string())]),
+        );
+        let p = plan(&[r], &nodes, &[], &catalog);
+        assert_eq!(p.create[0].spec.node.as_deref(), Some("pi"));
+        assert_eq!(p.create[0].spec.image_digest.as_deref(), Some("sha256:aa"));
+        assert_eq!(
+            p.create[1].spec.node.as_deref(),
+            Some("pi"),
+            "the amd64 board has no variant"
+        );
+        let mut armonly = role("solo", 1);
+        armonly.spec.image = "exchange:1.0".into();
+        let p = plan(&[armonly], &nodes[1..], &[], &catalog);
+        assert_eq!(
+            p.create[0].status.clone().unwrap().message.as_deref(),
+            Some("0/1 nodes: 1 no image variant for its architecture")
         );
     }
 
@@ -396,7 +476,7 @@ mod tests {
             .node_selector
             .insert("site".into(), "home".into());
         r.spec.placement.max_per_node = Some(2);
-        let p = plan(&[r], &nodes, &[]);
+        let p = plan(&[r], &nodes, &[], &Catalog::new());
         assert_eq!(
             p.create
                 .iter()
@@ -412,7 +492,7 @@ mod tests {
 
         let mut packed = role("batch", 3);
         packed.spec.placement.strategy = Strategy::Pack;
-        let p = plan(&[packed], &nodes, &[]);
+        let p = plan(&[packed], &nodes, &[], &Catalog::new());
         assert_eq!(per_node(&p.create).len(), 1, "pack fills one node first");
     }
 }

@@ -7,6 +7,7 @@ use futures::{FutureExt, StreamExt};
 use texu_api::{Container, Kind, Node, Role};
 use tokio::sync::watch;
 
+use crate::images::ImageStore;
 use crate::objects::{ObjectError, Objects, KEY_ROOT};
 use crate::scheduler;
 
@@ -61,7 +62,19 @@ pub async fn pass(objects: &Objects) -> Result<(), ObjectError> {
     let (roles, _) = objects.list::<Role>().await?;
     let (nodes, _) = objects.list::<Node>().await?;
     let (containers, _) = objects.list::<Container>().await?;
-    let plan = scheduler::plan(&roles, &nodes, &containers);
+    let catalog: scheduler::Catalog = ImageStore::list(objects)
+        .await?
+        .into_iter()
+        .map(|image| {
+            let variants = image
+                .variants
+                .into_iter()
+                .map(|(arch, v)| (arch, v.digest))
+                .collect();
+            (format!("{}:{}", image.name, image.tag), variants)
+        })
+        .collect();
+    let plan = scheduler::plan(&roles, &nodes, &containers, &catalog);
     if plan.is_empty() {
         return Ok(());
     }

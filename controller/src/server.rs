@@ -9,6 +9,7 @@ use tokio::sync::watch;
 
 use crate::api::{self, ApiState};
 use crate::auth::{self, Token};
+use crate::images::ImageStore;
 use crate::metrics::Metrics;
 use crate::nodes::Nodes;
 use crate::objects::Objects;
@@ -110,10 +111,11 @@ impl Controller {
         let objects = Objects::new(store.clone());
         let nodes = Arc::new(Nodes::new(objects.clone(), config.node_grace));
         let state = Arc::new(ApiState {
-            objects,
+            objects: objects.clone(),
             admin_token: admin_token.clone(),
             join_token,
             nodes,
+            images: ImageStore::new(config.data_dir.join("images"), objects.clone()),
             metrics: Arc::new(Metrics::new()),
             shutdown,
         });

@@ -70,7 +70,9 @@ pub fn run(args: &Args, server: Option<String>) -> Result<ExitCode> {
         server,
         join_token: args.join_token.clone(),
         name: args.name.clone(),
-        data_dir: args.data_dir.clone(),
+        // LXC config needs absolute paths.
+        data_dir: std::path::absolute(&args.data_dir)
+            .with_context(|| format!("--data-dir {}", args.data_dir.display()))?,
         labels: args.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
         address: args.address.clone(),
         network,

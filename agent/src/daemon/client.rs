@@ -170,6 +170,40 @@ impl Client {
         Ok(())
     }
 
+    /// Downloads blob `sha256:HEX` into `dest`, hashing as it goes; returns the hex sha256 of
+    /// what arrived (the caller compares it with what it asked for).
+    pub fn download(&self, credential: &str, hex: &str, dest: &std::path::Path) -> Result<String> {
+        use sha2::Digest;
+        use std::io::{Read, Write};
+        let agent = ureq::AgentBuilder::new()
+            .timeout_connect(Duration::from_secs(3))
+            .timeout_read(Duration::from_secs(60))
+            .build();
+        let response = agent
+            .get(&format!("{}/v1/blobs/sha256/{hex}", self.server))
+            .set("Authorization", &format!("Bearer {credential}"))
+            .call()
+            .map_err(|e| self.error(e))?;
+        let io = |e: std::io::Error| ClientError::Unreachable {
+            server: self.server.clone(),
+            message: format!("downloading sha256:{hex}: {e}"),
+        };
+        let mut reader = response.into_reader();
+        let mut file = std::fs::File::create(dest).map_err(io)?;
+        let mut hasher = sha2::Sha256::new();
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let n = reader.read(&mut buf).map_err(io)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            file.write_all(&buf[..n]).map_err(io)?;
+        }
+        file.sync_all().map_err(io)?;
+        Ok(hex_string(&hasher.finalize()))
+    }
+
     fn send<T: serde::de::DeserializeOwned>(
         &self,
         method: &str,
@@ -210,4 +244,8 @@ impl Client {
             },
         }
     }
+}
+
+fn hex_string(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod facts;
+mod images;
 pub mod network;
 mod reconcile;
 
@@ -179,7 +180,7 @@ pub async fn run(
         statuses.clone(),
         stop.clone(),
     ));
-    let mut reconciler = Reconciler::new(&config, runtime)?;
+    let mut reconciler = Reconciler::new(&config, runtime, client.clone(), credential.clone())?;
     reconciler.run(desired_rx, statuses, stop).await;
     let _ = heartbeat.await;
     Ok(())

@@ -17,7 +17,8 @@ use tokio::sync::{mpsc, watch, Mutex};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::client::Reported;
+use super::client::{Client, Reported};
+use super::images::{self, ImageFailure};
 use super::network::{Addresses, Subnet};
 use super::{AgentError, Config, Desired};
 use crate::probe::{BackoffPolicy, Exec, ProbeReport, ProbeRunner, ProbeTarget, RestartBackoff};
@@ -67,6 +68,8 @@ impl Exec for RuntimeExec {
 /// The reconciler's state.
 pub struct Reconciler {
     runtime: Arc<dyn Runtime>,
+    client: Client,
+    credential: String,
     data_dir: PathBuf,
     network: Option<(String, Subnet)>,
     addresses: Option<Addresses>,
@@ -78,7 +81,12 @@ pub struct Reconciler {
 
 impl Reconciler {
     /// A reconciler for the agent `config` over `runtime`.
-    pub fn new(config: &Config, runtime: Arc<dyn Runtime>) -> Result<Self, AgentError> {
+    pub fn new(
+        config: &Config,
+        runtime: Arc<dyn Runtime>,
+        client: Client,
+        credential: String,
+    ) -> Result<Self, AgentError> {
         let dir = config.data_dir.join("containers");
         std::fs::create_dir_all(&dir).map_err(|source| AgentError::DataDir {
             path: dir.clone(),
@@ -93,6 +101,8 @@ impl Reconciler {
         };
         Ok(Reconciler {
             runtime,
+            client,
+            credential,
             data_dir: config.data_dir.clone(),
             network: config.network.clone(),
             addresses,
@@ -267,7 +277,14 @@ impl Reconciler {
             }
         }
         self.set_phase(&name, ContainerPhase::Creating, None, None);
-        let spec = match self.runtime_spec(c) {
+        let rootfs = match self.prepare_image(c).await {
+            Ok(rootfs) => rootfs,
+            Err((reason, message)) => {
+                self.fail_create(&name, reason, message);
+                return;
+            }
+        };
+        let spec = match self.runtime_spec(c, rootfs) {
             Ok(spec) => spec,
             Err((reason, message)) => {
                 self.fail_create(&name, reason, message);
@@ -297,13 +314,14 @@ impl Reconciler {
             Err(e) => {
                 // Leave nothing half-made behind.
                 let _ = self.runtime.destroy(&name).await;
+                let _ = std::fs::remove_dir_all(self.rootfs_dir(&name));
                 let reason = match &e {
                     RuntimeError::CommandNotFound { .. } => "CommandNotFound",
                     RuntimeError::InvalidSpec { .. } => "InvalidSpec",
                     RuntimeError::Template { .. } => "ImageFailed",
                     _ => "CreateFailed",
                 };
-                self.fail_create(&name, reason, e.to_string());
+                self.fail_create(&name, reason, error_chain(&e));
             }
         }
     }
@@ -505,6 +523,7 @@ impl Reconciler {
             self.slots.remove(name);
             let _ = std::fs::remove_file(self.record_path(name));
             let _ = std::fs::remove_dir_all(self.volumes_dir(name));
+            let _ = std::fs::remove_dir_all(self.rootfs_dir(name));
             if let Some(a) = self.addresses.as_mut() {
                 let _ = a.release(name);
             }
@@ -517,15 +536,45 @@ impl Reconciler {
             .join(format!("{name}.json"))
     }
 
+    fn rootfs_dir(&self, name: &str) -> PathBuf {
+        self.data_dir.join("rootfs").join(name)
+    }
+
     fn volumes_dir(&self, name: &str) -> PathBuf {
         self.data_dir.join("volumes").join(name)
+    }
+
+    /// For an image from the image store: downloads (once, verified) and unpacks a fresh root
+    /// filesystem for this container. `None` for host and template images.
+    async fn prepare_image(&self, c: &Container) -> Result<Option<PathBuf>, ImageFailure> {
+        let Some(template) = c.spec.template.as_ref() else {
+            return Ok(None);
+        };
+        let Ok(ImageRef::Stored { name, tag }) = template.image_ref() else {
+            return Ok(None);
+        };
+        let digest = c.spec.image_digest.clone().ok_or((
+            "ImageUnavailable",
+            format!("image {name}:{tag} has no variant for this board's architecture"),
+        ))?;
+        let (client, credential) = (self.client.clone(), self.credential.clone());
+        let cache = self.data_dir.join("images");
+        let rootfs = self.rootfs_dir(&c.metadata.name);
+        tokio::task::spawn_blocking(move || {
+            let tarball = images::fetch(&client, &credential, &cache, &digest)?;
+            images::unpack(&tarball, &rootfs)?;
+            Ok(Some(rootfs))
+        })
+        .await
+        .unwrap_or_else(|e| Err(("ImageFailed", format!("image task failed: {e}"))))
     }
 
     /// The runtime's spec for a container, or a reason and message why it cannot be built.
     fn runtime_spec(
         &mut self,
         c: &Container,
-    ) -> Result<runtime::ContainerSpec, (&'static str, String)> {
+        rootfs: Option<PathBuf>,
+    ) -> Result<runtime::ContainerSpec, ImageFailure> {
         let name = &c.metadata.name;
         let template: &RoleSpec = c.spec.template.as_ref().ok_or((
             "NoTemplate",
@@ -534,12 +583,15 @@ impl Reconciler {
         let image = match template.image_ref() {
             Ok(ImageRef::Host) => runtime::Image::Host,
             Ok(ImageRef::Template(t)) => runtime::Image::Template(t),
-            Ok(ImageRef::Stored { name: image, tag }) => {
-                return Err((
-                    "ImageUnavailable",
-                    format!("image {image}:{tag}: this agent cannot pull stored images yet"),
-                ))
-            }
+            Ok(ImageRef::Stored { name: image, tag }) => match rootfs {
+                Some(path) => runtime::Image::Rootfs(path),
+                None => {
+                    return Err((
+                        "ImageUnavailable",
+                        format!("image {image}:{tag} was not prepared"),
+                    ))
+                }
+            },
             Err(e) => return Err(("InvalidImage", e.to_string())),
         };
         let mut spec = runtime::ContainerSpec::new(name.clone(), image);
@@ -588,6 +640,21 @@ impl Reconciler {
         }
         Ok(spec)
     }
+}
+
+/// An error and its causes on one line: `a: b: c`.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = s.source();
+    }
+    text
 }
 
 fn read_record(path: &Path) -> Option<Record> {

@@ -23,7 +23,7 @@ use async_trait::async_trait;
 
 use crate::lxc::{LxcError, NameError};
 
-pub use fake::{FakeCall, FakeRuntime};
+pub use fake::{FakeCall, FakeOp, FakeRuntime};
 pub use lxc::LxcRuntime;
 pub use spec::{ContainerSpec, Image, NetConfig, SpecError, Volume, DEFAULT_PATH};
 

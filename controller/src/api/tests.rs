@@ -24,6 +24,7 @@ fn fixture() -> Fixture {
             objects.clone(),
             std::time::Duration::from_secs(2),
         )),
+        images: crate::images::ImageStore::new(dir.path().join("images"), objects.clone()),
         objects,
         admin_token: Token::from_secret("secret"),
         join_token: Token::from_secret("join"),

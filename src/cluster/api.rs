@@ -1,0 +1,134 @@
+//! Reading a cluster's state from its controller: nodes, roles, containers, and how far the
+//! stack is from ready.
+
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use texu_api::{Container, ContainerPhase, DesiredState, Node, NodePhase, Role};
+
+use super::{ClusterError, Result};
+
+/// An admin's view of one controller.
+#[derive(Debug, Clone)]
+pub struct Api {
+    server: String,
+    token: String,
+}
+
+#[derive(serde::Deserialize)]
+struct List<T> {
+    items: Vec<T>,
+}
+
+impl Api {
+    /// A client for `server` (`http://HOST:PORT`) with an admin token.
+    pub fn new(server: &str, token: &str) -> Api {
+        Api {
+            server: server.trim_end_matches('/').to_string(),
+            token: token.to_string(),
+        }
+    }
+
+    /// Whether the controller answers `/healthz`.
+    pub fn healthy(&self) -> bool {
+        ureq::get(&format!("{}/healthz", self.server))
+            .timeout(Duration::from_secs(2))
+            .call()
+            .is_ok()
+    }
+
+    /// Every node.
+    pub fn nodes(&self) -> Result<Vec<Node>> {
+        self.list("/v1/nodes")
+    }
+
+    /// Every role.
+    pub fn roles(&self) -> Result<Vec<Role>> {
+        self.list("/v1/roles")
+    }
+
+    /// Every container.
+    pub fn containers(&self) -> Result<Vec<Container>> {
+        self.list("/v1/containers")
+    }
+
+    /// How far the cluster is from ready.
+    pub fn progress(&self) -> Result<Progress> {
+        Ok(Progress::of(&self.nodes()?, &self.roles()?, &self.containers()?))
+    }
+
+    fn list<T: DeserializeOwned>(&self, path: &str) -> Result<Vec<T>> {
+        let url = format!("{}{path}", self.server);
+        let http = |message: String| ClusterError::Http {
+            url: url.clone(),
+            message,
+        };
+        let body = ureq::get(&url)
+            .set("Authorization", &format!("Bearer {}", self.token))
+            .timeout(Duration::from_secs(5))
+            .call()
+            .map_err(|e| http(e.to_string()))?
+            .into_string()
+            .map_err(|e| http(e.to_string()))?;
+        serde_json::from_str::<List<T>>(&body)
+            .map(|l| l.items)
+            .map_err(|e| http(format!("unexpected answer: {e}")))
+    }
+}
+
+/// Ready boards and ready containers against what is wanted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Progress {
+    /// Nodes whose heartbeats arrive.
+    pub nodes_ready: usize,
+    /// Nodes known.
+    pub nodes: usize,
+    /// Ready containers, counting at most `replicas` per role.
+    pub ready: usize,
+    /// The sum of every role's replicas.
+    pub desired: usize,
+}
+
+impl Progress {
+    /// Counts from lists of nodes, roles and containers.
+    pub fn of(nodes: &[Node], roles: &[Role], containers: &[Container]) -> Progress {
+        let nodes_ready = nodes
+            .iter()
+            .filter(|n| n.status.as_ref().map(|s| s.phase) == Some(NodePhase::Ready))
+            .count();
+        let mut ready = 0;
+        let mut desired = 0;
+        for role in roles {
+            let wanted = role.spec.replicas.max(0) as usize;
+            let have = containers
+                .iter()
+                .filter(|c| c.spec.role == role.metadata.name)
+                .filter(|c| c.spec.desired == DesiredState::Running)
+                .filter(|c| c.status.as_ref().map(|s| s.phase) == Some(ContainerPhase::Ready))
+                .count();
+            desired += wanted;
+            ready += have.min(wanted);
+        }
+        Progress {
+            nodes_ready,
+            nodes: nodes.len(),
+            ready,
+            desired,
+        }
+    }
+
+    /// Every node and every wanted container ready.
+    pub fn done(&self) -> bool {
+        self.nodes > 0 && self.nodes_ready == self.nodes && self.ready == self.desired
+    }
+}
+
+impl std::fmt::Display for Progress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "boards {}/{} ready, containers {}/{} ready",
+            self.nodes_ready, self.nodes, self.ready, self.desired
+        )
+    }
+}

@@ -1,0 +1,189 @@
+//! Bringing a cluster up: the network, the controller in the host namespace, and one agent
+//! inside each board's namespace.
+
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use texu_api::NodePhase;
+
+use super::plan::BOARD_BRIDGE;
+use super::{net, procs};
+use super::{Cluster, ClusterError, Result};
+
+impl Cluster {
+    /// Makes the network, starts the controller and the agents, waits for every board to be
+    /// ready, and applies the configured manifests.
+    pub(super) fn build(&mut self) -> Result<()> {
+        net::create_overlay(&self.plan)?;
+        for board in self.plan.board_numbers() {
+            net::create_board(&self.plan, board)?;
+            if self.config.host_routes {
+                net::add_host_route(&self.plan, board)?;
+            }
+        }
+        self.start_controller()?;
+        for board in self.plan.board_numbers() {
+            self.start_agent(board)?;
+        }
+        self.wait_boards_ready()?;
+        if let Some(manifests) = self.config.manifests.clone() {
+            self.apply(&manifests)?;
+        }
+        Ok(())
+    }
+
+    fn start_controller(&mut self) -> Result<()> {
+        let dir = self.plan.controller_dir();
+        let listen = format!("{}:0", self.plan.controller_address());
+        let mut cmd = Command::new(&self.config.texu_bin);
+        cmd.arg("controller")
+            .arg("--data-dir")
+            .arg(&dir)
+            .args(["--listen", &listen])
+            .env("TEXU_CONFIG", self.plan.client_config())
+            .env("RUST_LOG", &self.config.log_filter);
+        if let Some(grace) = self.config.node_grace {
+            cmd.args(["--node-grace", &format!("{}ms", grace.as_millis())]);
+        }
+        let log = self.plan.log_path("controller");
+        self.controller = Some(procs::spawn_logged(&mut cmd, "the controller", &log)?);
+
+        let addr_file = dir.join("controller.addr");
+        let addr = self.wait_alive(
+            "the controller to write its address",
+            |c| c.controller.as_mut(),
+            || {
+                std::fs::read_to_string(&addr_file)
+                    .ok()
+                    .filter(|s| s.ends_with('\n'))
+            },
+        )?;
+        self.server = format!("http://{}", addr.trim());
+        let read = |file: &str| {
+            let path = dir.join(file);
+            std::fs::read_to_string(&path)
+                .map(|s| s.trim().to_string())
+                .map_err(|source| ClusterError::Io {
+                    what: format!("read the controller's {file}"),
+                    path,
+                    source,
+                })
+        };
+        self.token = read("admin.token")?;
+        self.join_token = read("join.token")?;
+        let api = self.api();
+        self.wait_alive(
+            "the controller to answer /healthz",
+            |c| c.controller.as_mut(),
+            || api.healthy().then_some(()),
+        )
+    }
+
+    /// Starts board `board`'s agent inside its namespace (again, after a power-off).
+    pub(super) fn start_agent(&mut self, board: usize) -> Result<()> {
+        let plan = &self.plan;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &plan.netns(board)])
+            .arg(&self.config.texu_bin)
+            .args(["--server", &self.server, "agent"])
+            .args(["--name", &plan.node_name(board)])
+            .arg("--data-dir")
+            .arg(plan.board_dir(board))
+            .args(["--join-token", &self.join_token])
+            .args(["--address", &plan.board_address(board).to_string()])
+            .args(["--bridge", BOARD_BRIDGE])
+            .args(["--subnet", &plan.board_subnet(board)])
+            .env("RUST_LOG", &self.config.log_filter);
+        let what = format!("the agent of {}", plan.node_name(board));
+        let log = plan.log_path(&plan.node_name(board));
+        let child = procs::spawn_logged(&mut cmd, &what, &log)?;
+        self.agents[board - 1] = Some(child);
+        Ok(())
+    }
+
+    /// Whether board `board`'s agent process runs.
+    pub fn agent_running(&mut self, board: usize) -> bool {
+        self.agents
+            .get_mut(board.wrapping_sub(1))
+            .and_then(Option::as_mut)
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    fn wait_boards_ready(&mut self) -> Result<()> {
+        let api = self.api();
+        let boards = self.plan.boards();
+        let deadline = Instant::now() + self.config.start_timeout;
+        loop {
+            for board in self.plan.board_numbers() {
+                self.check_running(&format!("the agent of {}", self.plan.node_name(board)), |c| {
+                    c.agents[board - 1].as_mut()
+                })?;
+            }
+            let ready = api.nodes().map(|nodes| {
+                nodes
+                    .iter()
+                    .filter(|n| n.status.as_ref().map(|s| s.phase) == Some(NodePhase::Ready))
+                    .count()
+            });
+            if ready.as_ref().is_ok_and(|r| *r == boards) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(ClusterError::Timeout {
+                    what: format!("{boards} boards to join and be ready"),
+                    after: self.config.start_timeout,
+                    details: format!("\n{}", self.diagnostics()),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Polls `probe` until it gives a value, failing early when the process `child` picks out
+    /// exits, and after the start timeout.
+    fn wait_alive<T>(
+        &mut self,
+        what: &str,
+        child: impl Fn(&mut Cluster) -> Option<&mut Child>,
+        mut probe: impl FnMut() -> Option<T>,
+    ) -> Result<T> {
+        let deadline = Instant::now() + self.config.start_timeout;
+        loop {
+            if let Some(v) = probe() {
+                return Ok(v);
+            }
+            self.check_running(what, &child)?;
+            if Instant::now() >= deadline {
+                return Err(ClusterError::Timeout {
+                    what: what.to_string(),
+                    after: self.config.start_timeout,
+                    details: format!("\n{}", self.diagnostics()),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn check_running(
+        &mut self,
+        what: &str,
+        child: impl Fn(&mut Cluster) -> Option<&mut Child>,
+    ) -> Result<()> {
+        let status = match child(self).map(|c| c.try_wait()) {
+            Some(Ok(Some(status))) => status,
+            _ => return Ok(()),
+        };
+        let logs: Vec<String> = std::iter::once("controller".to_string())
+            .chain(self.plan.board_numbers().map(|b| self.plan.node_name(b)))
+            .map(|name| {
+                let path = self.plan.log_path(&name);
+                format!("{}:\n{}", path.display(), procs::tail(&path, 10))
+            })
+            .collect();
+        Err(ClusterError::Exited {
+            what: what.to_string(),
+            status: status.to_string(),
+            log: logs.join("\n"),
+        })
+    }
+}

@@ -1,0 +1,253 @@
+//! `texu demo`: a whole multi-board cluster on this machine — boards as network namespaces on
+//! an overlay bridge, a controller, one agent per board, the demo stack — until Ctrl-C, which
+//! removes all of it. `texu demo down` removes what a killed demo left behind.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use texu::cluster::{self, Cluster, ClusterConfig, ClusterError, Progress, DEMO_NAME};
+use texu_api::{Container, ContainerPhase, Role};
+
+/// The demo stack built into the binary (manifests/demo/stack.yaml), so `texu demo` works from
+/// any directory with nothing but the binary.
+const DEMO_STACK: &str = include_str!("../../manifests/demo/stack.yaml");
+
+/// How long the stack may take to become ready.
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Arguments of `texu demo`.
+#[derive(clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Args {
+    #[command(subcommand)]
+    action: Option<Action>,
+    /// How many boards (network namespaces) to run, 1 to 15.
+    #[arg(long, default_value_t = 3)]
+    boards: usize,
+    /// Apply these manifests (a file or directory) instead of the built-in demo stack
+    /// (a copy of manifests/demo/).
+    #[arg(short = 'f', long = "file")]
+    file: Option<PathBuf>,
+}
+
+#[derive(clap::Subcommand)]
+enum Action {
+    /// Stop a running demo and remove whatever a killed one left behind.
+    Down,
+}
+
+/// Runs `texu demo` or `texu demo down`.
+pub fn run(args: &Args) -> Result<ExitCode> {
+    match args.action {
+        Some(Action::Down) => down(),
+        None => up(args),
+    }
+}
+
+fn up(args: &Args) -> Result<ExitCode> {
+    if let Err(e) = cluster::preflight() {
+        bail!("texu demo cannot run: {e}");
+    }
+    if let Some(file) = &args.file {
+        if !file.exists() {
+            bail!("-f {}: no such file or directory", file.display());
+        }
+    }
+    let stop = watch_signals()?;
+    let exe = std::env::current_exe().context("cannot find the texu binary itself")?;
+    let started = Instant::now();
+    println!(
+        "texu demo: starting a controller and {} boards (network namespaces texu-{DEMO_NAME}-b*)",
+        args.boards
+    );
+    let cluster = match Cluster::start(ClusterConfig::demo(args.boards, &exe)) {
+        Ok(c) => c,
+        Err(e @ ClusterError::AlreadyRunning { .. }) => {
+            bail!("{e}: Ctrl-C it, or run `texu demo down`")
+        }
+        Err(e) => return Err(e).context("cannot start the demo cluster"),
+    };
+    let plan = cluster.plan().clone();
+    println!(
+        "texu demo: {} boards ready in {:.1}s; controller {}",
+        plan.boards(),
+        started.elapsed().as_secs_f64(),
+        cluster.server()
+    );
+    match &args.file {
+        Some(file) => cluster.apply(file)?,
+        None => cluster.apply_yaml(DEMO_STACK)?,
+    };
+    if !wait_ready(&cluster, &stop)? {
+        return stop_demo(cluster);
+    }
+    println!(
+        "texu demo: ready in {:.1}s\n",
+        started.elapsed().as_secs_f64()
+    );
+    print!("{}", cluster.texu_ok(&["status"])?);
+    print_what_to_try(&cluster, &exe)?;
+
+    while !stop.is_set() {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop_demo(cluster)
+}
+
+/// Shows a line per change of the ready count until everything is ready; false when the user
+/// stopped the demo first.
+fn wait_ready(cluster: &Cluster, stop: &StopFlag) -> Result<bool> {
+    let api = cluster.api();
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let mut last: Option<Progress> = None;
+    loop {
+        if stop.is_set() {
+            return Ok(false);
+        }
+        if let Ok(progress) = api.progress() {
+            if last != Some(progress) && progress.desired > 0 {
+                println!("texu demo: {progress}");
+                last = Some(progress);
+            }
+            if progress.done() {
+                return Ok(true);
+            }
+        }
+        if Instant::now() >= deadline {
+            bail!(
+                "the demo stack was not ready after {READY_TIMEOUT:?}:\n{}",
+                cluster.diagnostics()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn print_what_to_try(cluster: &Cluster, exe: &std::path::Path) -> Result<()> {
+    let api = cluster.api();
+    let (roles, mut containers) = (api.roles()?, api.containers()?);
+    containers.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    let plan = cluster.plan();
+    println!("\nEvery container answers on its address, from this machine too:");
+    for c in &containers {
+        if let Some(line) = curl_line(c, &roles) {
+            println!("  {line}");
+        }
+    }
+    println!(
+        "\nThe CLI:     export TEXU_CONFIG={}\n             {} get containers -o wide",
+        plan.client_config().display(),
+        exe.display()
+    );
+    println!(
+        "A board:     ip netns exec {} ip route     (boards: {})",
+        plan.netns(1),
+        plan.board_numbers()
+            .map(|b| plan.netns(b))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    println!("Logs:        {}", plan.dir().join("logs").display());
+    println!("\ntexu demo: running; Ctrl-C stops it and removes everything.");
+    Ok(())
+}
+
+/// `curl http://ADDRESS:PORT/PATH    # NAME on NODE`, for a ready container with a port.
+fn curl_line(c: &Container, roles: &[Role]) -> Option<String> {
+    let status = c.status.as_ref().filter(|s| s.phase == ContainerPhase::Ready)?;
+    let address = status.address.as_deref()?;
+    let spec = &roles.iter().find(|r| r.metadata.name == c.spec.role)?.spec;
+    let port = spec.ports.first()?;
+    let path = spec
+        .health
+        .readiness
+        .as_ref()
+        .and_then(|p| p.http.as_ref())
+        .map(|h| h.path.clone())
+        .unwrap_or_else(|| "/".into());
+    let url = format!("http://{address}:{}{path}", port.port);
+    Some(format!(
+        "curl {url:<38} # {} on {}",
+        c.metadata.name,
+        c.spec.node.as_deref().unwrap_or("-")
+    ))
+}
+
+fn stop_demo(cluster: Cluster) -> Result<ExitCode> {
+    println!("\ntexu demo: stopping; removing containers, boards, bridges and routes");
+    let started = Instant::now();
+    let report = cluster.teardown().context("cleaning up the demo failed")?;
+    println!(
+        "texu demo: stopped in {:.1}s ({report})",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A flag that SIGINT or SIGTERM sets, with the runtime that watches for them.
+struct StopFlag {
+    stop: Arc<AtomicBool>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl StopFlag {
+    fn is_set(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+}
+
+/// Watches for SIGINT and SIGTERM. The handlers are installed before this returns, so an early
+/// Ctrl-C is not lost; the cluster's processes are in their own process groups and do not see
+/// a terminal's Ctrl-C, which leaves the stopping, in order, to the demo.
+fn watch_signals() -> Result<StopFlag> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let stop = Arc::new(AtomicBool::new(false));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let (mut int, mut term) = runtime.block_on(async {
+        Ok::<_, std::io::Error>((
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::terminate())?,
+        ))
+    })?;
+    let flag = stop.clone();
+    runtime.spawn(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        flag.store(true, Ordering::SeqCst);
+    });
+    Ok(StopFlag {
+        stop,
+        _runtime: runtime,
+    })
+}
+
+fn down() -> Result<ExitCode> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("texu demo down removes network namespaces and containers and must run as root");
+    }
+    if let Some(pid) = cluster::owner(DEMO_NAME) {
+        println!("texu demo down: stopping the running demo (process {pid})");
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        let gone = cluster::wait_until(Duration::from_secs(60), "the demo to stop", || {
+            cluster::owner(DEMO_NAME).is_none().then_some(())
+        });
+        if gone.is_err() {
+            println!("texu demo down: the demo did not stop in time; removing it anyway");
+        }
+    }
+    let report = cluster::down(DEMO_NAME).context("cannot remove the demo's leftovers")?;
+    println!("texu demo down: {report}");
+    Ok(ExitCode::SUCCESS)
+}
