@@ -87,6 +87,7 @@ spec:
   ports:
   - name: http
     port: 8081
+    hostPort: 18081
   health:
     readiness:
       http: {path: /hostname, port: http}
@@ -123,6 +124,13 @@ fn containers_become_ready_restart_survive_an_agent_restart_and_go_with_their_ro
             .unwrap_or_else(|| panic!("no HTTP answer from {name} at {address}:{port}"));
         assert_eq!(body.trim(), name, "the container serves its own hostname");
     }
+
+    // The hostPort is published on the board's own addresses (here: its bridge address).
+    let gateway = "198.19.21.1";
+    let body = wait_for(Duration::from_secs(10), "the hostPort to answer", || {
+        http_get(&format!("http://{gateway}:18081/hostname"))
+    });
+    assert_eq!(body.trim(), "hostweb-0");
 
     // Killing a container's init: restarted, restart count 1, Ready again.
     let pid = agent.init_pid("web-1").expect("web-1 runs");

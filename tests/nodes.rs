@@ -71,15 +71,17 @@ fn boards_join_see_only_their_own_containers_and_go_not_ready_when_silent() {
     // Both boards report in; the role's 4 replicas are spread 2 and 2.
     assert_eq!(beat(&c, "board-a", &a, json!([])), 200);
     assert_eq!(beat(&c, "board-b", &b, json!([])), 200);
-    c.texu_ok(&[
-        "apply",
-        "-f",
-        common::manifests_dir()
-            .join("good/stack.yaml")
-            .to_str()
-            .unwrap(),
-    ]);
+    let app = "apiVersion: texu.io/v1\nkind: Role\nmetadata:\n  name: app\nspec:\n  replicas: 3\n  image: host\n  command: [/bin/sleep, '100']\n";
+    let out = c.texu_stdin(&["apply", "-f", "-"], app.as_bytes());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let containers = wait_for(Duration::from_secs(10), "3 app containers placed", || {
+        // Keep both boards Ready meanwhile (the grace period is short here).
+        beat(&c, "board-a", &a, json!([]));
+        beat(&c, "board-b", &b, json!([]));
         let list = c.get_json(&["containers", "--role", "app"]);
         let items = list["items"].as_array().cloned().unwrap_or_default();
         (items.len() == 3 && items.iter().all(|i| i["spec"]["node"].is_string())).then_some(items)
@@ -224,11 +226,50 @@ fn roles_wait_pending_with_a_reason_when_no_board_fits() {
             .unwrap(),
     ]);
     let reason = wait_for(Duration::from_secs(10), "a pending container", || {
-        let app0 = c.texu(&["get", "containers", "app-0", "-o", "json"]);
+        let app0 = c.texu(&["get", "containers", "proxy-0", "-o", "json"]);
         let v: Value = serde_json::from_slice(&app0.stdout).ok()?;
         v["status"]["message"].as_str().map(str::to_string)
     });
     assert_eq!(reason, "0/0 nodes: no node has joined");
     let wide = c.texu_ok(&["get", "containers", "-o", "wide"]);
     assert!(wide.contains("Unschedulable"), "{wide}");
+}
+
+#[test]
+fn subnets_are_assigned_kept_on_rejoin_and_freed_when_a_board_is_removed() {
+    let c = ControllerProcess::start_with(None, &["--cluster-cidr", "198.19.64.0/23"]);
+    let subnet_of = |name: &str| c.get_json(&["nodes", name])["spec"]["subnet"].clone();
+    let a = join(&c, "board-a", "198.18.0.2");
+    join(&c, "board-b", "198.18.0.3");
+    assert_eq!(subnet_of("board-a"), "198.19.64.0/24");
+    assert_eq!(subnet_of("board-b"), "198.19.65.0/24");
+    // The range holds two /24s: a third board is refused with a reason.
+    let (code, v) = call(
+        "POST",
+        &format!("{}/v1/join", c.server),
+        &c.join_token(),
+        Some(&json!({ "name": "board-c", "spec": spec("198.18.0.4") })),
+    );
+    assert_eq!(code, 409, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("no free container subnets"),
+        "{v}"
+    );
+    // Rejoining keeps the subnet.
+    join(&c, "board-a", "198.18.0.2");
+    assert_eq!(subnet_of("board-a"), "198.19.64.0/24");
+    // Removing a board frees its subnet and its credential stops working.
+    assert_eq!(
+        c.texu_ok(&["delete", "node", "board-a"]).trim(),
+        "node/board-a deleted"
+    );
+    assert_eq!(
+        call("GET", &format!("{}/v1/nodes/board-a", c.server), &a, None).0,
+        401
+    );
+    join(&c, "board-c", "198.18.0.4");
+    assert_eq!(subnet_of("board-c"), "198.19.64.0/24");
 }

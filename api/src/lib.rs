@@ -28,6 +28,7 @@ macro_rules! str_enum {
 }
 
 mod arch;
+mod cidr;
 mod container;
 mod duration;
 mod image;
@@ -42,6 +43,7 @@ mod validate;
 mod yaml;
 
 pub use arch::Arch;
+pub use cidr::{Cidr, CidrError};
 pub use container::{Container, ContainerPhase, ContainerSpec, ContainerStatus, DesiredState};
 pub use duration::{Duration, DurationError};
 pub use image::{ImageRef, ImageRefError};

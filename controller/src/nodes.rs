@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use texu_api::{Container, ContainerStatus, Kind, Node, NodePhase, NodeSpec, NodeStatus};
+use texu_api::{Cidr, Container, ContainerStatus, Kind, Node, NodePhase, NodeSpec, NodeStatus};
 use tokio::sync::Mutex;
 
 use crate::auth::Token;
@@ -31,13 +31,17 @@ pub struct JoinRequest {
     pub spec: NodeSpec,
 }
 
-/// What the controller answers to a join: the node's own credential.
+/// What the controller answers to a join: the node's own credential and container subnet.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct JoinResponse {
     pub name: String,
     pub credential: String,
+    pub subnet: Option<String>,
 }
+
+/// Where subnet claims live: one key per subnet, naming its node, so two joins never share.
+const SUBNET_PREFIX: &str = "/texu/v1/subnets/";
 
 /// One container's status as an agent reports it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -62,6 +66,8 @@ pub struct Heartbeat {
 /// Node bookkeeping shared by the API and the readiness monitor.
 pub struct Nodes {
     objects: Objects,
+    /// The cluster's container range; each node gets a /24 of it.
+    cluster_cidr: Cidr,
     last_seen: Mutex<HashMap<String, Instant>>,
     grace: Duration,
 }
@@ -72,9 +78,10 @@ fn hash(secret: &str) -> String {
 
 impl Nodes {
     /// Node bookkeeping over `objects`; a node is NotReady after `grace` without heartbeats.
-    pub fn new(objects: Objects, grace: Duration) -> Self {
+    pub fn new(objects: Objects, grace: Duration, cluster_cidr: Cidr) -> Self {
         Nodes {
             objects,
+            cluster_cidr,
             last_seen: Mutex::new(HashMap::new()),
             grace,
         }
@@ -83,14 +90,69 @@ impl Nodes {
     /// Admits a board: stores its Node (keeping a cordon and subnet it had) and returns a fresh
     /// credential, replacing any earlier one for that name.
     pub async fn join(&self, req: JoinRequest) -> Result<JoinResponse, ObjectError> {
+        for _ in 0..64 {
+            if let Some(answer) = self.try_join(&req).await? {
+                tracing::info!(node = %req.name, subnet = ?answer.subnet, "node joined");
+                return Ok(answer);
+            }
+        }
+        Err(ObjectError::Conflict {
+            kind: "node",
+            name: req.name.clone(),
+        })
+    }
+
+    /// One attempt: `None` when another writer got in the way.
+    async fn try_join(&self, req: &JoinRequest) -> Result<Option<JoinResponse>, ObjectError> {
+        let store = self.objects.store();
         let credential = Token::generate(&format!("texu-node-{}-", req.name));
-        let existing = self.objects.get::<Node>(&req.name).await?;
-        let mut node = Node::new(req.name.clone(), req.spec);
-        node.metadata.labels = req.labels;
-        if let Some(old) = existing {
+        let key = object_key(Kind::Node, &req.name);
+        let existing = store.get(&key).await?;
+        let old: Option<Node> = match &existing {
+            Some(kv) => serde_json::from_slice(&kv.value).ok(),
+            None => None,
+        };
+        let mut node = Node::new(req.name.clone(), req.spec.clone());
+        node.metadata.labels = req.labels.clone();
+        let mut txn = Txn::new().when_mod_revision(
+            key.clone(),
+            existing.as_ref().map_or(0, |kv| kv.mod_revision),
+        );
+        // The same subnet back on rejoin; otherwise the one asked for if free, else the lowest free.
+        let kept = old.as_ref().and_then(|o| o.spec.subnet.clone());
+        let subnet = match kept {
+            Some(s) => s,
+            None => {
+                let claims = store.range(SUBNET_PREFIX).await?;
+                let taken: Vec<Cidr> = claims
+                    .kvs
+                    .iter()
+                    .filter_map(|kv| kv.key.strip_prefix(SUBNET_PREFIX))
+                    .filter_map(|k| Cidr::parse(&k.replace('_', "/")).ok())
+                    .collect();
+                let wanted = req.spec.subnet.as_deref().and_then(|s| Cidr::parse(s).ok());
+                let free = |c: &Cidr| !taken.iter().any(|t| t.overlaps(c));
+                let chosen = match wanted {
+                    Some(w) if free(&w) => w,
+                    _ => self
+                        .cluster_cidr
+                        .subnets(24.max(self.cluster_cidr.prefix_len))
+                        .find(|c| free(c))
+                        .ok_or_else(|| ObjectError::Exhausted {
+                            what: format!("container subnets in {}", self.cluster_cidr),
+                        })?,
+                };
+                let claim = format!("{SUBNET_PREFIX}{}", chosen.to_string().replace('/', "_"));
+                txn = txn
+                    .when_mod_revision(claim.clone(), 0)
+                    .put(claim, req.name.clone());
+                chosen.to_string()
+            }
+        };
+        node.spec.subnet = Some(subnet.clone());
+        if let Some(old) = old {
             node.metadata.created = old.metadata.created;
             node.spec.unschedulable = old.spec.unschedulable;
-            node.spec.subnet = node.spec.subnet.or(old.spec.subnet);
             node.status = old.status;
         } else {
             node.metadata.created = Some(clock::now_rfc3339());
@@ -100,18 +162,52 @@ impl Nodes {
             name: req.name.clone(),
             source,
         })?;
-        let txn = Txn::new()
-            .put(object_key(Kind::Node, &req.name), value)
-            .put(
-                format!("{CREDENTIAL_PREFIX}{}", req.name),
-                hash(credential.secret()),
-            );
-        self.objects.store().txn(txn).await?;
-        tracing::info!(node = %req.name, "node joined");
-        Ok(JoinResponse {
-            name: req.name,
+        let txn = txn.put(key, value).put(
+            format!("{CREDENTIAL_PREFIX}{}", req.name),
+            hash(credential.secret()),
+        );
+        if !store.txn(txn).await?.succeeded {
+            return Ok(None);
+        }
+        Ok(Some(JoinResponse {
+            name: req.name.clone(),
             credential: credential.secret().to_string(),
-        })
+            subnet: Some(subnet),
+        }))
+    }
+
+    /// Removes a board from the cluster: its node, credential and subnet claim. Its containers
+    /// lose their node and are placed elsewhere; other boards drop their routes to it.
+    pub async fn remove(&self, name: &str) -> Result<bool, ObjectError> {
+        let store = self.objects.store();
+        let Some(node) = self.objects.get::<Node>(name).await? else {
+            return Ok(false);
+        };
+        let mut txn = Txn::new()
+            .when_mod_revision(object_key(Kind::Node, name), node.metadata.revision)
+            .delete(object_key(Kind::Node, name))
+            .delete(format!("{CREDENTIAL_PREFIX}{name}"));
+        if let Some(subnet) = &node.spec.subnet {
+            txn = txn.delete(format!("{SUBNET_PREFIX}{}", subnet.replace('/', "_")));
+        }
+        if !store.txn(txn).await?.succeeded {
+            return Err(ObjectError::Stale {
+                kind: "node",
+                name: name.to_string(),
+            });
+        }
+        self.last_seen.lock().await.remove(name);
+        let (containers, _) = self.objects.list::<Container>().await?;
+        for mut c in containers
+            .into_iter()
+            .filter(|c| c.spec.node.as_deref() == Some(name))
+        {
+            c.spec.node = None;
+            c.status = None;
+            let _ = self.objects.replace(&c).await;
+        }
+        tracing::info!(node = name, "node removed from the cluster");
+        Ok(true)
     }
 
     /// The node a credential belongs to, if any. Credentials look like `texu-node-NAME-HEX`.

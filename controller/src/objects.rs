@@ -37,6 +37,8 @@ pub enum ObjectError {
         #[source]
         source: serde_json::Error,
     },
+    #[error("no free {what}")]
+    Exhausted { what: String },
     #[error("{kind} {name} not found")]
     NotFound { kind: &'static str, name: String },
     /// Another writer changed the object since it was read.

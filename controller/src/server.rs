@@ -34,6 +34,8 @@ pub struct Config {
     pub etcd_endpoints: Vec<String>,
     /// A node is NotReady after this long without a heartbeat.
     pub node_grace: Duration,
+    /// The range container subnets are carved from, a /24 per board.
+    pub cluster_cidr: texu_api::Cidr,
 }
 
 /// What can stop the controller from starting.
@@ -109,7 +111,11 @@ impl Controller {
         })?;
         let (stop, shutdown) = watch::channel(false);
         let objects = Objects::new(store.clone());
-        let nodes = Arc::new(Nodes::new(objects.clone(), config.node_grace));
+        let nodes = Arc::new(Nodes::new(
+            objects.clone(),
+            config.node_grace,
+            config.cluster_cidr,
+        ));
         let state = Arc::new(ApiState {
             objects: objects.clone(),
             admin_token: admin_token.clone(),

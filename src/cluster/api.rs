@@ -54,7 +54,11 @@ impl Api {
 
     /// How far the cluster is from ready.
     pub fn progress(&self) -> Result<Progress> {
-        Ok(Progress::of(&self.nodes()?, &self.roles()?, &self.containers()?))
+        Ok(Progress::of(
+            &self.nodes()?,
+            &self.roles()?,
+            &self.containers()?,
+        ))
     }
 
     fn list<T: DeserializeOwned>(&self, path: &str) -> Result<Vec<T>> {
@@ -87,6 +91,8 @@ pub struct Progress {
     pub ready: usize,
     /// The sum of every role's replicas.
     pub desired: usize,
+    /// Containers whose agent gave up on them for now (phase `Failed`).
+    pub failed: usize,
 }
 
 impl Progress {
@@ -109,11 +115,16 @@ impl Progress {
             desired += wanted;
             ready += have.min(wanted);
         }
+        let failed = containers
+            .iter()
+            .filter(|c| c.status.as_ref().map(|s| s.phase) == Some(ContainerPhase::Failed))
+            .count();
         Progress {
             nodes_ready,
             nodes: nodes.len(),
             ready,
             desired,
+            failed,
         }
     }
 
@@ -129,6 +140,10 @@ impl std::fmt::Display for Progress {
             f,
             "boards {}/{} ready, containers {}/{} ready",
             self.nodes_ready, self.nodes, self.ready, self.desired
-        )
+        )?;
+        if self.failed > 0 {
+            write!(f, " ({} failed)", self.failed)?;
+        }
+        Ok(())
     }
 }

@@ -74,7 +74,8 @@ impl Cluster {
         path: &str,
     ) -> Result<String> {
         // Arguments go in as positional parameters: nothing reaches the shell unquoted.
-        let script = r#"printf 'GET %s HTTP/1.0\r\nHost: %s\r\n\r\n' "$1" "$2" | nc -w 2 "$2" "$3""#;
+        let script =
+            r#"printf 'GET %s HTTP/1.0\r\nHost: %s\r\n\r\n' "$1" "$2" | nc -w 2 "$2" "$3""#;
         let port = port.to_string();
         let out = self.exec_in_container(
             board,

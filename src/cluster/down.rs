@@ -150,7 +150,12 @@ fn board_lxc_paths(dir: &Path) -> Vec<(usize, PathBuf)> {
     let mut boards: Vec<(usize, PathBuf)> = entries
         .flatten()
         .filter_map(|e| {
-            let board = e.file_name().to_str()?.strip_prefix("board")?.parse().ok()?;
+            let board = e
+                .file_name()
+                .to_str()?
+                .strip_prefix("board")?
+                .parse()
+                .ok()?;
             Some((board, e.path().join("lxc")))
         })
         .filter(|(_, lxc)| lxc.is_dir())

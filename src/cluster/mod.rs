@@ -166,9 +166,8 @@ pub fn preflight() -> Result<()> {
         );
     }
     let on_path = |tool: &str| {
-        std::env::var_os("PATH").is_some_and(|paths| {
-            std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file())
-        })
+        std::env::var_os("PATH")
+            .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(tool).is_file()))
     };
     for (tool, package) in [
         ("ip", "iproute2"),
@@ -189,10 +188,12 @@ pub fn preflight() -> Result<()> {
             missing.push(format!("{path} (Debian package {package})"));
         }
     }
+    if missing.iter().any(|m| m.contains("Debian package")) {
+        missing.push("scripts/setup.sh (as root) installs every package Texu needs".into());
+    }
     if missing.is_empty() {
         Ok(())
     } else {
-        missing.push("scripts/setup.sh installs every package Texu needs".into());
         Err(ClusterError::Missing(missing))
     }
 }
@@ -206,6 +207,21 @@ pub fn down(name: &str) -> Result<DownReport> {
 /// The live process that owns cluster `name`, if any.
 pub fn owner(name: &str) -> Option<u32> {
     slots::owner(name)
+}
+
+/// Asks the live owner of cluster `name` to stop (SIGTERM) and waits up to `timeout` for the
+/// process to exit; its pid, or `None` when nothing owned the cluster.
+pub fn stop_owner(name: &str, timeout: Duration) -> Result<Option<u32>> {
+    let Some(pid) = slots::owner(name) else {
+        return Ok(None);
+    };
+    let start = procs::stat(pid).map(|(_, t)| t);
+    procs::signal(pid, nix::sys::signal::Signal::SIGTERM);
+    // The owner file goes while the owner still removes the rest: wait for the process itself.
+    wait_until(timeout, &format!("process {pid}, which runs cluster {name}, to stop"), || {
+        (procs::stat(pid).map(|(_, t)| t) != start).then_some(())
+    })?;
+    Ok(Some(pid))
 }
 
 /// Polls `condition` every 50 ms until it returns `Some`, for at most `timeout`.
@@ -235,6 +251,11 @@ impl Cluster {
     /// ready and applies `config.manifests`. On failure everything made so far is removed.
     pub fn start(config: ClusterConfig) -> Result<Cluster> {
         preflight()?;
+        // Refuse a bad size or name before claiming anything.
+        match &config.slot {
+            Slot::Auto => Plan::new("t1", 1, config.boards)?,
+            Slot::Named { name, net } => Plan::new(name, *net, config.boards)?,
+        };
         let (name, net) = slots::claim(&config.slot)?;
         let plan = match Plan::new(&name, net, config.boards) {
             Ok(plan) => plan,
@@ -362,7 +383,10 @@ impl Cluster {
     /// The cluster's nodes and containers and the end of every process's log.
     pub fn diagnostics(&self) -> String {
         let mut out = String::new();
-        for args in [["get", "nodes", "-o", "wide"], ["get", "containers", "-o", "wide"]] {
+        for args in [
+            ["get", "nodes", "-o", "wide"],
+            ["get", "containers", "-o", "wide"],
+        ] {
             let text = match self.texu(&args) {
                 Ok(o) => format!(
                     "{}{}",

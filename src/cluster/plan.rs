@@ -183,8 +183,7 @@ pub fn host_link(name: &str, board: usize) -> String {
 /// Whether `link` is one of cluster `name`'s host interfaces. Exact: cluster `t1` does not
 /// claim `txt12v1` (cluster `t12`'s).
 pub fn is_cluster_link(name: &str, link: &str) -> bool {
-    link == overlay_bridge(name)
-        || (1..=MAX_BOARDS).any(|board| link == host_link(name, board))
+    link == overlay_bridge(name) || (1..=MAX_BOARDS).any(|board| link == host_link(name, board))
 }
 
 /// Checks a cluster name: 1 to 8 lowercase letters and digits, starting with a letter.
@@ -232,7 +231,10 @@ mod tests {
         assert_eq!(a.board_subnet(MAX_BOARDS), "198.19.31.0/24");
         assert_eq!(b.board_subnet(1), "198.19.33.0/24");
         assert_eq!(last.board_subnet(MAX_BOARDS), "198.19.255.0/24");
-        assert_eq!(last.board_address(MAX_BOARDS), Ipv4Addr::new(198, 18, 15, 16));
+        assert_eq!(
+            last.board_address(MAX_BOARDS),
+            Ipv4Addr::new(198, 18, 15, 16)
+        );
     }
 
     #[test]

@@ -130,8 +130,18 @@ pub fn output_with_timeout(cmd: &mut Command, what: &str, timeout: Duration) -> 
             buf
         })
     };
-    let out = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
-    let err = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
     let deadline = Instant::now() + timeout;
     let status = loop {
         match child.try_wait() {
@@ -215,7 +225,11 @@ mod tests {
         .unwrap_err();
         assert!(matches!(err, ClusterError::Timeout { .. }), "{err}");
         assert!(started.elapsed() < Duration::from_secs(2));
-        let err = run(Command::new("sh").args(["-c", "echo nope >&2; exit 3"]), "sh").unwrap_err();
+        let err = run(
+            Command::new("sh").args(["-c", "echo nope >&2; exit 3"]),
+            "sh",
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("nope"), "{err}");
     }
 }

@@ -40,6 +40,7 @@ impl Cluster {
             .arg("--data-dir")
             .arg(&dir)
             .args(["--listen", &listen])
+            .args(["--cluster-cidr", &self.plan.container_range()])
             .env("TEXU_CONFIG", self.plan.client_config())
             .env("RUST_LOG", &self.config.log_filter);
         if let Some(grace) = self.config.node_grace {
@@ -115,9 +116,10 @@ impl Cluster {
         let deadline = Instant::now() + self.config.start_timeout;
         loop {
             for board in self.plan.board_numbers() {
-                self.check_running(&format!("the agent of {}", self.plan.node_name(board)), |c| {
-                    c.agents[board - 1].as_mut()
-                })?;
+                self.check_running(
+                    &format!("the agent of {}", self.plan.node_name(board)),
+                    |c| c.agents[board - 1].as_mut(),
+                )?;
             }
             let ready = api.nodes().map(|nodes| {
                 nodes

@@ -32,9 +32,12 @@ pub struct Args {
     /// The container bridge to create on this board.
     #[arg(long, default_value = "texu0")]
     bridge: String,
-    /// The container subnet on this board (CIDR); without it containers have no network.
+    /// Ask for this container subnet (CIDR); by default the controller assigns one.
     #[arg(long)]
     subnet: Option<String>,
+    /// Run containers without any network (no bridge, no routes).
+    #[arg(long)]
+    no_network: bool,
     /// How often to send a heartbeat.
     #[arg(long, default_value = "500ms", value_parser = super::controller::parse_duration)]
     heartbeat: std::time::Duration,
@@ -62,10 +65,8 @@ pub fn run(args: &Args, server: Option<String>) -> Result<ExitCode> {
     if !nix_is_root() {
         bail!("texu agent runs LXC containers and must run as root");
     }
-    let network = match &args.subnet {
-        Some(s) => Some((args.bridge.clone(), Subnet::parse(s)?)),
-        None => None,
-    };
+    let requested = args.subnet.as_deref().map(Subnet::parse).transpose()?;
+    let network = (!args.no_network).then(|| (args.bridge.clone(), requested));
     let config = Config {
         server,
         join_token: args.join_token.clone(),

@@ -24,6 +24,9 @@ pub struct Args {
     /// A board is NotReady after this long without a heartbeat (e.g. 2s, 500ms).
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     node_grace: std::time::Duration,
+    /// The range container subnets come from; each board gets a /24 of it.
+    #[arg(long, default_value = "198.19.0.0/16")]
+    cluster_cidr: texu_api::Cidr,
     /// Do not write the local user's client config.
     #[arg(long)]
     no_client_config: bool,
@@ -62,6 +65,7 @@ pub fn run(args: &Args, config_path: Option<PathBuf>) -> Result<ExitCode> {
         listen: args.listen,
         etcd_endpoints: parse_store(args.store.as_deref())?,
         node_grace: args.node_grace,
+        cluster_cidr: args.cluster_cidr,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

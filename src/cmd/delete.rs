@@ -11,7 +11,7 @@ use crate::client::{self, Client};
 /// Arguments of `texu delete`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Kind of object (only `role` can be deleted by an operator).
+    /// Kind of object: `role`, or `node` to remove a board from the cluster.
     kind: Option<String>,
     /// Names of the objects.
     names: Vec<String>,
@@ -38,7 +38,8 @@ pub fn run(client: &Client, args: &Args) -> Result<ExitCode> {
     } else {
         match args.kind.as_deref() {
             Some("role" | "roles") => {}
-            Some(other) => bail!("cannot delete {other:?}: only roles are deleted by operators (nodes and containers follow from them)"),
+            Some("node" | "nodes") => return delete_nodes(client, &args.names),
+            Some(other) => bail!("cannot delete {other:?}: operators delete roles and nodes (containers follow from them)"),
             None => bail!("say what to delete: `texu delete role NAME` or `texu delete -f FILE`"),
         }
         if args.names.is_empty() {
@@ -58,6 +59,33 @@ pub fn run(client: &Client, args: &Args) -> Result<ExitCode> {
             Err(e) if client::is_not_found(&e) && args.ignore_not_found => {}
             Err(e) => {
                 eprintln!("error: role/{name}: {e:#}");
+                failed = true;
+            }
+        }
+    }
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// Removes boards from the cluster: their containers move, other boards drop their routes.
+fn delete_nodes(client: &Client, names: &[String]) -> Result<ExitCode> {
+    if names.is_empty() {
+        bail!("name the nodes to delete: `texu delete node NAME...`");
+    }
+    let mut failed = false;
+    for name in names {
+        if let Err(why) = texu_api::validate_name(name) {
+            eprintln!("error: node/{name}: invalid name: {why}");
+            failed = true;
+            continue;
+        }
+        match client.delete::<serde_json::Value>(&format!("/v1/nodes/{name}")) {
+            Ok(_) => println!("node/{name} deleted"),
+            Err(e) => {
+                eprintln!("error: node/{name}: {e:#}");
                 failed = true;
             }
         }

@@ -28,8 +28,8 @@ pub struct Args {
     #[command(subcommand)]
     action: Option<Action>,
     /// How many boards (network namespaces) to run, 1 to 15.
-    #[arg(long, default_value_t = 3)]
-    boards: usize,
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=15))]
+    boards: u8,
     /// Apply these manifests (a file or directory) instead of the built-in demo stack
     /// (a copy of manifests/demo/).
     #[arg(short = 'f', long = "file")]
@@ -62,21 +62,22 @@ fn up(args: &Args) -> Result<ExitCode> {
     let stop = watch_signals()?;
     let exe = std::env::current_exe().context("cannot find the texu binary itself")?;
     let started = Instant::now();
+    let boards = usize::from(args.boards);
     println!(
-        "texu demo: starting a controller and {} boards (network namespaces texu-{DEMO_NAME}-b*)",
-        args.boards
+        "texu demo: starting a controller and {} (network namespaces texu-{DEMO_NAME}-b*)",
+        count(boards, "board")
     );
-    let cluster = match Cluster::start(ClusterConfig::demo(args.boards, &exe)) {
+    let cluster = match Cluster::start(ClusterConfig::demo(boards, &exe)) {
         Ok(c) => c,
-        Err(e @ ClusterError::AlreadyRunning { .. }) => {
-            bail!("{e}: Ctrl-C it, or run `texu demo down`")
+        Err(ClusterError::AlreadyRunning { pid, .. }) => {
+            bail!("a demo is already running (process {pid}): Ctrl-C it, or run `texu demo down`")
         }
         Err(e) => return Err(e).context("cannot start the demo cluster"),
     };
     let plan = cluster.plan().clone();
     println!(
-        "texu demo: {} boards ready in {:.1}s; controller {}",
-        plan.boards(),
+        "texu demo: {} ready in {:.1}s; controller {}",
+        count(plan.boards(), "board"),
         started.elapsed().as_secs_f64(),
         cluster.server()
     );
@@ -160,7 +161,10 @@ fn print_what_to_try(cluster: &Cluster, exe: &std::path::Path) -> Result<()> {
 
 /// `curl http://ADDRESS:PORT/PATH    # NAME on NODE`, for a ready container with a port.
 fn curl_line(c: &Container, roles: &[Role]) -> Option<String> {
-    let status = c.status.as_ref().filter(|s| s.phase == ContainerPhase::Ready)?;
+    let status = c
+        .status
+        .as_ref()
+        .filter(|s| s.phase == ContainerPhase::Ready)?;
     let address = status.address.as_deref()?;
     let spec = &roles.iter().find(|r| r.metadata.name == c.spec.role)?.spec;
     let port = spec.ports.first()?;
@@ -177,6 +181,11 @@ fn curl_line(c: &Container, roles: &[Role]) -> Option<String> {
         c.metadata.name,
         c.spec.node.as_deref().unwrap_or("-")
     ))
+}
+
+/// `1 board`, `3 boards`.
+fn count(n: usize, thing: &str) -> String {
+    format!("{n} {thing}{}", if n == 1 { "" } else { "s" })
 }
 
 fn stop_demo(cluster: Cluster) -> Result<ExitCode> {
@@ -239,12 +248,9 @@ fn down() -> Result<ExitCode> {
     }
     if let Some(pid) = cluster::owner(DEMO_NAME) {
         println!("texu demo down: stopping the running demo (process {pid})");
-        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-        let gone = cluster::wait_until(Duration::from_secs(60), "the demo to stop", || {
-            cluster::owner(DEMO_NAME).is_none().then_some(())
-        });
-        if gone.is_err() {
-            println!("texu demo down: the demo did not stop in time; removing it anyway");
+        if let Err(e) = cluster::stop_owner(DEMO_NAME, Duration::from_secs(60)) {
+            println!("texu demo down: {e}; removing the demo anyway");
+            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
         }
     }
     let report = cluster::down(DEMO_NAME).context("cannot remove the demo's leftovers")?;

@@ -3,8 +3,8 @@
 pub mod agent;
 pub mod apply;
 pub mod controller;
-pub mod demo;
 pub mod delete;
+pub mod demo;
 pub mod get;
 pub mod image;
 pub mod status;

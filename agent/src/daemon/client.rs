@@ -122,6 +122,21 @@ impl Client {
         Ok(())
     }
 
+    /// Reads this node's own object.
+    pub fn node(&self, credential: &str, name: &str) -> Result<texu_api::Node> {
+        self.send("GET", &format!("/v1/nodes/{name}"), credential, None)
+    }
+
+    /// Lists every node (boards route to each other's subnets).
+    pub fn nodes(&self, credential: &str) -> Result<Vec<texu_api::Node>> {
+        #[derive(Deserialize)]
+        struct NodeList {
+            items: Vec<texu_api::Node>,
+        }
+        let list: NodeList = self.send("GET", "/v1/nodes", credential, None)?;
+        Ok(list.items)
+    }
+
     /// Lists this node's containers and the revision of the read.
     pub fn containers(&self, credential: &str, node: &str) -> Result<(Vec<Container>, i64)> {
         let list: ContainerList = self.send(

@@ -8,9 +8,11 @@
 
 pub mod client;
 pub mod facts;
+pub mod hostports;
 mod images;
 pub mod network;
 mod reconcile;
+mod routes;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -35,8 +37,9 @@ pub struct Config {
     pub labels: BTreeMap<String, String>,
     /// The board's overlay address.
     pub address: String,
-    /// The board's container bridge and subnet; `None`: containers get no network.
-    pub network: Option<(String, network::Subnet)>,
+    /// The board's container bridge and, optionally, the subnet to ask for (the controller
+    /// assigns one otherwise); `None`: containers get no network.
+    pub network: Option<(String, Option<network::Subnet>)>,
     pub heartbeat: Duration,
 }
 
@@ -80,7 +83,11 @@ pub fn node_spec(config: &Config) -> NodeSpec {
         arch: facts::arch(),
         cpus: facts::cpus(),
         memory_bytes: facts::memory_bytes(),
-        subnet: config.network.as_ref().map(|(_, s)| s.to_string()),
+        subnet: config
+            .network
+            .as_ref()
+            .and_then(|(_, s)| s.as_ref())
+            .map(ToString::to_string),
         unschedulable: false,
     }
 }
@@ -158,11 +165,24 @@ pub async fn run(
         path: config.data_dir.clone(),
         source,
     })?;
-    if let Some((bridge, subnet)) = &config.network {
-        network::ensure_bridge(bridge, *subnet)?;
-    }
     let client = Client::new(&config.server);
     let credential = credential(&config, &client).await?;
+    let network = match &config.network {
+        Some((bridge, _)) => {
+            let subnet = assigned_subnet(&client, &credential, &config.name).await;
+            network::ensure_bridge(bridge, subnet)?;
+            tracing::info!(%bridge, %subnet, "container network ready");
+            tokio::spawn(routes::run(
+                client.clone(),
+                credential.clone(),
+                config.name.clone(),
+                subnet,
+                stop.clone(),
+            ));
+            Some((bridge.clone(), subnet))
+        }
+        None => None,
+    };
     let statuses: Arc<Mutex<Vec<Reported>>> = Arc::new(Mutex::new(Vec::new()));
     let (desired_tx, desired_rx) = mpsc::channel::<Desired>(1024);
 
@@ -180,10 +200,36 @@ pub async fn run(
         statuses.clone(),
         stop.clone(),
     ));
-    let mut reconciler = Reconciler::new(&config, runtime, client.clone(), credential.clone())?;
+    let mut reconciler = Reconciler::new(
+        &config,
+        network,
+        runtime,
+        client.clone(),
+        credential.clone(),
+    )?;
     reconciler.run(desired_rx, statuses, stop).await;
     let _ = heartbeat.await;
     Ok(())
+}
+
+/// The subnet the controller assigned to this node (it keeps it across rejoins); retries until
+/// the controller answers.
+async fn assigned_subnet(client: &Client, credential: &str, name: &str) -> network::Subnet {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let (c, cred, n) = (client.clone(), credential.to_string(), name.to_string());
+        let node = tokio::task::spawn_blocking(move || c.node(&cred, &n)).await;
+        match node {
+            Ok(Ok(node)) => match node.spec.subnet.as_deref().map(network::Subnet::parse) {
+                Some(Ok(subnet)) => return subnet,
+                other => tracing::warn!(?other, "the controller gave this node no usable subnet"),
+            },
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot read this node's subnet; retrying"),
+            Err(e) => tracing::warn!(error = %e, "subnet task failed"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
 }
 
 /// Lists then watches this node's containers on a blocking thread, forever, with backoff.

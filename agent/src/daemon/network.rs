@@ -9,8 +9,8 @@ use std::process::Command;
 /// What can go wrong setting up the network.
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
-    #[error("invalid subnet {0:?}: expected an IPv4 CIDR such as 198.19.1.0/24")]
-    Subnet(String),
+    #[error(transparent)]
+    Subnet(#[from] texu_api::CidrError),
     #[error("subnet {0} has no free address left")]
     Full(String),
     #[error("`ip {args}` failed: {message}")]
@@ -19,48 +19,8 @@ pub enum NetworkError {
     State { path: PathBuf, message: String },
 }
 
-/// An IPv4 subnet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Subnet {
-    pub network: Ipv4Addr,
-    pub prefix_len: u8,
-}
-
-impl Subnet {
-    /// Parses `198.19.1.0/24`.
-    pub fn parse(text: &str) -> Result<Subnet, NetworkError> {
-        let bad = || NetworkError::Subnet(text.to_string());
-        let (ip, len) = text.split_once('/').ok_or_else(bad)?;
-        let ip: Ipv4Addr = ip.parse().map_err(|_| bad())?;
-        let prefix_len: u8 = len.parse().map_err(|_| bad())?;
-        if !(8..=30).contains(&prefix_len) {
-            return Err(bad());
-        }
-        let mask = u32::MAX << (32 - prefix_len);
-        Ok(Subnet {
-            network: Ipv4Addr::from(u32::from(ip) & mask),
-            prefix_len,
-        })
-    }
-
-    /// The bridge's own address: the first host address.
-    pub fn gateway(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.network) + 1)
-    }
-
-    /// Host addresses available to containers (after the gateway, before broadcast).
-    fn hosts(&self) -> impl Iterator<Item = Ipv4Addr> {
-        let base = u32::from(self.network);
-        let size = 1u32 << (32 - self.prefix_len);
-        (2..size - 1).map(move |i| Ipv4Addr::from(base + i))
-    }
-}
-
-impl std::fmt::Display for Subnet {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.network, self.prefix_len)
-    }
-}
+/// A board's container subnet.
+pub use texu_api::Cidr as Subnet;
 
 /// Container addresses, persisted as `NAME ADDRESS` lines so they survive agent restarts.
 pub struct Addresses {
@@ -182,17 +142,6 @@ fn ip_output(args: &[&str]) -> Result<String, NetworkError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn subnets_parse_and_give_gateway_and_hosts() {
-        let s = Subnet::parse("198.19.1.7/24").unwrap();
-        assert_eq!(s.to_string(), "198.19.1.0/24");
-        assert_eq!(s.gateway(), Ipv4Addr::new(198, 19, 1, 1));
-        assert_eq!(s.hosts().next(), Some(Ipv4Addr::new(198, 19, 1, 2)));
-        assert_eq!(s.hosts().last(), Some(Ipv4Addr::new(198, 19, 1, 254)));
-        assert!(Subnet::parse("198.19.1.0").is_err());
-        assert!(Subnet::parse("198.19.1.0/31").is_err());
-    }
 
     #[test]
     fn addresses_are_stable_and_persist() {

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::client::{Client, Reported};
+use super::hostports::{self, Published};
 use super::images::{self, ImageFailure};
 use super::network::{Addresses, Subnet};
 use super::{AgentError, Config, Desired};
@@ -67,6 +68,9 @@ impl Exec for RuntimeExec {
 
 /// The reconciler's state.
 pub struct Reconciler {
+    node: String,
+    /// What nftables publishes now (hostPort).
+    published: Option<Vec<Published>>,
     runtime: Arc<dyn Runtime>,
     client: Client,
     credential: String,
@@ -83,6 +87,7 @@ impl Reconciler {
     /// A reconciler for the agent `config` over `runtime`.
     pub fn new(
         config: &Config,
+        network: Option<(String, Subnet)>,
         runtime: Arc<dyn Runtime>,
         client: Client,
         credential: String,
@@ -92,7 +97,7 @@ impl Reconciler {
             path: dir.clone(),
             source,
         })?;
-        let addresses = match &config.network {
+        let addresses = match &network {
             Some((_, subnet)) => Some(Addresses::load(
                 &config.data_dir.join("addresses"),
                 *subnet,
@@ -100,11 +105,13 @@ impl Reconciler {
             None => None,
         };
         Ok(Reconciler {
+            node: config.name.clone(),
+            published: None,
             runtime,
             client,
             credential,
             data_dir: config.data_dir.clone(),
-            network: config.network.clone(),
+            network,
             addresses,
             desired: BTreeMap::new(),
             synced: false,
@@ -216,6 +223,49 @@ impl Reconciler {
         let desired: Vec<Container> = self.desired.values().cloned().collect();
         for c in desired {
             self.step(&c, existing.contains(&c.metadata.name)).await;
+        }
+        self.publish_host_ports();
+    }
+
+    /// Keeps nftables' DNAT rules equal to the hostPorts of running containers.
+    fn publish_host_ports(&mut self) {
+        let mut want: Vec<Published> = Vec::new();
+        for c in self.desired.values() {
+            let (Some(template), Some(slot)) =
+                (c.spec.template.as_ref(), self.slots.get(&c.metadata.name))
+            else {
+                continue;
+            };
+            let Some(address) = slot.address else {
+                continue;
+            };
+            for p in &template.ports {
+                let (Some(host_port), Ok(port)) = (
+                    p.host_port.and_then(|h| u16::try_from(h).ok()),
+                    u16::try_from(p.port),
+                ) else {
+                    continue;
+                };
+                want.push(Published {
+                    protocol: p.protocol.as_str(),
+                    host_port,
+                    address,
+                    port,
+                });
+            }
+        }
+        want.sort();
+        if self.published.as_ref() == Some(&want)
+            || (self.published.is_none() && want.is_empty() && self.network.is_none())
+        {
+            return;
+        }
+        match hostports::apply(&self.node, &want) {
+            Ok(()) => {
+                tracing::info!(ports = want.len(), "host ports published");
+                self.published = Some(want);
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot publish host ports; retrying"),
         }
     }
 

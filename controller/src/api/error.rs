@@ -100,6 +100,7 @@ impl From<ObjectError> for ApiError {
                 ApiError::new(StatusCode::CONFLICT, e.to_string())
             }
             ObjectError::NotFound { .. } => ApiError::not_found(e.to_string()),
+            ObjectError::Exhausted { .. } => ApiError::new(StatusCode::CONFLICT, e.to_string()),
             ObjectError::Store(StoreError::Compacted { .. }) => {
                 ApiError::new(StatusCode::GONE, e.to_string())
             }

@@ -39,6 +39,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/v1/roles/{name}"),
     ("GET", "/v1/nodes"),
     ("GET", "/v1/nodes/{name}"),
+    ("DELETE", "/v1/nodes/{name}"),
     ("GET", "/v1/containers"),
     ("GET", "/v1/containers/{name}"),
     ("PUT", "/v1/nodes/{name}/status"),
@@ -174,7 +175,13 @@ where
             (route, answer)
         }
         ["nodes"] => ("/v1/nodes", list::<Node>(state, req).await),
-        ["nodes", name] => ("/v1/nodes/{name}", read_one::<Node>(state, req, name).await),
+        ["nodes", name] => {
+            let answer = match req.method {
+                Method::DELETE => remove_node(state, name).await,
+                _ => read_one::<Node>(state, req, name).await,
+            };
+            ("/v1/nodes/{name}", answer)
+        }
         ["containers"] => ("/v1/containers", list::<Container>(state, req).await),
         ["containers", name] => (
             "/v1/containers/{name}",
@@ -240,6 +247,8 @@ where
         ))
     };
     match rest {
+        // Every board routes to every other board's subnet, so it may read the node list.
+        ["nodes"] => ("/v1/nodes", list::<Node>(state, req).await),
         ["nodes", name] if *name == node => {
             ("/v1/nodes/{name}", read_one::<Node>(state, req, name).await)
         }
@@ -271,6 +280,18 @@ where
             "/v1/other",
             forbidden(&format!("{} {}", req.method, req.path)),
         ),
+    }
+}
+
+async fn remove_node(state: &ApiState, name: &str) -> Answer {
+    valid_name(name)?;
+    if state.nodes.remove(name).await? {
+        Ok(json(
+            StatusCode::OK,
+            &serde_json::json!({ "result": "deleted", "kind": "Node", "name": name }),
+        ))
+    } else {
+        Err(ApiError::not_found(format!("node {name} not found")))
     }
 }
 

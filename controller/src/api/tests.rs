@@ -23,6 +23,7 @@ fn fixture() -> Fixture {
         nodes: Arc::new(Nodes::new(
             objects.clone(),
             std::time::Duration::from_secs(2),
+            texu_api::Cidr::parse("198.19.0.0/16").unwrap(),
         )),
         images: crate::images::ImageStore::new(dir.path().join("images"), objects.clone()),
         objects,
