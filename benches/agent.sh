@@ -11,7 +11,7 @@
 # Needs root, LXC and the busybox template (scripts/setup.sh), jq. Starts a controller on
 # 127.0.0.1 and an agent with bridge txbench0 on 198.19.250.0/24; removes everything it made
 # on exit, however it exits. Settings (environment): RUNS (5), READY_TIMEOUT (120 s per run),
-# TEXU_BENCH_WORK (/tmp/texu-bench-agent).
+# SETTLE (2 s from all Ready to reading memory), TEXU_BENCH_WORK (/tmp/texu-bench-agent).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -24,7 +24,7 @@ REPLICAS=10
 RUNS=${RUNS:-5}
 READY_TIMEOUT=${READY_TIMEOUT:-120}
 GONE_TIMEOUT=60
-SETTLE=2 # seconds between all Ready and reading the agent's memory
+SETTLE=${SETTLE:-2} # seconds between all Ready and reading the agent's memory
 
 say() { printf '[agent.sh] %s\n' "$*" >&2; }
 die() {
@@ -289,10 +289,10 @@ for run in $(seq 1 "$RUNS"); do
 	read -r rss hwm anon file pss pss_anon pss_file threads <<<"$(mem_of "$AGENT_PID")"
 	read -r mon_n mon_rss mon_pss <<<"$(monitors)"
 	running=$(lxc-ls -P "$LXCPATH" --running -1 | wc -l)
-	echo "    agent with $running running containers: VmRSS ${rss} kB, PSS ${pss} kB" \
-		"(anon ${pss_anon}, file ${pss_file}), peak VmHWM ${hwm} kB, ${threads} threads;" \
+	echo "    agent with $running running containers: VmRSS ${rss} kB (anon ${anon}, file ${file})," \
+		"PSS ${pss} kB (anon ${pss_anon}, file ${pss_file}), VmHWM ${hwm} kB, ${threads} threads;" \
 		"$mon_n lxc monitor processes: RSS ${mon_rss} kB, PSS ${mon_pss} kB in all"
-	echo "$ready_s $rss $pss $hwm $pss_anon $pss_file $threads $mon_n $mon_rss $mon_pss $running $after_s" \
+	echo "$ready_s $rss $pss $hwm $pss_anon $pss_file $threads $mon_n $mon_rss $mon_pss $running $after_s $anon $file" \
 		>>"$WORK/results"
 
 	td0=$(now_ns)
@@ -309,7 +309,7 @@ read -r a_min a_med a_max <<<"$(awk '{ print $12 }' "$WORK/results" | stats)"
 read -r c_min c_med c_max <<<"$(awk '{ print $1 / 1e9 }' "$WORK/times" | stats)"
 read -r s_min s_med s_max <<<"$(awk '{ print $2 / 1e9 }' "$WORK/times" | stats)"
 # Memory: the last run's steady state, and the range over all runs.
-read -r _ rss pss hwm pss_anon pss_file threads mon_n mon_rss mon_pss running _ <<<"$(tail -n 1 "$WORK/results")"
+read -r _ rss pss hwm pss_anon pss_file threads mon_n mon_rss mon_pss running _ anon file <<<"$(tail -n 1 "$WORK/results")"
 mb() { awk -v k="$1" 'BEGIN { if (k == "-" || k == "") print "n/a"; else printf "%.1f MB", k / 1024 }'; }
 rss_range=$(awk '{ print $2 / 1024 }' "$WORK/results" | stats)
 pss_range=$(awk '$3 != "-" { print $3 / 1024 }' "$WORK/results" | stats)
@@ -327,10 +327,11 @@ binary      $TEXU ($(stat -c %s "$TEXU") bytes)
 runs        $RUNS x apply of $REPLICAS replicas of template:busybox (httpd, HTTP readiness every 0.1 s)
 
 agent memory with $running running containers (last run, ${SETTLE} s after all Ready)
-  VmRSS     $(mb "$rss")   (over runs, MB: min/median/max $rss_range; idle before any container $(mb "$MEM_IDLE_RSS"))
+  VmRSS     $(mb "$rss")   (anon $(mb "$anon"), file $(mb "$file"); over runs, MB: min/median/max $rss_range; idle before any container $(mb "$MEM_IDLE_RSS"))
   PSS       $(mb "$pss")   (anon $(mb "$pss_anon"), file $(mb "$pss_file"); over runs, MB: $pss_range)
   peak      VmHWM $(mb "$hwm_max"), $threads threads
   + $mon_n LXC monitor processes (forked by liblxc, one per container): RSS $(mb "$mon_rss"), PSS $(mb "$mon_pss") in all
+    (they share the agent's pages, which lowers its PSS; agent + monitors PSS $(mb "$(awk -v a="$pss" -v b="$mon_pss" 'BEGIN { print a + b }')"))
   target    < 10 MB RSS: $rss_ok
 
 apply -> all $REPLICAS Ready (s)   min $r_min   median $r_med   max $r_max

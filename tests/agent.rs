@@ -98,7 +98,7 @@ spec:
 fn containers_become_ready_restart_survive_an_agent_restart_and_go_with_their_role() {
     common::require_root_and_lxc();
     let c = ControllerProcess::start();
-    let mut agent = AgentProcess::start(&c, "board-a", 21);
+    let mut agent = AgentProcess::start(&c, "board-a", 241);
     apply_yaml(&c, WEB_AND_HOST);
     let names = ["web-0", "web-1", "web-2", "hostweb-0"];
     let all = wait_ready(&c, &names, Duration::from_secs(60));
@@ -109,7 +109,7 @@ fn containers_become_ready_restart_survive_an_agent_restart_and_go_with_their_ro
         let v = &all[name];
         assert_eq!(v["spec"]["node"], "board-a");
         let address = v["status"]["address"].as_str().expect("an address");
-        assert!(address.starts_with("198.19.21."), "{address}");
+        assert!(address.starts_with("198.19.241."), "{address}");
         let line = wide.lines().find(|l| l.starts_with(name)).expect("a row");
         assert!(
             line.contains("board-a") && line.contains(address) && line.contains("Ready"),
@@ -126,7 +126,7 @@ fn containers_become_ready_restart_survive_an_agent_restart_and_go_with_their_ro
     }
 
     // The hostPort is published on the board's own addresses (here: its bridge address).
-    let gateway = "198.19.21.1";
+    let gateway = "198.19.241.1";
     let body = wait_for(Duration::from_secs(10), "the hostPort to answer", || {
         http_get(&format!("http://{gateway}:18081/hostname"))
     });
@@ -193,7 +193,7 @@ fn containers_become_ready_restart_survive_an_agent_restart_and_go_with_their_ro
 fn a_failing_liveness_probe_restarts_with_growing_delays_into_a_crash_loop() {
     common::require_root_and_lxc();
     let c = ControllerProcess::start();
-    let _agent = AgentProcess::start(&c, "board-b", 22);
+    let _agent = AgentProcess::start(&c, "board-b", 242);
     apply_yaml(
         &c,
         r#"
@@ -243,7 +243,7 @@ spec:
 fn a_container_over_its_memory_limit_is_killed_and_says_so() {
     common::require_root_and_lxc();
     let c = ControllerProcess::start();
-    let _agent = AgentProcess::start(&c, "board-c", 23);
+    let _agent = AgentProcess::start(&c, "board-c", 243);
     apply_yaml(
         &c,
         r#"
@@ -269,7 +269,7 @@ spec:
 fn failures_say_why_and_leave_nothing_half_created() {
     common::require_root_and_lxc();
     let c = ControllerProcess::start();
-    let agent = AgentProcess::start(&c, "board-d", 24);
+    let agent = AgentProcess::start(&c, "board-d", 244);
     apply_yaml(
         &c,
         r#"
@@ -388,7 +388,7 @@ fn busybox_image(dir: &std::path::Path) -> std::path::PathBuf {
 fn imported_images_are_verified_cached_and_unpacked_and_a_bad_digest_is_refused() {
     common::require_root_and_lxc();
     let c = ControllerProcess::start();
-    let agent = AgentProcess::start(&c, "board-e", 25);
+    let agent = AgentProcess::start(&c, "board-e", 245);
     let tmp = tempfile::tempdir().unwrap();
     let tarball = busybox_image(tmp.path());
     let out = c.texu_ok(&[

@@ -113,10 +113,9 @@ fn six_replicas_spread_two_per_board_and_answer_on_their_board() -> Result<()> {
 }
 
 /// Depends on the agents routing every other board's subnet through that board's overlay
-/// address (issue 4, item 2); until then a board's packets to another board's containers go to
-/// the host, which does not forward them.
+/// address (issue 4, item 2): without those routes a board's packets to another board's
+/// containers go to the host, which does not forward them.
 #[test]
-#[ignore = "needs agent routes between boards (issue 4, item 2)"]
 fn containers_reach_containers_on_other_boards() -> Result<()> {
     let (c, by_node) = spread_cluster()?;
     let from = &by_node[&c.plan().node_name(1)][0].metadata.name;
@@ -375,10 +374,15 @@ fn the_demo_gets_ready_and_ctrl_c_leaves_nothing_behind() -> Result<()> {
         .call()?
         .into_string()?;
     ensure!(!body.trim().is_empty(), "{url} answered nothing");
+    // A curl line per ready container, and each of those runs on a board.
+    let printed = text
+        .lines()
+        .filter(|l| l.trim().starts_with("curl "))
+        .count();
     let inits = demo_container_inits();
     ensure!(
-        inits.len() == 5,
-        "the demo stack has 5 containers, found {} running",
+        printed > 0 && inits.len() == printed,
+        "the demo printed {printed} containers, {} run:\n{text}",
         inits.len()
     );
 

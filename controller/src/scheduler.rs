@@ -35,12 +35,11 @@ pub fn container_name(role: &str, ordinal: i64) -> String {
 }
 
 /// What is already placed on a node, in requests.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, Copy)]
 struct Load {
     cpu_millis: u64,
     memory_bytes: u64,
-    containers: usize,
-    by_role: HashMap<String, usize>,
+    containers: u32,
 }
 
 fn requests(role: &texu_api::RoleSpec) -> (u64, u64) {
@@ -62,18 +61,50 @@ fn requests(role: &texu_api::RoleSpec) -> (u64, u64) {
 /// The image store's contents: `NAME:TAG` -> digest per architecture.
 pub type Catalog = BTreeMap<String, BTreeMap<Arch, String>>;
 
+/// The cluster as placement sees it: nodes by index, what each holds, per role.
+struct Board<'a> {
+    nodes: &'a [Node],
+    index: HashMap<&'a str, usize>,
+    loads: Vec<Load>,
+    /// Containers of each role on each node.
+    by_role: HashMap<String, Vec<u32>>,
+}
+
+impl Board<'_> {
+    fn add(&mut self, node: usize, role: &str, cpu: u64, memory: u64) {
+        let load = &mut self.loads[node];
+        load.cpu_millis += cpu;
+        load.memory_bytes += memory;
+        load.containers += 1;
+        match self.by_role.get_mut(role) {
+            Some(counts) => counts[node] += 1,
+            None => {
+                let mut counts = vec![0; self.nodes.len()];
+                counts[node] = 1;
+                self.by_role.insert(role.to_string(), counts);
+            }
+        }
+    }
+}
+
 /// Computes the plan for a snapshot.
 pub fn plan(roles: &[Role], nodes: &[Node], containers: &[Container], catalog: &Catalog) -> Plan {
     let mut out = Plan::default();
-    let roles_by_name: BTreeMap<&str, &Role> = roles
+    let roles_by_name: HashMap<&str, &Role> = roles
         .iter()
         .map(|r| (r.metadata.name.as_str(), r))
         .collect();
-    let mut loads: BTreeMap<&str, Load> = nodes
-        .iter()
-        .map(|n| (n.metadata.name.as_str(), Load::default()))
-        .collect();
-    let mut existing: BTreeMap<&str, &Container> = BTreeMap::new();
+    let mut board = Board {
+        nodes,
+        index: nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.metadata.name.as_str(), i))
+            .collect(),
+        loads: vec![Load::default(); nodes.len()],
+        by_role: HashMap::new(),
+    };
+    let mut existing: HashMap<&str, &Container> = HashMap::new();
     for c in containers {
         existing.insert(c.metadata.name.as_str(), c);
         let Some(role) = roles_by_name.get(c.spec.role.as_str()) else {
@@ -84,15 +115,13 @@ pub fn plan(roles: &[Role], nodes: &[Node], containers: &[Container], catalog: &
             out.delete.push(c.metadata.name.clone());
             continue;
         }
-        if let Some(load) = c.spec.node.as_deref().and_then(|n| loads.get_mut(n)) {
+        if let Some(&i) = c.spec.node.as_deref().and_then(|n| board.index.get(n)) {
             let (cpu, memory) = requests(c.spec.template.as_ref().unwrap_or(&role.spec));
-            load.cpu_millis += cpu;
-            load.memory_bytes += memory;
-            load.containers += 1;
-            *load.by_role.entry(c.spec.role.clone()).or_default() += 1;
+            board.add(i, role.metadata.name.as_str(), cpu, memory);
         }
     }
     for role in roles {
+        let mut placer = Placer::new(role, &board, catalog);
         for ordinal in 0..role.spec.replicas {
             let name = container_name(&role.metadata.name, ordinal);
             match existing.get(name.as_str()) {
@@ -110,9 +139,9 @@ pub fn plan(roles: &[Role], nodes: &[Node], containers: &[Container], catalog: &
                         .spec
                         .node
                         .as_deref()
-                        .is_some_and(|n| loads.contains_key(n));
+                        .is_some_and(|n| board.index.contains_key(n));
                     if !bound {
-                        changed |= bind(&mut next, role, nodes, &mut loads, catalog);
+                        changed |= placer.bind(&mut next, &mut board);
                     }
                     if changed {
                         out.update.push(next);
@@ -131,60 +160,13 @@ pub fn plan(roles: &[Role], nodes: &[Node], containers: &[Container], catalog: &
                             image_digest: None,
                         },
                     );
-                    bind(&mut container, role, nodes, &mut loads, catalog);
+                    placer.bind(&mut container, &mut board);
                     out.create.push(container);
                 }
             }
         }
     }
     out
-}
-
-/// Binds a container to the best node, or marks it pending with the reason. True if it changed.
-fn bind(
-    container: &mut Container,
-    role: &Role,
-    nodes: &[Node],
-    loads: &mut BTreeMap<&str, Load>,
-    catalog: &Catalog,
-) -> bool {
-    let before = (container.spec.node.clone(), container.status.clone());
-    let variants = stored_image(role).map(|image| catalog.get(&image));
-    match place(role, nodes, loads, variants) {
-        Ok(node) => {
-            let arch = nodes
-                .iter()
-                .find(|n| n.metadata.name == node)
-                .map(|n| n.spec.arch);
-            container.spec.image_digest = variants
-                .flatten()
-                .zip(arch)
-                .and_then(|(v, arch)| v.get(&arch).cloned());
-            let (cpu, memory) = requests(&role.spec);
-            if let Some(load) = loads.get_mut(node.as_str()) {
-                load.cpu_millis += cpu;
-                load.memory_bytes += memory;
-                load.containers += 1;
-                *load.by_role.entry(role.metadata.name.clone()).or_default() += 1;
-            }
-            container.spec.node = Some(node);
-            container.status = Some(ContainerStatus {
-                phase: ContainerPhase::Pending,
-                reason: Some("Scheduled".into()),
-                ..Default::default()
-            });
-        }
-        Err(why) => {
-            container.spec.node = None;
-            container.status = Some(ContainerStatus {
-                phase: ContainerPhase::Pending,
-                reason: Some("Unschedulable".into()),
-                message: Some(why),
-                ..Default::default()
-            });
-        }
-    }
-    before != (container.spec.node.clone(), container.status.clone())
 }
 
 /// `NAME:TAG` when the role runs an image from the image store.
@@ -195,82 +177,152 @@ fn stored_image(role: &Role) -> Option<String> {
     }
 }
 
-/// Picks a node for one more container of `role`, or says why none fits. `variants` is
-/// `Some(None)` for a stored image that was never imported.
-fn place(
-    role: &Role,
-    nodes: &[Node],
-    loads: &BTreeMap<&str, Load>,
-    variants: Option<Option<&BTreeMap<Arch, String>>>,
-) -> Result<String, String> {
-    if let Some(None) = variants {
-        return Err(format!(
-            "image {} is not in the image store (texu image import)",
-            role.spec.image
-        ));
-    }
-    let variants = variants.flatten();
-    let spec = &role.spec;
-    let (cpu, memory) = requests(spec);
-    let mut rejected: BTreeMap<&'static str, usize> = BTreeMap::new();
-    let mut best: Option<((i64, i64, usize), &str)> = None;
-    for node in nodes {
-        let name = node.metadata.name.as_str();
-        let load = loads.get(name).cloned().unwrap_or_default();
-        let reason = if node.status.as_ref().map(|s| s.phase) != Some(NodePhase::Ready) {
-            Some("not ready")
-        } else if node.spec.unschedulable {
-            Some("cordoned")
-        } else if !spec.placement.arch.is_empty() && !spec.placement.arch.contains(&node.spec.arch)
-        {
-            Some("wrong architecture")
-        } else if variants.is_some_and(|v| !v.contains_key(&node.spec.arch)) {
-            Some("no image variant for its architecture")
-        } else if spec
-            .placement
-            .node_selector
+/// Places the containers of one role. The filters that do not depend on what is placed
+/// (readiness, cordon, architecture, selector, image variant) run once per role; only
+/// resources, `maxPerNode` and the score are checked per container.
+struct Placer<'r> {
+    role: &'r Role,
+    cpu: u64,
+    memory: u64,
+    /// Why each node is out for this role regardless of load; `None`: a candidate.
+    static_reject: Vec<Option<&'static str>>,
+    /// Digest per architecture for a stored image.
+    variants: Option<&'r BTreeMap<Arch, String>>,
+    /// A stored image that was never imported: nothing can be placed.
+    missing_image: bool,
+}
+
+impl<'r> Placer<'r> {
+    fn new(role: &'r Role, board: &Board, catalog: &'r Catalog) -> Self {
+        let spec = &role.spec;
+        let stored = stored_image(role);
+        let variants = stored.as_ref().and_then(|image| catalog.get(image));
+        let static_reject = board
+            .nodes
             .iter()
-            .any(|(k, v)| node.metadata.labels.get(k) != Some(v))
-        {
-            Some("not matching nodeSelector")
-        } else if load.cpu_millis + cpu > u64::from(node.spec.cpus) * 1000 {
-            Some("insufficient cpu")
-        } else if load.memory_bytes + memory > node.spec.memory_bytes {
-            Some("insufficient memory")
-        } else if spec.placement.max_per_node.is_some_and(|max| {
-            load.by_role.get(&role.metadata.name).copied().unwrap_or(0) as i64 >= max
-        }) {
-            Some("maxPerNode reached")
-        } else {
-            None
-        };
-        if let Some(reason) = reason {
-            *rejected.entry(reason).or_default() += 1;
-            continue;
-        }
-        let same_role = load.by_role.get(&role.metadata.name).copied().unwrap_or(0) as i64;
-        let total = load.containers as i64;
-        // Lower is better. Spread: fewest of this role, then fewest overall. Pack: fullest first.
-        let score = match spec.placement.strategy {
-            Strategy::Spread => (same_role, total, 0),
-            Strategy::Pack => (-total, same_role, 0),
-        };
-        if best.as_ref().is_none_or(|(b, _)| score < *b) {
-            best = Some((score, name));
+            .map(|node| {
+                if node.status.as_ref().map(|s| s.phase) != Some(NodePhase::Ready) {
+                    Some("not ready")
+                } else if node.spec.unschedulable {
+                    Some("cordoned")
+                } else if !spec.placement.arch.is_empty()
+                    && !spec.placement.arch.contains(&node.spec.arch)
+                {
+                    Some("wrong architecture")
+                } else if variants.is_some_and(|v| !v.contains_key(&node.spec.arch)) {
+                    Some("no image variant for its architecture")
+                } else if spec
+                    .placement
+                    .node_selector
+                    .iter()
+                    .any(|(k, v)| node.metadata.labels.get(k) != Some(v))
+                {
+                    Some("not matching nodeSelector")
+                } else {
+                    None
+                }
+            })
+            .collect();
+        let (cpu, memory) = requests(spec);
+        Placer {
+            role,
+            cpu,
+            memory,
+            static_reject,
+            variants,
+            missing_image: stored.is_some() && variants.is_none(),
         }
     }
-    match best {
-        Some((_, name)) => Ok(name.to_string()),
-        None => {
-            let parts: Vec<String> = rejected
-                .iter()
-                .map(|(why, n)| format!("{n} {why}"))
-                .collect();
-            Err(if nodes.is_empty() {
-                "0/0 nodes: no node has joined".to_string()
+
+    /// Binds a container to the best node, or marks it pending with the reason. True if it
+    /// changed.
+    fn bind(&mut self, container: &mut Container, board: &mut Board<'_>) -> bool {
+        let before = (container.spec.node.clone(), container.status.clone());
+        match self.place(board) {
+            Ok(i) => {
+                let node = &board.nodes[i];
+                container.spec.image_digest =
+                    self.variants.and_then(|v| v.get(&node.spec.arch).cloned());
+                board.add(i, &self.role.metadata.name, self.cpu, self.memory);
+                container.spec.node = Some(node.metadata.name.clone());
+                container.status = Some(ContainerStatus {
+                    phase: ContainerPhase::Pending,
+                    reason: Some("Scheduled".into()),
+                    ..Default::default()
+                });
+            }
+            Err(why) => {
+                container.spec.node = None;
+                container.spec.image_digest = None;
+                container.status = Some(ContainerStatus {
+                    phase: ContainerPhase::Pending,
+                    reason: Some("Unschedulable".into()),
+                    message: Some(why),
+                    ..Default::default()
+                });
+            }
+        }
+        before != (container.spec.node.clone(), container.status.clone())
+    }
+
+    /// Picks a node index for one more container, or says why none fits.
+    fn place(&self, board: &Board) -> Result<usize, String> {
+        let spec = &self.role.spec;
+        if self.missing_image {
+            return Err(format!(
+                "image {} is not in the image store (texu image import)",
+                spec.image
+            ));
+        }
+        let same_role = board.by_role.get(self.role.metadata.name.as_str());
+        let mut rejected: BTreeMap<&'static str, usize> = BTreeMap::new();
+        let mut best: Option<((i64, i64), usize)> = None;
+        for (i, node) in board.nodes.iter().enumerate() {
+            let load = &board.loads[i];
+            let mine = same_role.map_or(0, |counts| counts[i]);
+            let reason = if let Some(why) = self.static_reject[i] {
+                Some(why)
+            } else if load.cpu_millis + self.cpu > u64::from(node.spec.cpus) * 1000 {
+                Some("insufficient cpu")
+            } else if load.memory_bytes + self.memory > node.spec.memory_bytes {
+                Some("insufficient memory")
+            } else if spec
+                .placement
+                .max_per_node
+                .is_some_and(|max| i64::from(mine) >= max)
+            {
+                Some("maxPerNode reached")
             } else {
-                format!("0/{} nodes: {}", nodes.len(), parts.join(", "))
-            })
+                None
+            };
+            if let Some(reason) = reason {
+                *rejected.entry(reason).or_default() += 1;
+                continue;
+            }
+            let total = i64::from(load.containers);
+            // Lower is better. Spread: fewest of this role, then fewest overall. Pack: fullest.
+            let score = match spec.placement.strategy {
+                Strategy::Spread => (i64::from(mine), total),
+                Strategy::Pack => (-total, i64::from(mine)),
+            };
+            if best.is_none_or(|(b, _)| score < b) {
+                best = Some((score, i));
+            }
+        }
+        match best {
+            Some((_, i)) => Ok(i),
+            None if board.nodes.is_empty() => Err("0/0 nodes: no node has joined".to_string()),
+            None => {
+                let parts: Vec<String> = rejected
+                    .iter()
+                    .map(|(why, n)| format!("{n} {why}"))
+                    .collect();
+                Err(format!(
+                    "0/{} nodes: {}",
+                    board.nodes.len(),
+                    parts.join(", ")
+                ))
+            }
         }
     }
 }

@@ -147,3 +147,61 @@ impl std::fmt::Display for Progress {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn from<T: DeserializeOwned>(v: serde_json::Value) -> T {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn progress_counts_ready_boards_and_at_most_replicas_per_role() {
+        let node = |name: &str, phase: &str| -> Node {
+            from(
+                json!({"apiVersion": "texu.io/v1", "kind": "Node", "metadata": {"name": name},
+                "spec": {"address": "198.18.0.2", "arch": "amd64", "cpus": 1, "memoryBytes": 1},
+                "status": {"phase": phase}}),
+            )
+        };
+        let role = |name: &str, replicas: i64| -> Role {
+            from(
+                json!({"apiVersion": "texu.io/v1", "kind": "Role", "metadata": {"name": name},
+                "spec": {"replicas": replicas, "image": "template:busybox"}}),
+            )
+        };
+        let container = |name: &str, role: &str, phase: &str| -> Container {
+            from(json!({"apiVersion": "texu.io/v1", "kind": "Container",
+                "metadata": {"name": name}, "spec": {"role": role, "ordinal": 0},
+                "status": {"phase": phase}}))
+        };
+        let nodes = [node("board1", "Ready"), node("board2", "NotReady")];
+        let roles = [role("web", 2), role("api", 1)];
+        let containers = [
+            container("web-0", "web", "Ready"),
+            container("web-1", "web", "Ready"),
+            container("web-2", "web", "Ready"),
+            container("api-0", "api", "Failed"),
+        ];
+        let p = Progress::of(&nodes, &roles, &containers);
+        assert_eq!(
+            p,
+            Progress {
+                nodes_ready: 1,
+                nodes: 2,
+                ready: 2,
+                desired: 3,
+                failed: 1
+            }
+        );
+        assert!(!p.done());
+        assert_eq!(
+            p.to_string(),
+            "boards 1/2 ready, containers 2/3 ready (1 failed)"
+        );
+        let all_ready = Progress::of(&nodes[..1], &roles[..1], &containers[..2]);
+        assert!(all_ready.done(), "{all_ready}");
+    }
+}

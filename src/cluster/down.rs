@@ -142,6 +142,15 @@ pub fn remove_leftovers(name: &str) -> Result<DownReport> {
     Ok(report)
 }
 
+/// Whether anything of cluster `name` is on this machine: its state directory (every process
+/// and container of a cluster lives in it), a board namespace or a host interface.
+pub fn has_leftovers(name: &str) -> bool {
+    let prefix = plan::netns_prefix(name);
+    plan::state_dir(name).exists()
+        || net::namespaces().iter().any(|ns| ns.starts_with(&prefix))
+        || net::links().iter().any(|l| plan::is_cluster_link(name, l))
+}
+
 /// `(board number, LXC path)` of every board directory in a state directory.
 fn board_lxc_paths(dir: &Path) -> Vec<(usize, PathBuf)> {
     let Ok(entries) = std::fs::read_dir(dir) else {

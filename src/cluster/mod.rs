@@ -32,7 +32,7 @@ pub use plan::Plan;
 /// What can go wrong building, using or removing a local cluster.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    #[error("this machine cannot run a local cluster:\n{}", .0.iter().map(|m| format!("  - {m}")).collect::<Vec<_>>().join("\n"))]
+    #[error("cannot run a local cluster on this machine; missing:\n{}", .0.iter().map(|m| format!("  - {m}")).collect::<Vec<_>>().join("\n"))]
     Missing(Vec<String>),
     #[error("{0}")]
     Config(String),
@@ -183,6 +183,7 @@ pub fn preflight() -> Result<()> {
     for (path, package) in [
         ("/usr/share/lxc/templates/lxc-busybox", "lxc-templates"),
         ("/bin/busybox", "busybox-static"),
+        ("/sbin/init.lxc.static", "lxc"),
     ] {
         if !std::path::Path::new(path).exists() {
             missing.push(format!("{path} (Debian package {package})"));
@@ -218,9 +219,11 @@ pub fn stop_owner(name: &str, timeout: Duration) -> Result<Option<u32>> {
     let start = procs::stat(pid).map(|(_, t)| t);
     procs::signal(pid, nix::sys::signal::Signal::SIGTERM);
     // The owner file goes while the owner still removes the rest: wait for the process itself.
-    wait_until(timeout, &format!("process {pid}, which runs cluster {name}, to stop"), || {
-        (procs::stat(pid).map(|(_, t)| t) != start).then_some(())
-    })?;
+    wait_until(
+        timeout,
+        &format!("process {pid}, which runs cluster {name}, to stop"),
+        || (procs::stat(pid).map(|(_, t)| t) != start).then_some(()),
+    )?;
     Ok(Some(pid))
 }
 

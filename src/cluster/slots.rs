@@ -44,6 +44,14 @@ pub fn claim(slot: &Slot) -> Result<(String, u8)> {
             Ok((name.clone(), *net))
         }
         Slot::Auto => {
+            // Sweep every crashed test cluster now, not only the one reused: a killed test run
+            // leaves agents and containers running until something removes them.
+            for k in 1..=MAX_NET {
+                let name = format!("t{k}");
+                if owner(&name).is_none() && down::has_leftovers(&name) {
+                    down::remove_leftovers(&name)?;
+                }
+            }
             for k in 1..=MAX_NET {
                 let name = format!("t{k}");
                 if owner(&name).is_some() {
@@ -63,7 +71,9 @@ pub fn claim(slot: &Slot) -> Result<(String, u8)> {
 /// Takes an unowned name: removes what an earlier run left, checks that nothing else uses the
 /// network, and writes this process as the owner.
 fn take(name: &str, k: u8) -> Result<()> {
-    down::remove_leftovers(name)?;
+    if down::has_leftovers(name) {
+        down::remove_leftovers(name)?;
+    }
     let network = format!("198.18.{k}.0/24");
     if let Some(device) = net::holder_of(&network)? {
         return Err(ClusterError::NetworkInUse { network, device });

@@ -51,9 +51,7 @@ pub fn run(args: &Args) -> Result<ExitCode> {
 }
 
 fn up(args: &Args) -> Result<ExitCode> {
-    if let Err(e) = cluster::preflight() {
-        bail!("texu demo cannot run: {e}");
-    }
+    cluster::preflight()?;
     if let Some(file) = &args.file {
         if !file.exists() {
             bail!("-f {}: no such file or directory", file.display());
