@@ -420,3 +420,38 @@ fn the_demo_gets_ready_and_ctrl_c_leaves_nothing_behind() -> Result<()> {
     );
     Ok(())
 }
+
+/// The routes Texu installed inside a board's namespace, as `SUBNET via ADDRESS` lines.
+fn texu_routes(c: &Cluster, board: usize) -> Result<Vec<String>> {
+    let out = c.exec_in_board(board, &["ip", "-4", "route", "show", "proto", "197"])?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .collect())
+}
+
+#[test]
+fn removing_a_board_removes_its_routes_on_the_other_boards() -> Result<()> {
+    let c = start(3)?;
+    let subnet3 = c.plan().board_subnet(3);
+    let node3 = c.plan().node_name(3);
+    // Board 1 routes to boards 2 and 3, each via its overlay address.
+    let routes = c.wait_until(
+        Duration::from_secs(20),
+        "board 1 to route to boards 2 and 3",
+        || texu_routes(&c, 1).ok().filter(|r| r.len() == 2),
+    )?;
+    assert!(routes.iter().any(|r| r.starts_with(&subnet3)), "{routes:?}");
+    c.texu_ok(&["delete", "node", &node3])?;
+    c.wait_until(
+        Duration::from_secs(20),
+        "board 1 and 2 to drop the route to board 3",
+        || {
+            let gone =
+                |b| texu_routes(&c, b).is_ok_and(|r| !r.iter().any(|l| l.starts_with(&subnet3)));
+            (gone(1) && gone(2)).then_some(())
+        },
+    )?;
+    assert_eq!(texu_routes(&c, 1)?.len(), 1, "the route to board 2 stays");
+    Ok(())
+}
