@@ -11,7 +11,8 @@
 # Needs root, LXC and the busybox template (scripts/setup.sh), jq. Starts a controller on
 # 127.0.0.1 and an agent with bridge txbench0 on 198.19.250.0/24; removes everything it made
 # on exit, however it exits. Settings (environment): RUNS (5), READY_TIMEOUT (120 s per run),
-# SETTLE (2 s from all Ready to reading memory), TEXU_BENCH_WORK (/tmp/texu-bench-agent).
+# SETTLE (2 s from all Ready to reading memory), TEXU_BENCH_WORK (/tmp/texu-bench-agent),
+# IMAGE (template:busybox; `host` runs the board's own busybox instead, for comparison).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -21,6 +22,12 @@ SUBNET=198.19.250.0/24
 NODE=bench
 ROLE=bench
 REPLICAS=10
+IMAGE=${IMAGE:-template:busybox}
+case "$IMAGE" in
+template:busybox) HTTPD='/bin/httpd' ;;
+host) HTTPD='/bin/busybox, httpd' ;;
+*) echo "IMAGE is template:busybox or host" >&2 && exit 1 ;;
+esac
 RUNS=${RUNS:-5}
 READY_TIMEOUT=${READY_TIMEOUT:-120}
 GONE_TIMEOUT=60
@@ -41,7 +48,7 @@ case "$WORK" in
 *) die "TEXU_BENCH_WORK must be an absolute path" ;;
 esac
 [[ $(id -u) -eq 0 ]] || die "run as root (LXC containers and a bridge): sudo $0"
-[[ -x /usr/share/lxc/templates/lxc-busybox ]] || die "LXC's busybox template is missing: run scripts/setup.sh"
+[[ $IMAGE == host || -x /usr/share/lxc/templates/lxc-busybox ]] || die "LXC's busybox template is missing: run scripts/setup.sh"
 for tool in jq lxc-ls lxc-stop lxc-destroy ip cargo; do
 	command -v "$tool" >/dev/null || die "$tool is not installed"
 done
@@ -56,7 +63,7 @@ stop_texu() {
 	local pid=$1
 	[[ -n $pid ]] || return 0
 	kill -0 "$pid" 2>/dev/null || return 0
-	tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$WORK/" || return 0
+	tr '\0' ' ' 2>/dev/null <"/proc/$pid/cmdline" | grep -qF -- "$WORK/" || return 0
 	kill -TERM "$pid" 2>/dev/null || true
 	for _ in $(seq 50); do
 		kill -0 "$pid" 2>/dev/null || break
@@ -165,8 +172,8 @@ metadata:
   name: $ROLE
 spec:
   replicas: $REPLICAS
-  image: template:busybox
-  command: [/bin/httpd, -f, -p, "8080", -h, /etc]
+  image: $IMAGE
+  command: [$HTTPD, -f, -p, "8080", -h, /etc]
   ports:
   - name: http
     port: 8080
@@ -208,7 +215,7 @@ mem_of() {
 monitors() {
 	local n=0 rss=0 pss=0 p cmd
 	for p in /proc/[0-9]*; do
-		cmd=$(tr '\0' ' ' <"$p/cmdline" 2>/dev/null) || continue
+		cmd=$(tr '\0' ' ' 2>/dev/null <"$p/cmdline") || continue
 		[[ $cmd == "[lxc monitor] $LXCPATH "* ]] || continue
 		n=$((n + 1))
 		rss=$((rss + $(awk '/^VmRSS:/ { print $2 }' "$p/status" 2>/dev/null || echo 0)))
@@ -324,7 +331,7 @@ date        $(date -u '+%Y-%m-%d %H:%M UTC')
 machine     $(nproc) cores ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)), $(awk '/^MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) RAM, kernel $(uname -r), LXC $(lxc-ls --version)
 load avg    before $LOAD_BEFORE, after $LOAD_AFTER
 binary      $TEXU ($(stat -c %s "$TEXU") bytes)
-runs        $RUNS x apply of $REPLICAS replicas of template:busybox (httpd, HTTP readiness every 0.1 s)
+runs        $RUNS x apply of $REPLICAS replicas of $IMAGE (httpd, HTTP readiness every 0.1 s)
 
 agent memory with $running running containers (last run, ${SETTLE} s after all Ready)
   VmRSS     $(mb "$rss")   (anon $(mb "$anon"), file $(mb "$file"); over runs, MB: min/median/max $rss_range; idle before any container $(mb "$MEM_IDLE_RSS"))

@@ -54,7 +54,7 @@ fn roles() -> Vec<Role> {
 fn bench(c: &mut Criterion) {
     let (nodes, roles) = (nodes(1000), roles());
     let catalog = Catalog::new();
-    let placed = plan(&roles, &nodes, &[], &catalog);
+    let placed = plan(&roles, &nodes, &[], &catalog, 0);
     assert_eq!(placed.create.len(), 10_000);
     assert!(
         placed.create.iter().all(|c| c.spec.node.is_some()),
@@ -63,12 +63,12 @@ fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("scheduler");
     group.sample_size(10);
     group.bench_function("place 10,000 containers on 1,000 nodes", |b| {
-        b.iter(|| plan(&roles, &nodes, &[], &catalog))
+        b.iter(|| plan(&roles, &nodes, &[], &catalog, 0))
     });
     // A converged cluster: everything placed, the pass finds nothing to do.
     let converged = placed.create.clone();
     group.bench_function("converged pass, 10,000 containers, 1,000 nodes", |b| {
-        b.iter(|| plan(&roles, &nodes, &converged, &catalog))
+        b.iter(|| plan(&roles, &nodes, &converged, &catalog, 0))
     });
     group.finish();
 }

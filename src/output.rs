@@ -49,25 +49,7 @@ pub fn age(timestamp: Option<&str>) -> String {
     }
 }
 
-/// Parses `YYYY-MM-DDTHH:MM:SS[.frac]Z` into seconds since the Unix epoch.
-pub fn parse_rfc3339(s: &str) -> Option<i64> {
-    let s = s.strip_suffix('Z')?;
-    let (date, time) = s.split_once('T')?;
-    let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
-    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
-    let time = time.split('.').next()?;
-    let mut t = time.splitn(3, ':').map(|p| p.parse::<i64>().ok());
-    let (hh, mm, ss) = (t.next()??, t.next()??, t.next()??);
-    // Howard Hinnant's days-from-civil.
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
-}
+pub use texu_controller::clock::parse_rfc3339;
 
 /// Bytes as a Kubernetes-style binary quantity: `512Mi`, `2Gi`.
 pub fn bytes(n: u64) -> String {
@@ -104,17 +86,6 @@ mod tests {
             ],
         );
         assert_eq!(t, "NAME        READY\napp         3/3\ncassandra   0/3\n");
-    }
-
-    #[test]
-    fn parses_timestamps() {
-        assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(parse_rfc3339("2000-02-29T00:00:00Z"), Some(951_782_400));
-        assert_eq!(
-            parse_rfc3339("2026-11-25T01:01:01.5Z"),
-            Some(1_795_564_800 + 3661)
-        );
-        assert_eq!(parse_rfc3339("yesterday"), None);
     }
 
     #[test]

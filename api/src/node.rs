@@ -72,6 +72,9 @@ pub struct NodeStatus {
     /// Why it is in this phase, for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// When `phase` last changed (RFC 3339): how long a board has been away.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
 }
 
 /// Whether a board's heartbeats arrive.

@@ -256,6 +256,9 @@ impl Nodes {
         status.phase = NodePhase::Ready;
         status.containers = count;
         status.message = None;
+        if !was_ready {
+            status.since = Some(clock::now_rfc3339());
+        }
         if !was_ready
             || next.spec != node.spec
             || next.metadata.labels != node.metadata.labels
@@ -318,6 +321,7 @@ impl Nodes {
             if let Some(s) = node.status.as_mut() {
                 s.phase = NodePhase::NotReady;
                 s.message = Some(format!("no heartbeat for {:?}", last.elapsed()));
+                s.since = Some(clock::now_rfc3339());
             }
             let _ = self.objects.replace(&node).await;
         }

@@ -87,8 +87,15 @@ impl Board<'_> {
     }
 }
 
-/// Computes the plan for a snapshot.
-pub fn plan(roles: &[Role], nodes: &[Node], containers: &[Container], catalog: &Catalog) -> Plan {
+/// Computes the plan for a snapshot. `now` (seconds since the epoch) is an input, not a clock
+/// read, so the same snapshot always gives the same plan.
+pub fn plan(
+    roles: &[Role],
+    nodes: &[Node],
+    containers: &[Container],
+    catalog: &Catalog,
+    now: i64,
+) -> Plan {
     let mut out = Plan::default();
     let roles_by_name: HashMap<&str, &Role> = roles
         .iter()
@@ -139,9 +146,13 @@ pub fn plan(roles: &[Role], nodes: &[Node], containers: &[Container], catalog: &
                         .spec
                         .node
                         .as_deref()
-                        .is_some_and(|n| board.index.contains_key(n));
-                    if !bound {
-                        changed |= placer.bind(&mut next, &mut board);
+                        .and_then(|n| board.index.get(n).copied());
+                    match bound {
+                        None => changed |= placer.bind(&mut next, &mut board),
+                        Some(i) => {
+                            changed |=
+                                lost(role, &nodes[i], &mut next, &mut placer, &mut board, now)
+                        }
                     }
                     if changed {
                         out.update.push(next);
@@ -167,6 +178,61 @@ pub fn plan(roles: &[Role], nodes: &[Node], containers: &[Container], catalog: &
         }
     }
     out
+}
+
+/// A container on a board that stopped answering: marked `Lost`; a stateless one is placed
+/// on another board once the board has been away for the role's `lostAfter` (default 0). A
+/// stateful member is never moved automatically. True if the container changed.
+fn lost(
+    role: &Role,
+    node: &Node,
+    container: &mut Container,
+    placer: &mut Placer<'_>,
+    board: &mut Board<'_>,
+    now: i64,
+) -> bool {
+    let status = node.status.as_ref();
+    if status.map(|s| s.phase) == Some(NodePhase::Ready) {
+        return false;
+    }
+    let node_name = &node.metadata.name;
+    let away = status
+        .and_then(|s| s.since.as_deref())
+        .and_then(crate::clock::parse_rfc3339)
+        .map_or(0, |since| (now - since).max(0));
+    let lost_after = role
+        .spec
+        .disconnect
+        .lost_after
+        .as_ref()
+        .and_then(|d| d.as_std().ok())
+        .map_or(0, |d| d.as_secs() as i64);
+    if !role.spec.stateful && away >= lost_after {
+        let changed = placer.bind(container, board);
+        if let (Some(new), Some(s)) = (container.spec.node.clone(), container.status.as_mut()) {
+            s.reason = Some("Replaced".into());
+            s.message = Some(format!(
+                "moved from {node_name}, not ready for {away}s, to {new}"
+            ));
+        }
+        return changed;
+    }
+    let message = if role.spec.stateful {
+        format!("node {node_name} is not ready; stateful members stay (texu replace moves one)")
+    } else {
+        format!("node {node_name} is not ready; replaced after lostAfter ({lost_after}s)")
+    };
+    let want = ContainerStatus {
+        phase: ContainerPhase::Lost,
+        reason: Some("NodeNotReady".into()),
+        message: Some(message),
+        ..Default::default()
+    };
+    if container.status.as_ref() == Some(&want) {
+        return false;
+    }
+    container.status = Some(want);
+    true
 }
 
 /// `NAME:TAG` when the role runs an image from the image store.
@@ -332,6 +398,8 @@ mod tests {
     use super::*;
     use texu_api::{Arch, NodeSpec, NodeStatus, Quantity, RoleSpec};
 
+    const NOW: i64 = 1_795_564_800;
+
     fn node(name: &str, arch: Arch, ready: bool) -> Node {
         let mut n = Node::new(
             name,
@@ -393,8 +461,8 @@ mod tests {
             node("c", Arch::Amd64, true),
         ];
         let roles = vec![role("app", 6)];
-        let p1 = plan(&roles, &nodes, &[], &Catalog::new());
-        assert_eq!(p1, plan(&roles, &nodes, &[], &Catalog::new()));
+        let p1 = plan(&roles, &nodes, &[], &Catalog::new(), NOW);
+        assert_eq!(p1, plan(&roles, &nodes, &[], &Catalog::new(), NOW));
         assert_eq!(p1.create.len(), 6);
         let counts = per_node(&p1.create);
         assert_eq!(counts.values().copied().collect::<Vec<_>>(), [2, 2, 2]);
@@ -402,7 +470,7 @@ mod tests {
         let mut containers = Vec::new();
         apply(&p1, &mut containers);
         assert!(
-            plan(&roles, &nodes, &containers, &Catalog::new()).is_empty(),
+            plan(&roles, &nodes, &containers, &Catalog::new(), NOW).is_empty(),
             "a converged snapshot plans nothing"
         );
     }
@@ -417,10 +485,11 @@ mod tests {
                 &nodes,
                 &[],
                 &Catalog::new(),
+                NOW,
             ),
             &mut containers,
         );
-        let p = plan(&[role("app", 1)], &nodes, &containers, &Catalog::new());
+        let p = plan(&[role("app", 1)], &nodes, &containers, &Catalog::new(), NOW);
         let mut deleted = p.delete.clone();
         deleted.sort();
         assert_eq!(deleted, ["app-1", "app-2", "db-0"]);
@@ -438,7 +507,7 @@ mod tests {
         let mut r = role("app", 1);
         r.spec.placement.arch = vec![Arch::Amd64];
         r.spec.resources.memory = Some(Quantity("128Mi".into()));
-        let p = plan(&[r], &nodes, &[], &Catalog::new());
+        let p = plan(&[r], &nodes, &[], &Catalog::new(), NOW);
         let status = p.create[0].status.clone().unwrap();
         assert_eq!(p.create[0].spec.node, None);
         assert_eq!(status.reason.as_deref(), Some("Unschedulable"));
@@ -452,7 +521,7 @@ mod tests {
     fn pending_containers_are_bound_when_a_node_arrives() {
         let mut containers = Vec::new();
         apply(
-            &plan(&[role("app", 1)], &[], &[], &Catalog::new()),
+            &plan(&[role("app", 1)], &[], &[], &Catalog::new(), NOW),
             &mut containers,
         );
         assert_eq!(containers[0].spec.node, None);
@@ -461,6 +530,7 @@ mod tests {
             &[node("a", Arch::Amd64, true)],
             &containers,
             &Catalog::new(),
+            NOW,
         );
         assert_eq!(p.update.len(), 1);
         assert_eq!(p.update[0].spec.node.as_deref(), Some("a"));
@@ -471,13 +541,13 @@ mod tests {
         let nodes = vec![node("a", Arch::Amd64, true)];
         let mut containers = Vec::new();
         apply(
-            &plan(&[role("app", 1)], &nodes, &[], &Catalog::new()),
+            &plan(&[role("app", 1)], &nodes, &[], &Catalog::new(), NOW),
             &mut containers,
         );
         let mut r = role("app", 1);
         r.metadata.generation = 2;
         r.spec.command = vec!["/bin/true".into()];
-        let p = plan(&[r], &nodes, &containers, &Catalog::new());
+        let p = plan(&[r], &nodes, &containers, &Catalog::new(), NOW);
         assert_eq!(p.update.len(), 1);
         assert_eq!(p.update[0].spec.generation, 2);
         assert_eq!(
@@ -492,7 +562,7 @@ mod tests {
         let nodes = vec![node("pi", Arch::Arm64, true), node("pc", Arch::Amd64, true)];
         let mut r = role("app", 2);
         r.spec.image = "exchange:1.0".into();
-        let p = plan(&[r.clone()], &nodes, &[], &Catalog::new());
+        let p = plan(&[r.clone()], &nodes, &[], &Catalog::new(), NOW);
         let status = p.create[0].status.clone().unwrap();
         assert!(status.message.unwrap().contains("not in the image store"));
         let mut catalog = Catalog::new();
@@ -500,7 +570,7 @@ mod tests {
             "exchange:1.0".into(),
             BTreeMap::from([(Arch::Arm64, "sha256:aa".to_string())]),
         );
-        let p = plan(&[r], &nodes, &[], &catalog);
+        let p = plan(&[r], &nodes, &[], &catalog, NOW);
         assert_eq!(p.create[0].spec.node.as_deref(), Some("pi"));
         assert_eq!(p.create[0].spec.image_digest.as_deref(), Some("sha256:aa"));
         assert_eq!(
@@ -510,11 +580,72 @@ mod tests {
         );
         let mut armonly = role("solo", 1);
         armonly.spec.image = "exchange:1.0".into();
-        let p = plan(&[armonly], &nodes[1..], &[], &catalog);
+        let p = plan(&[armonly], &nodes[1..], &[], &catalog, NOW);
         assert_eq!(
             p.create[0].status.clone().unwrap().message.as_deref(),
             Some("0/1 nodes: 1 no image variant for its architecture")
         );
+    }
+
+    #[test]
+    fn containers_of_a_lost_board_move_after_lost_after_and_stateful_ones_stay() {
+        let nodes = vec![node("a", Arch::Amd64, true), node("b", Arch::Amd64, true)];
+        let mut app = role("app", 2);
+        app.spec.placement.max_per_node = Some(1);
+        let mut db = role("db", 2);
+        db.spec.stateful = true;
+        db.spec.placement.max_per_node = Some(1);
+        let roles = vec![app.clone(), db.clone()];
+        let mut containers = Vec::new();
+        apply(
+            &plan(&roles, &nodes, &[], &Catalog::new(), NOW),
+            &mut containers,
+        );
+        let on_b = |cs: &[Container], role: &str| {
+            cs.iter()
+                .find(|c| c.spec.role == role && c.spec.node.as_deref() == Some("b"))
+                .map(|c| c.metadata.name.clone())
+                .unwrap()
+        };
+        let (app_b, db_b) = (on_b(&containers, "app"), on_b(&containers, "db"));
+        // Board b goes silent at NOW; a third board c is there to take its work.
+        let mut down = nodes.clone();
+        down[1].status = Some(NodeStatus {
+            phase: NodePhase::NotReady,
+            since: Some(crate::clock::format_rfc3339(NOW)),
+            ..Default::default()
+        });
+        down.push(node("c", Arch::Amd64, true));
+        let p = plan(&roles, &down, &containers, &Catalog::new(), NOW);
+        let moved = p.update.iter().find(|c| c.metadata.name == app_b).unwrap();
+        assert_eq!(
+            moved.spec.node.as_deref(),
+            Some("c"),
+            "lostAfter 0: replaced at once"
+        );
+        assert_eq!(
+            moved.status.as_ref().unwrap().reason.as_deref(),
+            Some("Replaced")
+        );
+        let member = p.update.iter().find(|c| c.metadata.name == db_b).unwrap();
+        assert_eq!(
+            member.spec.node.as_deref(),
+            Some("b"),
+            "a stateful member stays"
+        );
+        assert_eq!(member.status.as_ref().unwrap().phase, ContainerPhase::Lost);
+
+        // With lostAfter 30s the container is Lost until the board has been away that long.
+        let mut patient = app.clone();
+        patient.spec.disconnect.lost_after = Some(texu_api::Duration("30s".into()));
+        let roles = vec![patient, db];
+        let p = plan(&roles, &down, &containers, &Catalog::new(), NOW + 10);
+        let waiting = p.update.iter().find(|c| c.metadata.name == app_b).unwrap();
+        assert_eq!(waiting.spec.node.as_deref(), Some("b"));
+        assert_eq!(waiting.status.as_ref().unwrap().phase, ContainerPhase::Lost);
+        let p = plan(&roles, &down, &containers, &Catalog::new(), NOW + 31);
+        let moved = p.update.iter().find(|c| c.metadata.name == app_b).unwrap();
+        assert_eq!(moved.spec.node.as_deref(), Some("c"));
     }
 
     #[test]
@@ -528,7 +659,7 @@ mod tests {
             .node_selector
             .insert("site".into(), "home".into());
         r.spec.placement.max_per_node = Some(2);
-        let p = plan(&[r], &nodes, &[], &Catalog::new());
+        let p = plan(&[r], &nodes, &[], &Catalog::new(), NOW);
         assert_eq!(
             p.create
                 .iter()
@@ -544,7 +675,7 @@ mod tests {
 
         let mut packed = role("batch", 3);
         packed.spec.placement.strategy = Strategy::Pack;
-        let p = plan(&[packed], &nodes, &[], &Catalog::new());
+        let p = plan(&[packed], &nodes, &[], &Catalog::new(), NOW);
         assert_eq!(per_node(&p.create).len(), 1, "pack fills one node first");
     }
 }

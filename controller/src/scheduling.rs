@@ -14,7 +14,7 @@ use crate::scheduler;
 /// How long the loop waits for more changes before it plans: a burst becomes one pass.
 const DEBOUNCE: Duration = Duration::from_millis(20);
 /// Longest pause between passes, so a missed wake-up never strands a container.
-const RESYNC: Duration = Duration::from_secs(5);
+const RESYNC: Duration = Duration::from_secs(1);
 
 /// Runs until `stop` flips to true. Never panics on a store error: logs, backs off, retries.
 pub async fn run(objects: Objects, mut stop: watch::Receiver<bool>) {
@@ -74,7 +74,13 @@ pub async fn pass(objects: &Objects) -> Result<(), ObjectError> {
             (format!("{}:{}", image.name, image.tag), variants)
         })
         .collect();
-    let plan = scheduler::plan(&roles, &nodes, &containers, &catalog);
+    let plan = scheduler::plan(
+        &roles,
+        &nodes,
+        &containers,
+        &catalog,
+        crate::clock::now_secs(),
+    );
     if plan.is_empty() {
         return Ok(());
     }
