@@ -1,0 +1,105 @@
+//! Failover benchmark: power off a board holding containers, time until every one of them is
+//! Ready on another board; repeated, then p50 and p99. Run as root: `cargo bench --bench failover`.
+//! ROUNDS (default 5) sets the number of power-offs.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use texu::cluster::{Cluster, ClusterConfig};
+use texu_api::ContainerPhase;
+
+const STACK: &str = r#"apiVersion: texu.io/v1
+kind: Role
+metadata:
+  name: echo
+spec:
+  replicas: 6
+  image: template:busybox
+  command: [/bin/httpd, -f, -p, "8080", -h, /etc]
+  ports:
+  - name: http
+    port: 8080
+  health:
+    readiness:
+      http: {path: /hostname, port: http}
+      periodSeconds: 0.2
+  placement:
+    spread: node
+"#;
+
+fn texu_bin() -> Result<std::path::PathBuf> {
+    let exe = std::env::current_exe()?;
+    // target/release/deps/failover-HASH -> target/release/texu
+    let bin = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .map(|d| d.join("texu"))
+        .context("cannot find the target directory")?;
+    if !bin.exists() {
+        bail!("{} is missing: run `cargo build --release` first", bin.display());
+    }
+    Ok(bin)
+}
+
+/// Names of the Ready containers on `node`.
+fn ready_on(c: &Cluster, node: &str) -> Result<Vec<String>> {
+    Ok(c.api()
+        .containers()?
+        .into_iter()
+        .filter(|x| x.spec.node.as_deref() == Some(node))
+        .filter(|x| x.status.as_ref().map(|s| s.phase) == Some(ContainerPhase::Ready))
+        .map(|x| x.metadata.name)
+        .collect())
+}
+
+fn main() -> Result<()> {
+    if std::env::args().any(|a| a == "--list" || a.starts_with("--test")) {
+        return Ok(()); // cargo test --benches asks benches to list themselves
+    }
+    let rounds: usize = std::env::var("ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(5);
+    let mut config = ClusterConfig::new(3, texu_bin()?);
+    config.log_filter = "warn".into();
+    let mut c = Cluster::start(config)?;
+    c.apply_yaml(STACK)?;
+    c.wait_ready(Duration::from_secs(120))?;
+    let mut times = Vec::new();
+    for round in 0..rounds {
+        // The board holding the most containers.
+        let (board, moved) = (1..=3)
+            .map(|b| (b, ready_on(&c, &c.plan().node_name(b)).unwrap_or_default()))
+            .max_by_key(|(_, v)| v.len())
+            .context("no board")?;
+        let node = c.plan().node_name(board);
+        let started = Instant::now();
+        c.power_off(board)?;
+        c.wait_until(Duration::from_secs(60), "replacements Ready", || {
+            let all = c.api().containers().ok()?;
+            let done = moved.iter().all(|m| {
+                all.iter().any(|x| {
+                    &x.metadata.name == m
+                        && x.spec.node.as_deref() != Some(node.as_str())
+                        && x.status.as_ref().map(|s| s.phase) == Some(ContainerPhase::Ready)
+                })
+            });
+            done.then_some(())
+        })?;
+        let took = started.elapsed();
+        println!("round {}: board {board} ({} containers) off -> Ready elsewhere in {took:.2?}", round + 1, moved.len());
+        times.push(took);
+        c.restore(board)?;
+        c.wait_ready(Duration::from_secs(60))?;
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    times.sort();
+    let pct = |p: f64| times[((times.len() as f64 - 1.0) * p).round() as usize];
+    println!(
+        "failover over {} power-offs: p50 {:.2?}, p99 {:.2?}, min {:.2?}, max {:.2?} (target p99 < 5 s)",
+        times.len(),
+        pct(0.5),
+        pct(0.99),
+        times[0],
+        times[times.len() - 1]
+    );
+    c.teardown()?;
+    Ok(())
+}
