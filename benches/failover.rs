@@ -36,7 +36,10 @@ fn texu_bin() -> Result<std::path::PathBuf> {
         .map(|d| d.join("texu"))
         .context("cannot find the target directory")?;
     if !bin.exists() {
-        bail!("{} is missing: run `cargo build --release` first", bin.display());
+        bail!(
+            "{} is missing: run `cargo build --release` first",
+            bin.display()
+        );
     }
     Ok(bin)
 }
@@ -56,7 +59,10 @@ fn main() -> Result<()> {
     if std::env::args().any(|a| a == "--list" || a.starts_with("--test")) {
         return Ok(()); // cargo test --benches asks benches to list themselves
     }
-    let rounds: usize = std::env::var("ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(5);
+    let rounds: usize = std::env::var("ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(5);
     let mut config = ClusterConfig::new(3, texu_bin()?);
     config.log_filter = "warn".into();
     let mut c = Cluster::start(config)?;
@@ -84,7 +90,11 @@ fn main() -> Result<()> {
             done.then_some(())
         })?;
         let took = started.elapsed();
-        println!("round {}: board {board} ({} containers) off -> Ready elsewhere in {took:.2?}", round + 1, moved.len());
+        println!(
+            "round {}: board {board} ({} containers) off -> Ready elsewhere in {took:.2?}",
+            round + 1,
+            moved.len()
+        );
         times.push(took);
         c.restore(board)?;
         c.wait_ready(Duration::from_secs(60))?;

@@ -141,6 +141,13 @@ pub fn config_items(spec: &ContainerSpec, ctx: &ConfigContext<'_>) -> Vec<Config
             items.push(("lxc.net.0.type", "veth".to_owned()));
             items.push(("lxc.net.0.link", n.bridge.clone()));
             items.push(("lxc.net.0.name", "eth0".to_owned()));
+            // A MAC derived from the address: the same after every restart, so neighbours'
+            // ARP caches stay right and a restarted container answers at once.
+            let [a, b, c, d] = n.address.octets();
+            items.push((
+                "lxc.net.0.hwaddr",
+                format!("02:54:{a:02x}:{b:02x}:{c:02x}:{d:02x}"),
+            ));
             items.push(("lxc.net.0.flags", "up".to_owned()));
             items.push((
                 "lxc.net.0.ipv4.address",
@@ -409,6 +416,7 @@ mod tests {
     fn no_network_means_an_empty_network() {
         let items = items_for(&host_spec(), &layout(None));
         assert_eq!(values(&items, "lxc.net.0.type"), vec!["empty"]);
+        assert!(values(&items, "lxc.net.0.hwaddr").is_empty());
         assert_eq!(values(&items, "lxc.net.0.flags"), vec!["up"]);
         assert!(values(&items, "lxc.net.0.link").is_empty());
     }
@@ -430,6 +438,11 @@ mod tests {
             vec!["198.19.1.5/24"]
         );
         assert_eq!(values(&items, "lxc.net.0.ipv4.gateway"), vec!["198.19.1.1"]);
+        assert_eq!(
+            values(&items, "lxc.net.0.hwaddr"),
+            vec!["02:54:c6:13:01:05"],
+            "a MAC that stays the same across restarts"
+        );
         assert!(hosts_file(&spec).contains("198.19.1.5\tweb-0\n"));
     }
 
