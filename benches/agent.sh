@@ -317,12 +317,12 @@ read -r c_min c_med c_max <<<"$(awk '{ print $1 / 1e9 }' "$WORK/times" | stats)"
 read -r s_min s_med s_max <<<"$(awk '{ print $2 / 1e9 }' "$WORK/times" | stats)"
 # Memory: the last run's steady state, and the range over all runs.
 read -r _ rss pss hwm pss_anon pss_file threads mon_n mon_rss mon_pss running _ anon file <<<"$(tail -n 1 "$WORK/results")"
-mb() { awk -v k="$1" 'BEGIN { if (k == "-" || k == "") print "n/a"; else printf "%.1f MB", k / 1024 }'; }
+mb() { awk -v k="$1" 'BEGIN { if (k == "-" || k == "") print "n/a"; else printf "%.1f MiB", k / 1024 }'; }
 rss_range=$(awk '{ print $2 / 1024 }' "$WORK/results" | stats)
 pss_range=$(awk '$3 != "-" { print $3 / 1024 }' "$WORK/results" | stats)
 hwm_max=$(awk '{ print $4 }' "$WORK/results" | sort -n | tail -n 1)
 rss_ok=$(awk -v k="$rss" 'BEGIN { print (k / 1024 < 10) ? "met" : "NOT met" }')
-ready_ok=$(awk -v s="$r_med" 'BEGIN { print (s < 2) ? "met" : "NOT met" }')
+ready_ok=$(awk -v s="$r_med" 'BEGIN { print (s < 2) ? "met (median)" : "NOT met (median)" }')
 
 cat <<EOF
 
@@ -334,14 +334,15 @@ binary      $TEXU ($(stat -c %s "$TEXU") bytes)
 runs        $RUNS x apply of $REPLICAS replicas of $IMAGE (httpd, HTTP readiness every 0.1 s)
 
 agent memory with $running running containers (last run, ${SETTLE} s after all Ready)
-  VmRSS     $(mb "$rss")   (anon $(mb "$anon"), file $(mb "$file"); over runs, MB: min/median/max $rss_range; idle before any container $(mb "$MEM_IDLE_RSS"))
-  PSS       $(mb "$pss")   (anon $(mb "$pss_anon"), file $(mb "$pss_file"); over runs, MB: $pss_range)
+  VmRSS     $(mb "$rss")   (anon $(mb "$anon"), file $(mb "$file"); over runs, MiB: min/median/max $rss_range; idle before any container $(mb "$MEM_IDLE_RSS"))
+  PSS       $(mb "$pss")   (anon $(mb "$pss_anon"), file $(mb "$pss_file"); over runs, MiB: $pss_range)
   peak      VmHWM $(mb "$hwm_max"), $threads threads
   + $mon_n LXC monitor processes (forked by liblxc, one per container): RSS $(mb "$mon_rss"), PSS $(mb "$mon_pss") in all
     (they share the agent's pages, which lowers its PSS; agent + monitors PSS $(mb "$(awk -v a="$pss" -v b="$mon_pss" 'BEGIN { print a + b }')"))
-  target    < 10 MB RSS: $rss_ok
+  target    < 10 MB (taken as MiB) VmRSS: $rss_ok
 
 apply -> all $REPLICAS Ready (s)   min $r_min   median $r_med   max $r_max
+  runs (s): $(awk '{ printf "%s ", $1 }' "$WORK/results")
   per container, all runs (s): create min/median/max $c_min / $c_med / $c_max,
                                start  min/median/max $s_min / $s_med / $s_max
   last start -> all Ready seen (s): min/median/max $a_min / $a_med / $a_max

@@ -80,6 +80,11 @@ impl Client {
         self.call(response)
     }
 
+    /// POSTs with an empty body and decodes the JSON answer.
+    pub fn post<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        self.call(self.request("POST", path).send_string(""))
+    }
+
     /// DELETEs a path and decodes the JSON answer.
     pub fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         self.call(self.request("DELETE", path).call())

@@ -45,6 +45,16 @@ enum Command {
     /// Root filesystem images in the controller's image store.
     #[command(subcommand)]
     Image(cmd::image::Command),
+    /// Stop placing new containers on a node (those on it stay).
+    Cordon {
+        /// The node's name.
+        node: String,
+    },
+    /// Let the scheduler place containers on a node again.
+    Uncordon {
+        /// The node's name.
+        node: String,
+    },
     /// A one-screen summary of the cluster.
     Status,
     /// Run a whole multi-board cluster on this machine (as root) until Ctrl-C.
@@ -69,6 +79,8 @@ fn main() -> ExitCode {
         Command::Describe(ref args) => client().and_then(|c| cmd::get::describe(&c, args)),
         Command::Delete(ref args) => client().and_then(|c| cmd::delete::run(&c, args)),
         Command::Image(ref command) => client().and_then(|c| cmd::image::run(&c, command)),
+        Command::Cordon { ref node } => client().and_then(|c| cmd::cordon(&c, node, true)),
+        Command::Uncordon { ref node } => client().and_then(|c| cmd::cordon(&c, node, false)),
         Command::Status => client().and_then(|c| cmd::status::run(&c)),
         Command::Demo(ref args) => cmd::demo::run(args),
         Command::Schema => cmd::schema(),

@@ -196,6 +196,22 @@ fn boards_join_see_only_their_own_containers_and_go_not_ready_when_silent() {
     let status = c.texu_ok(&["status"]);
     assert!(status.contains("Nodes:       1/2 ready"), "{status}");
 
+    // A cordoned board gets no new containers; uncordoned, it does again.
+    assert_eq!(
+        c.texu_ok(&["cordon", "board-a"]).trim(),
+        "node/board-a cordoned"
+    );
+    assert!(c.texu_ok(&["get", "nodes"]).contains(",Cordoned"));
+    assert_eq!(
+        call("POST", &url("/v1/nodes/board-a/cordon"), &a, None).0,
+        403,
+        "a board cannot cordon"
+    );
+    assert_eq!(
+        c.texu_ok(&["uncordon", "board-a"]).trim(),
+        "node/board-a uncordoned"
+    );
+
     // A stolen-looking credential for another name, or garbage, is refused.
     let forged_credential = a.replace("board-a", "board-b");
     assert_eq!(

@@ -21,3 +21,13 @@ pub fn schema() -> Result<ExitCode> {
     );
     Ok(ExitCode::SUCCESS)
 }
+
+/// `texu cordon NODE` / `texu uncordon NODE`.
+pub fn cordon(client: &crate::client::Client, node: &str, on: bool) -> Result<ExitCode> {
+    texu_api::validate_name(node)
+        .map_err(|why| anyhow::anyhow!("invalid node name {node:?}: {why}"))?;
+    let verb = if on { "cordon" } else { "uncordon" };
+    let v: serde_json::Value = client.post(&format!("/v1/nodes/{node}/{verb}"))?;
+    println!("node/{node} {}", v["result"].as_str().unwrap_or(verb));
+    Ok(ExitCode::SUCCESS)
+}

@@ -40,6 +40,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/nodes"),
     ("GET", "/v1/nodes/{name}"),
     ("DELETE", "/v1/nodes/{name}"),
+    ("POST", "/v1/nodes/{name}/cordon"),
+    ("POST", "/v1/nodes/{name}/uncordon"),
     ("GET", "/v1/containers"),
     ("GET", "/v1/containers/{name}"),
     ("PUT", "/v1/nodes/{name}/status"),
@@ -191,6 +193,14 @@ where
             "/v1/nodes/{name}/status",
             heartbeat(state, req, name, body).await,
         ),
+        ["nodes", name, verb @ ("cordon" | "uncordon")] => {
+            let route = if *verb == "cordon" {
+                "/v1/nodes/{name}/cordon"
+            } else {
+                "/v1/nodes/{name}/uncordon"
+            };
+            (route, cordon(state, req, name, *verb == "cordon").await)
+        }
         ["images"] => ("/v1/images", list_images(state, req).await),
         ["images", name, tag, arch] => (
             "/v1/images/{name}/{tag}/{arch}",
@@ -281,6 +291,40 @@ where
             forbidden(&format!("{} {}", req.method, req.path)),
         ),
     }
+}
+
+/// Marks a node unschedulable (no new containers) or schedulable again.
+async fn cordon(state: &ApiState, req: &Request, name: &str, on: bool) -> Answer {
+    only(req, &[Method::POST])?;
+    valid_name(name)?;
+    for _ in 0..8 {
+        let Some(mut node) = state.objects.get::<Node>(name).await? else {
+            return Err(ApiError::not_found(format!("node {name} not found")));
+        };
+        let result = if on { "cordoned" } else { "uncordoned" };
+        if node.spec.unschedulable == on {
+            return Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({ "result": format!("already {result}"), "name": name }),
+            ));
+        }
+        node.spec.unschedulable = on;
+        match state.objects.replace(&node).await {
+            Ok(_) => {
+                tracing::info!(node = name, result, "node");
+                return Ok(json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "result": result, "name": name }),
+                ));
+            }
+            Err(crate::objects::ObjectError::Stale { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        format!("node {name} kept changing; try again"),
+    ))
 }
 
 async fn remove_node(state: &ApiState, name: &str) -> Answer {
