@@ -427,6 +427,39 @@ fn imported_images_are_verified_cached_and_unpacked_and_a_bad_digest_is_refused(
         .collect();
     assert_eq!(cached.len(), 1, "one cached blob");
 
+    // An image with no variant for this board's architecture is never placed here.
+    c.texu_ok(&[
+        "image",
+        "import",
+        "armonly:1",
+        "--arch",
+        "arm64",
+        tarball.to_str().unwrap(),
+    ]);
+    apply_yaml(&c, &role("arm", "armonly:1"));
+    let status = wait_for(Duration::from_secs(20), "arm-0 pending", || {
+        let v = containers(&c).remove("arm-0")?;
+        v["status"]["message"].as_str().map(str::to_string)
+    });
+    assert_eq!(status, "0/1 nodes: 1 no image variant for its architecture");
+    assert!(!agent.lxc_containers().contains(&"arm-0".to_string()));
+
+    // The agent's metrics count its containers by phase.
+    let metrics =
+        http_get(&format!("http://{}/metrics", agent.metrics_addr)).expect("agent /metrics");
+    assert!(
+        metrics.contains("texu_agent_containers{phase=\"Ready\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("texu_agent_heartbeat_rtt_seconds_count"),
+        "{metrics}"
+    );
+    assert_eq!(
+        http_get(&format!("http://{}/healthz", agent.metrics_addr)).as_deref(),
+        Some("ok\n")
+    );
+
     // The same image under another tag, corrupted in the controller's store after import.
     let out = c.texu_ok(&[
         "image",

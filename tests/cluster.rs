@@ -127,6 +127,30 @@ fn containers_reach_containers_on_other_boards() -> Result<()> {
         let body = c.http_get_from_board(1, &format!("http://{addr}:8080/hostname"))?;
         assert_eq!(body.trim(), target.metadata.name, "board1 -> {addr}");
     }
+    // A hostPort is published on its board's own (overlay) address, reachable from another board.
+    c.apply_yaml(
+        "apiVersion: texu.io/v1\nkind: Role\nmetadata:\n  name: front\nspec:\n  \
+         image: template:busybox\n  command: [/bin/httpd, -f, -p, \"80\", -h, /etc]\n  \
+         ports:\n  - {name: http, port: 80, hostPort: 8088}\n  health:\n    readiness:\n      \
+         http: {path: /hostname, port: http}\n      periodSeconds: 0.2\n",
+    )?;
+    c.wait_ready(Duration::from_secs(60))?;
+    let front = c
+        .api()
+        .containers()?
+        .into_iter()
+        .find(|x| x.metadata.name == "front-0")
+        .context("front-0")?;
+    let node = front.spec.node.clone().context("front-0 is placed")?;
+    let board = (1..=3)
+        .find(|b| c.plan().node_name(*b) == node)
+        .context("front-0's board")?;
+    let other = if board == 1 { 2 } else { 1 };
+    let url = format!("http://{}:8088/hostname", c.plan().board_address(board));
+    let body = c.wait_until(Duration::from_secs(10), "the hostPort to answer", || {
+        c.http_get_from_board(other, &url).ok()
+    })?;
+    assert_eq!(body.trim(), "front-0", "{url} from board {other}");
     Ok(())
 }
 

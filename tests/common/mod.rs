@@ -242,6 +242,8 @@ pub struct AgentProcess {
     pub data_dir: PathBuf,
     pub bridge: String,
     pub subnet: String,
+    /// Where the agent serves /metrics and /healthz.
+    pub metrics_addr: String,
     server: String,
     join_token: String,
     _tmp: tempfile::TempDir,
@@ -259,6 +261,7 @@ impl AgentProcess {
             data_dir: tmp.path().join("agent"),
             bridge: format!("txtest{net}"),
             subnet: format!("198.19.{net}.0/24"),
+            metrics_addr: format!("127.0.0.1:{}", 19000 + u16::from(net)),
             server: c.server.clone(),
             join_token: c.join_token(),
             _tmp: tmp,
@@ -276,6 +279,7 @@ impl AgentProcess {
             .arg(&self.data_dir)
             .args(["--join-token", &self.join_token])
             .args(["--bridge", &self.bridge, "--subnet", &self.subnet])
+            .args(["--metrics-listen", &self.metrics_addr])
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
