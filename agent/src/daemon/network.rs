@@ -120,11 +120,13 @@ pub fn remove_bridge(bridge: &str) -> Result<(), NetworkError> {
     Ok(())
 }
 
-fn ip(args: &[&str]) -> Result<(), NetworkError> {
+/// Runs `ip ARGS...`; an error carries the arguments and ip's own message.
+pub(crate) fn ip(args: &[&str]) -> Result<(), NetworkError> {
     ip_output(args).map(|_| ())
 }
 
-fn ip_output(args: &[&str]) -> Result<String, NetworkError> {
+/// Runs `ip ARGS...` and returns what it printed.
+pub(crate) fn ip_output(args: &[&str]) -> Result<String, NetworkError> {
     let err = |message: String| NetworkError::Ip {
         args: args.join(" "),
         message,

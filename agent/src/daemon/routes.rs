@@ -5,13 +5,12 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
-use std::process::Command;
 use std::time::Duration;
 
 use tokio::sync::watch;
 
 use super::client::Client;
-use super::network::Subnet;
+use super::network::{ip, ip_output, Subnet};
 
 /// The `proto` value on every route Texu installs.
 pub const ROUTE_PROTO: &str = "197";
@@ -105,11 +104,7 @@ fn apply(
 
 /// The routes Texu installed, read back from the kernel.
 pub fn current() -> Option<BTreeMap<Subnet, Ipv4Addr>> {
-    let out = Command::new("ip")
-        .args(["-4", "route", "show", "proto", ROUTE_PROTO])
-        .output()
-        .ok()?;
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = ip_output(&["-4", "route", "show", "proto", ROUTE_PROTO]).ok()?;
     Some(
         text.lines()
             .filter_map(|line| {
@@ -120,18 +115,6 @@ pub fn current() -> Option<BTreeMap<Subnet, Ipv4Addr>> {
             })
             .collect(),
     )
-}
-
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-    }
 }
 
 #[cfg(test)]
