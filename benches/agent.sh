@@ -10,7 +10,7 @@
 #
 # Needs root, LXC and the busybox template (scripts/setup.sh), jq. Starts a controller on
 # 127.0.0.1 and an agent with bridge txbench0 on 198.19.250.0/24; removes everything it made
-# on exit, however it exits. Settings (environment): RUNS (5), READY_TIMEOUT (120 s per run),
+# on exit, Ctrl-C or TERM (and, at start, what a SIGKILLed earlier run left). Settings (environment): RUNS (5), READY_TIMEOUT (120 s per run),
 # SETTLE (2 s from all Ready to reading memory), TEXU_BENCH_WORK (/tmp/texu-bench-agent),
 # IMAGE (template:busybox; `host` runs the board's own busybox instead, for comparison).
 set -euo pipefail

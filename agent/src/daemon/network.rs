@@ -100,7 +100,9 @@ impl Addresses {
 
 /// Makes sure `bridge` exists, is up and carries the subnet's gateway address.
 pub fn ensure_bridge(bridge: &str, subnet: Subnet) -> Result<(), NetworkError> {
-    let exists = Path::new("/sys/class/net").join(bridge).exists();
+    // Ask ip(8) rather than /sys/class/net: /sys shows the namespace that mounted it, which is
+    // not this process's when an agent runs in a board's network namespace.
+    let exists = ip_output(&["link", "show", "dev", bridge]).is_ok();
     if !exists {
         ip(&["link", "add", bridge, "type", "bridge"])?;
     }
@@ -114,7 +116,7 @@ pub fn ensure_bridge(bridge: &str, subnet: Subnet) -> Result<(), NetworkError> {
 
 /// Removes a bridge (used by tests and `texu demo down`).
 pub fn remove_bridge(bridge: &str) -> Result<(), NetworkError> {
-    if Path::new("/sys/class/net").join(bridge).exists() {
+    if ip_output(&["link", "show", "dev", bridge]).is_ok() {
         ip(&["link", "del", bridge])?;
     }
     Ok(())
