@@ -207,18 +207,28 @@ fn lost(
         .as_ref()
         .and_then(|d| d.as_std().ok())
         .map_or(0, |d| d.as_secs() as i64);
+    let mut unplaceable = None;
     if !role.spec.stateful && away >= lost_after {
-        let changed = placer.bind(container, board);
-        if let (Some(new), Some(s)) = (container.spec.node.clone(), container.status.as_mut()) {
-            s.reason = Some("Replaced".into());
-            s.message = Some(format!(
-                "moved from {node_name}, not ready for {away}s, to {new}"
-            ));
+        let mut moved = container.clone();
+        placer.bind(&mut moved, board);
+        if let Some(new) = moved.spec.node.clone() {
+            if let Some(s) = moved.status.as_mut() {
+                s.reason = Some("Replaced".into());
+                s.message = Some(format!(
+                    "moved from {node_name}, not ready for {away}s, to {new}"
+                ));
+            }
+            *container = moved;
+            return true;
         }
-        return changed;
+        // Nowhere else to go: it stays bound to its board, Lost, and moves when a place frees
+        // up or comes back with the board.
+        unplaceable = moved.status.and_then(|s| s.message);
     }
     let message = if role.spec.stateful {
         format!("node {node_name} is not ready; stateful members stay (texu replace moves one)")
+    } else if let Some(why) = unplaceable {
+        format!("node {node_name} is not ready and no other board fits: {why}")
     } else {
         format!("node {node_name} is not ready; replaced after lostAfter ({lost_after}s)")
     };
@@ -646,6 +656,38 @@ mod tests {
         let p = plan(&roles, &down, &containers, &Catalog::new(), NOW + 31);
         let moved = p.update.iter().find(|c| c.metadata.name == app_b).unwrap();
         assert_eq!(moved.spec.node.as_deref(), Some("c"));
+    }
+
+    #[test]
+    fn a_lost_container_with_nowhere_to_go_stays_bound_to_its_board() {
+        let nodes = vec![node("a", Arch::Amd64, true), node("b", Arch::Amd64, true)];
+        let mut r = role("echo", 2);
+        r.spec.placement.max_per_node = Some(1);
+        let mut containers = Vec::new();
+        apply(
+            &plan(&[r.clone()], &nodes, &[], &Catalog::new(), NOW),
+            &mut containers,
+        );
+        let mut down = nodes.clone();
+        down[1].status = Some(NodeStatus {
+            phase: NodePhase::NotReady,
+            since: Some(crate::clock::format_rfc3339(NOW)),
+            ..Default::default()
+        });
+        let p = plan(&[r], &down, &containers, &Catalog::new(), NOW);
+        assert_eq!(p.update.len(), 1);
+        let lost = &p.update[0];
+        assert_eq!(lost.spec.node.as_deref(), Some("b"), "not unbound");
+        let status = lost.status.as_ref().unwrap();
+        assert_eq!(status.phase, ContainerPhase::Lost);
+        assert!(
+            status
+                .message
+                .as_deref()
+                .unwrap()
+                .contains("maxPerNode reached"),
+            "{status:?}"
+        );
     }
 
     #[test]

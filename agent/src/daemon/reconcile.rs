@@ -224,11 +224,11 @@ impl Reconciler {
         for c in desired {
             self.step(&c, existing.contains(&c.metadata.name)).await;
         }
-        self.publish_host_ports();
+        self.publish_host_ports().await;
     }
 
     /// Keeps nftables' DNAT rules equal to the hostPorts of running containers.
-    fn publish_host_ports(&mut self) {
+    async fn publish_host_ports(&mut self) {
         let mut want: Vec<Published> = Vec::new();
         for c in self.desired.values() {
             let (Some(template), Some(slot)) =
@@ -260,7 +260,11 @@ impl Reconciler {
         {
             return;
         }
-        match hostports::apply(&self.node, &want) {
+        let (node, rules) = (self.node.clone(), want.clone());
+        let applied = tokio::task::spawn_blocking(move || hostports::apply(&node, &rules))
+            .await
+            .unwrap_or_else(|e| Err(format!("nft task failed: {e}")));
+        match applied {
             Ok(()) => {
                 tracing::info!(ports = want.len(), "host ports published");
                 self.published = Some(want);
@@ -274,6 +278,12 @@ impl Reconciler {
         if !self.slots.contains_key(&name) {
             // The restart count and last exit survive agent restarts through the record.
             let record = read_record(&self.record_path(&name)).unwrap_or_default();
+            // Addresses are kept in the data dir: a container found after an agent restart
+            // (running, or stopped and about to be restarted) keeps its address.
+            let address = self
+                .addresses
+                .as_mut()
+                .and_then(|a| a.get_or_assign(&name).ok());
             self.slots.insert(
                 name.clone(),
                 Slot {
@@ -282,10 +292,11 @@ impl Reconciler {
                     status: ContainerStatus::default(),
                     probes: None,
                     retry_create_at: None,
-                    address: None,
+                    address,
                 },
             );
             if let Some(slot) = self.slots.get_mut(&name) {
+                slot.status.address = slot.address.map(|a| a.to_string());
                 slot.status.restarts = i64::from(slot.record.restarts);
                 slot.status.last_exit = slot.record.last_exit.clone();
             }

@@ -49,14 +49,23 @@ pub async fn run(
     own: Subnet,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut installed: BTreeMap<Subnet, Ipv4Addr> = current().unwrap_or_default();
+    // ip(8) runs on blocking threads: a slow fork must never hold up heartbeats.
+    let mut installed: BTreeMap<Subnet, Ipv4Addr> = tokio::task::spawn_blocking(current)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_default();
     loop {
         let (c, cred) = (client.clone(), credential.clone());
         match tokio::task::spawn_blocking(move || c.nodes(&cred)).await {
             Ok(Ok(nodes)) => {
                 let want = wanted(&nodes, &name, own);
                 if want != installed {
-                    installed = apply(&installed, &want);
+                    let before = installed.clone();
+                    match tokio::task::spawn_blocking(move || apply(&before, &want)).await {
+                        Ok(now) => installed = now,
+                        Err(e) => tracing::warn!(error = %e, "route task failed"),
+                    }
                 }
             }
             Ok(Err(e)) => {
