@@ -237,10 +237,7 @@ impl Objects {
             let Some(kv) = self.store.get(&key).await? else {
                 return Ok(false);
             };
-            let txn = Txn::new()
-                .when_mod_revision(key.clone(), kv.mod_revision)
-                .delete(key.clone());
-            if self.store.txn(txn).await?.succeeded {
+            if self.delete_at(kind, name, kv.mod_revision).await? {
                 return Ok(true);
             }
         }

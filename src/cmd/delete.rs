@@ -47,18 +47,28 @@ pub fn run(client: &Client, args: &Args) -> Result<ExitCode> {
         }
         args.names.clone()
     };
+    delete_each(client, "role", &names, args.ignore_not_found)
+}
+
+/// Deletes `kind/NAME` for each name, going on after a failure; non-zero exit if any failed.
+fn delete_each(
+    client: &Client,
+    kind: &str,
+    names: &[String],
+    ignore_not_found: bool,
+) -> Result<ExitCode> {
     let mut failed = false;
     for name in names {
-        if let Err(why) = texu_api::validate_name(&name) {
-            eprintln!("error: role/{name}: invalid name: {why}");
+        if let Err(why) = texu_api::validate_name(name) {
+            eprintln!("error: {kind}/{name}: invalid name: {why}");
             failed = true;
             continue;
         }
-        match client.delete::<serde_json::Value>(&format!("/v1/roles/{name}")) {
-            Ok(_) => println!("role/{name} deleted"),
-            Err(e) if client::is_not_found(&e) && args.ignore_not_found => {}
+        match client.delete::<serde_json::Value>(&format!("/v1/{kind}s/{name}")) {
+            Ok(_) => println!("{kind}/{name} deleted"),
+            Err(e) if client::is_not_found(&e) && ignore_not_found => {}
             Err(e) => {
-                eprintln!("error: role/{name}: {e:#}");
+                eprintln!("error: {kind}/{name}: {e:#}");
                 failed = true;
             }
         }
@@ -75,24 +85,5 @@ fn delete_nodes(client: &Client, names: &[String]) -> Result<ExitCode> {
     if names.is_empty() {
         bail!("name the nodes to delete: `texu delete node NAME...`");
     }
-    let mut failed = false;
-    for name in names {
-        if let Err(why) = texu_api::validate_name(name) {
-            eprintln!("error: node/{name}: invalid name: {why}");
-            failed = true;
-            continue;
-        }
-        match client.delete::<serde_json::Value>(&format!("/v1/nodes/{name}")) {
-            Ok(_) => println!("node/{name} deleted"),
-            Err(e) => {
-                eprintln!("error: node/{name}: {e:#}");
-                failed = true;
-            }
-        }
-    }
-    Ok(if failed {
-        ExitCode::FAILURE
-    } else {
-        ExitCode::SUCCESS
-    })
+    delete_each(client, "node", names, false)
 }

@@ -401,15 +401,11 @@ impl Reconciler {
             return;
         };
         if slot.probes.is_none() && slot.status.phase != ContainerPhase::Creating {
-            // Adopted after an agent restart: same generation, still running; keep it.
+            // Adopted after an agent restart: same generation, still running; keep it. Its
+            // address came from the data dir when its slot was made.
             if slot.status.phase == ContainerPhase::Pending {
                 tracing::info!(container = %name, "adopted running container");
             }
-            slot.address = self
-                .addresses
-                .as_mut()
-                .and_then(|a| a.get_or_assign(name).ok());
-            slot.status.address = slot.address.map(|a| a.to_string());
             self.start_probes(c);
         }
         let Some(slot) = self.slots.get_mut(name) else {
