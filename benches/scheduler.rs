@@ -16,6 +16,7 @@ fn nodes(n: usize) -> Vec<Node> {
                     memory_bytes: 4 << 30,
                     subnet: None,
                     unschedulable: false,
+                    draining: false,
                 },
             );
             node.metadata

@@ -60,6 +60,43 @@ pub struct ContainerSpec {
     /// architecture, chosen when the container was bound to the node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_digest: Option<String>,
+    /// Set by `texu replace`: the address of the member this one replaces. Its templates see it
+    /// as `replaces` on its first boot on the new board only (Cassandra's
+    /// `replace_address_first_boot`); the controller clears it once the member is Ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<String>,
+    /// The board a failover moved it from, while that board is away: with `keep: original`
+    /// the copy still running there wins when it comes back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moved_from: Option<String>,
+    /// A make-before-break move in progress (drain or rebalance): the copy on `handoff.node`
+    /// starts while this one runs, and takes over once it is Ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handoff: Option<Handoff>,
+}
+
+/// A make-before-break move: where the new copy runs and what its board reports about it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Handoff {
+    /// The board the new copy runs on.
+    pub node: String,
+    /// Why it moves: `Drain` or `Rebalance`.
+    pub reason: String,
+    /// The image digest for that board's architecture.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_digest: Option<String>,
+    /// What that board reports about the new copy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<ContainerStatus>,
+}
+
+impl ContainerSpec {
+    /// True when `node` should run this container: it is bound there, or a handoff to it is
+    /// in progress.
+    pub fn runs_on(&self, node: &str) -> bool {
+        self.node.as_deref() == Some(node) || self.handoff.as_ref().is_some_and(|h| h.node == node)
+    }
 }
 
 /// Whether a container should run.

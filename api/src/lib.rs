@@ -44,7 +44,9 @@ mod yaml;
 
 pub use arch::Arch;
 pub use cidr::{Cidr, CidrError};
-pub use container::{Container, ContainerPhase, ContainerSpec, ContainerStatus, DesiredState};
+pub use container::{
+    Container, ContainerPhase, ContainerSpec, ContainerStatus, DesiredState, Handoff,
+};
 pub use duration::{Duration, DurationError};
 pub use image::{ImageRef, ImageRefError};
 pub use manifest::{

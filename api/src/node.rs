@@ -54,6 +54,9 @@ pub struct NodeSpec {
     /// Cordoned: no new containers are placed on it.
     #[serde(default, skip_serializing_if = "is_false")]
     pub unschedulable: bool,
+    /// Being drained (`texu drain`): its containers move to other boards, make-before-break.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub draining: bool,
 }
 
 /// What the controller last heard from a board.

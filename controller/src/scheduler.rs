@@ -169,6 +169,9 @@ pub fn plan(
                             desired: Default::default(),
                             template: Some(role.spec.clone()),
                             image_digest: None,
+                            replaces: None,
+                            moved_from: None,
+                            handoff: None,
                         },
                     );
                     placer.bind(&mut container, &mut board);
@@ -420,6 +423,7 @@ mod tests {
                 memory_bytes: 1 << 30,
                 subnet: None,
                 unschedulable: false,
+                draining: false,
             },
         );
         n.status = Some(NodeStatus {

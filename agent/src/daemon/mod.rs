@@ -89,6 +89,7 @@ pub fn node_spec(config: &Config) -> NodeSpec {
             .and_then(|(_, s)| s.as_ref())
             .map(ToString::to_string),
         unschedulable: false,
+        draining: false,
     }
 }
 

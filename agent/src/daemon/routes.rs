@@ -141,6 +141,7 @@ mod tests {
                 memory_bytes: 1,
                 subnet: subnet.map(str::to_string),
                 unschedulable: false,
+                draining: false,
             },
         )
     }
