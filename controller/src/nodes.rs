@@ -15,6 +15,7 @@ use tokio::sync::Mutex;
 
 use crate::auth::Token;
 use crate::clock;
+use crate::detector::Detector;
 use crate::objects::{object_key, ObjectError, Objects};
 use crate::store::Txn;
 
@@ -68,7 +69,9 @@ pub struct Nodes {
     objects: Objects,
     /// The cluster's container range; each node gets a /24 of it.
     cluster_cidr: Cidr,
-    last_seen: Mutex<HashMap<String, Instant>>,
+    /// Each board's heartbeat rhythm, in seconds since `epoch`.
+    detectors: Mutex<HashMap<String, Detector>>,
+    epoch: Instant,
     grace: Duration,
 }
 
@@ -82,7 +85,8 @@ impl Nodes {
         Nodes {
             objects,
             cluster_cidr,
-            last_seen: Mutex::new(HashMap::new()),
+            detectors: Mutex::new(HashMap::new()),
+            epoch: Instant::now(),
             grace,
         }
     }
@@ -196,7 +200,7 @@ impl Nodes {
                 name: name.to_string(),
             });
         }
-        self.last_seen.lock().await.remove(name);
+        self.detectors.lock().await.remove(name);
         let (containers, _) = self.objects.list::<Container>().await?;
         for mut c in containers
             .into_iter()
@@ -234,10 +238,13 @@ impl Nodes {
 
     /// Takes a heartbeat: marks the node seen, and writes node and container status that changed.
     pub async fn heartbeat(&self, name: &str, beat: Heartbeat) -> Result<(), ObjectError> {
-        self.last_seen
+        let now = self.epoch.elapsed().as_secs_f64();
+        self.detectors
             .lock()
             .await
-            .insert(name.to_string(), Instant::now());
+            .entry(name.to_string())
+            .or_insert_with(|| Detector::new(self.grace))
+            .beat(now);
         let Some(mut node) = self.objects.get::<Node>(name).await? else {
             return Err(ObjectError::NotFound {
                 kind: "node",
@@ -307,20 +314,29 @@ impl Nodes {
 
     async fn check(&self, started: Instant) -> Result<(), ObjectError> {
         let (nodes, _) = self.objects.list::<Node>().await?;
-        let seen = self.last_seen.lock().await.clone();
+        let detectors = self.detectors.lock().await.clone();
+        let now = self.epoch.elapsed().as_secs_f64();
+        let since = started.duration_since(self.epoch).as_secs_f64();
         for mut node in nodes {
             let ready = node.status.as_ref().map(|s| s.phase) == Some(NodePhase::Ready);
             if !ready {
                 continue;
             }
-            let last = seen.get(&node.metadata.name).copied().unwrap_or(started);
-            if last.elapsed() < self.grace {
+            let detector = detectors
+                .get(&node.metadata.name)
+                .cloned()
+                .unwrap_or_else(|| Detector::new(self.grace));
+            if !detector.is_dead(now, since) {
                 continue;
             }
-            tracing::warn!(node = %node.metadata.name, "no heartbeat for {:?}: NotReady", self.grace);
+            let silence = detector.silence(now, since);
+            tracing::warn!(node = %node.metadata.name, "no heartbeat for {silence:.1}s: NotReady");
             if let Some(s) = node.status.as_mut() {
                 s.phase = NodePhase::NotReady;
-                s.message = Some(format!("no heartbeat for {:?}", last.elapsed()));
+                s.message = Some(format!(
+                    "no heartbeat for {silence:.1}s (this link's usual rhythm allows {:.1}s)",
+                    detector.deadline()
+                ));
                 s.since = Some(clock::now_rfc3339());
             }
             let _ = self.objects.replace(&node).await;

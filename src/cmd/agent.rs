@@ -41,6 +41,10 @@ pub struct Args {
     /// How often to send a heartbeat.
     #[arg(long, default_value = "500ms", value_parser = super::controller::parse_duration)]
     heartbeat: std::time::Duration,
+    /// Chaos testing: delay each heartbeat by a random time up to this (e.g. 2s), to see that a
+    /// jittery link is not declared dead.
+    #[arg(long, value_parser = super::controller::parse_duration, default_value = "0s", hide = true)]
+    heartbeat_jitter: std::time::Duration,
     /// Serve /metrics and /healthz here.
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
@@ -78,6 +82,7 @@ pub fn run(args: &Args, server: Option<String>) -> Result<ExitCode> {
         address: args.address.clone(),
         network,
         heartbeat: args.heartbeat,
+        heartbeat_jitter: args.heartbeat_jitter,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -163,6 +163,9 @@ fn watch(client: &Client, resource: Resource, path: &str, list: &Value) -> Resul
         if event["type"] == "ERROR" {
             bail!("watch ended: {}", s(&event, "/error"));
         }
+        if event["type"] == "BOOKMARK" {
+            continue;
+        }
         let object = &event["object"];
         let mut out = format!(
             "{} {}/{}",

@@ -7,6 +7,7 @@
 //! on the board: containers keep running and the agent retries with capped backoff.
 
 pub mod client;
+pub mod contact;
 pub mod facts;
 pub mod hostports;
 mod images;
@@ -24,6 +25,7 @@ use tokio::sync::{mpsc, watch, Mutex};
 
 use crate::runtime::Runtime;
 use client::{Client, ClientError, Reported};
+use contact::Contact;
 pub use reconcile::Reconciler;
 
 /// How the agent is configured.
@@ -41,6 +43,8 @@ pub struct Config {
     /// assigns one otherwise); `None`: containers get no network.
     pub network: Option<(String, Option<network::Subnet>)>,
     pub heartbeat: Duration,
+    /// Chaos testing: a random delay of up to this before each heartbeat (zero: none).
+    pub heartbeat_jitter: Duration,
 }
 
 /// What stops the agent from starting.
@@ -68,8 +72,8 @@ pub const CREDENTIAL_FILE: &str = "node.credential";
 /// A change seen by the watcher thread.
 #[derive(Debug)]
 pub enum Desired {
-    /// A full list: replaces everything known.
-    Snapshot(Vec<Container>),
+    /// A full list, read in contact epoch `.1`: replaces everything known.
+    Snapshot(Vec<Container>, u64),
     /// One container added or changed.
     Upsert(Box<Container>),
     /// One container removed.
@@ -185,12 +189,14 @@ pub async fn run(
         None => None,
     };
     let statuses: Arc<Mutex<Vec<Reported>>> = Arc::new(Mutex::new(Vec::new()));
+    let contact = Arc::new(Contact::default());
     let (desired_tx, desired_rx) = mpsc::channel::<Desired>(1024);
 
     spawn_watcher(
         client.clone(),
         credential.clone(),
         config.name.clone(),
+        contact.clone(),
         desired_tx,
         stop.clone(),
     );
@@ -199,6 +205,7 @@ pub async fn run(
         credential.clone(),
         config.clone(),
         statuses.clone(),
+        contact.clone(),
         stop.clone(),
     ));
     let mut reconciler = Reconciler::new(
@@ -207,6 +214,7 @@ pub async fn run(
         runtime,
         client.clone(),
         credential.clone(),
+        contact,
     )?;
     reconciler.run(desired_rx, statuses, stop).await;
     let _ = heartbeat.await;
@@ -234,10 +242,16 @@ async fn assigned_subnet(client: &Client, credential: &str, name: &str) -> netwo
 }
 
 /// Lists then watches this node's containers on a blocking thread, forever, with backoff.
+///
+/// While heartbeats do not get through it neither lists nor passes on events: a stream that
+/// survived a partition may deliver moves the controller made meanwhile, and acting on them
+/// before the controller has seen this board again could stop the copy that should win. After
+/// a cut-off it drops the old stream and lists afresh, tagging the list with the new epoch.
 fn spawn_watcher(
     client: Client,
     credential: String,
     node: String,
+    contact: Arc<Contact>,
     tx: mpsc::Sender<Desired>,
     stop: watch::Receiver<bool>,
 ) {
@@ -246,23 +260,30 @@ fn spawn_watcher(
         .spawn(move || {
             let mut backoff = Duration::from_millis(100);
             while !*stop.borrow() {
+                if contact.is_cut_off() {
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+                let epoch = contact.epoch();
                 let result = client.containers(&credential, &node).and_then(|(items, revision)| {
-                    if tx.blocking_send(Desired::Snapshot(items)).is_err() {
+                    if tx.blocking_send(Desired::Snapshot(items, epoch)).is_err() {
                         return Ok(());
                     }
                     backoff = Duration::from_millis(100);
                     client.watch(&credential, &node, revision, |event| {
+                        if contact.is_cut_off() || contact.epoch() != epoch {
+                            return false;
+                        }
                         let name = event.object["metadata"]["name"]
                             .as_str()
                             .unwrap_or_default()
                             .to_string();
                         let msg = match event.kind.as_str() {
+                            "BOOKMARK" => return !*stop.borrow(),
                             "DELETED" => Desired::Remove(name),
                             "ERROR" => return false,
                             _ => match serde_json::from_value::<Container>(event.object) {
-                                Ok(c) if c.spec.node.as_deref() == Some(node.as_str()) => {
-                                    Desired::Upsert(Box::new(c))
-                                }
+                                Ok(c) if c.spec.runs_on(&node) => Desired::Upsert(Box::new(c)),
                                 // Moved to another node: for this board it is gone.
                                 Ok(_) => Desired::Remove(name),
                                 Err(e) => {
@@ -288,12 +309,28 @@ fn spawn_watcher(
         .unwrap_or_else(|e| tracing::error!(error = %e, "cannot start the watch thread"));
 }
 
+/// A random duration in `[0, max)` for chaos testing; no need for a good generator here.
+fn jitter(max: Duration) -> Duration {
+    if max.is_zero() {
+        return Duration::ZERO;
+    }
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() as u64 ^ d.as_secs());
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    max.mul_f64((x >> 11) as f64 / (1u64 << 53) as f64)
+}
+
 /// Sends a heartbeat every period with the latest container statuses; never gives up.
 async fn heartbeat_loop(
     client: Client,
     credential: String,
     config: Config,
     statuses: Arc<Mutex<Vec<Reported>>>,
+    contact: Arc<Contact>,
     mut stop: watch::Receiver<bool>,
 ) {
     let spec = node_spec(&config);
@@ -307,6 +344,13 @@ async fn heartbeat_loop(
             config.labels.clone(),
             spec.clone(),
         );
+        let injected = jitter(config.heartbeat_jitter);
+        if !injected.is_zero() {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                _ = tokio::time::sleep(injected) => {}
+            }
+        }
         let started = tokio::time::Instant::now();
         let result = tokio::task::spawn_blocking(move || {
             c.heartbeat(&cred, &name, &spec2, &labels, &containers)
@@ -318,16 +362,20 @@ async fn heartbeat_loop(
                     tracing::info!("controller reachable again");
                 }
                 failures = 0;
+                contact.heartbeat_ok();
                 crate::metrics::heartbeat_rtt(started.elapsed());
                 config.heartbeat
             }
             Ok(Err(e)) => {
+                if matches!(e, ClientError::Unreachable { .. }) {
+                    contact.heartbeat_unreachable();
+                }
                 failures += 1;
                 if failures == 1 || failures.is_multiple_of(20) {
                     tracing::warn!(error = %e, failures, "heartbeat failed; containers keep running");
                 }
                 (config.heartbeat * 2u32.saturating_pow(failures.min(4)))
-                    .min(Duration::from_secs(5))
+                    .min(Duration::from_secs(2))
             }
             Err(e) => {
                 tracing::error!(error = %e, "heartbeat task failed");

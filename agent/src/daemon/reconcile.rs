@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::client::{Client, Reported};
+use super::contact::Contact;
 use super::hostports::{self, Published};
 use super::images::{self, ImageFailure};
 use super::network::{Addresses, Subnet};
@@ -31,6 +32,22 @@ const TICK: Duration = Duration::from_millis(250);
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// How long a failed create waits before it is tried again.
 const CREATE_RETRY: Duration = Duration::from_secs(5);
+/// How long a container that was serving keeps running after it is moved or scaled away, so
+/// that clients and proxies that still hold its address finish their requests (the new copy is
+/// already Ready when a drain or rebalance moves it).
+const LEAVE_DELAY: Duration = Duration::from_secs(2);
+
+/// The role's `disconnect.stopOnNodeAfter`, if set and valid.
+fn stop_on_node_after(c: &Container) -> Option<Duration> {
+    c.spec
+        .template
+        .as_ref()?
+        .disconnect
+        .stop_on_node_after
+        .as_ref()?
+        .as_std()
+        .ok()
+}
 
 /// What the agent remembers about a container across its own restarts.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -49,6 +66,8 @@ struct Slot {
     probes: Option<(CancellationToken, watch::Receiver<ProbeReport>)>,
     retry_create_at: Option<Instant>,
     address: Option<Ipv4Addr>,
+    /// Stopped by the agent itself because the board was cut off (`stopOnNodeAfter`).
+    cut_off_stopped: bool,
 }
 
 /// Runs probes' `exec` checks through the runtime.
@@ -80,6 +99,12 @@ pub struct Reconciler {
     desired: BTreeMap<String, Container>,
     /// True once the controller's list has been seen: only then are strays removed.
     synced: bool,
+    /// The contact epoch of the last list: strays are removed only on a list read after the
+    /// latest reconnect (see `contact`).
+    synced_epoch: u64,
+    contact: Arc<Contact>,
+    /// Containers moved or scaled away that still serve until the deadline.
+    leaving: HashMap<String, Instant>,
     slots: HashMap<String, Slot>,
 }
 
@@ -91,6 +116,7 @@ impl Reconciler {
         runtime: Arc<dyn Runtime>,
         client: Client,
         credential: String,
+        contact: Arc<Contact>,
     ) -> Result<Self, AgentError> {
         let dir = config.data_dir.join("containers");
         std::fs::create_dir_all(&dir).map_err(|source| AgentError::DataDir {
@@ -115,6 +141,9 @@ impl Reconciler {
             addresses,
             desired: BTreeMap::new(),
             synced: false,
+            synced_epoch: 0,
+            contact,
+            leaving: HashMap::new(),
             slots: HashMap::new(),
         })
     }
@@ -157,20 +186,56 @@ impl Reconciler {
 
     fn apply(&mut self, msg: Desired) {
         match msg {
-            Desired::Snapshot(items) => {
+            Desired::Snapshot(items, epoch) => {
+                // A fresh list (first, or after a cut-off): what left meanwhile goes at once.
                 self.desired = items
                     .into_iter()
+                    .filter_map(|c| self.for_this_board(c))
                     .map(|c| (c.metadata.name.clone(), c))
                     .collect();
+                self.leaving.clear();
                 self.synced = true;
+                self.synced_epoch = epoch;
             }
             Desired::Upsert(c) => {
-                self.desired.insert(c.metadata.name.clone(), *c);
+                if let Some(c) = self.for_this_board(*c) {
+                    self.leaving.remove(&c.metadata.name);
+                    self.desired.insert(c.metadata.name.clone(), c);
+                }
             }
             Desired::Remove(name) => {
                 self.desired.remove(&name);
+                let serving = self.slots.get(&name).is_some_and(|s| {
+                    matches!(
+                        s.status.phase,
+                        ContainerPhase::Ready | ContainerPhase::Running
+                    )
+                });
+                if serving {
+                    self.leaving.insert(name, Instant::now() + LEAVE_DELAY);
+                }
             }
         }
+    }
+
+    /// The container as this board runs it: the copy a handoff brings here uses the image
+    /// variant chosen for this board.
+    fn for_this_board(&self, mut c: Container) -> Option<Container> {
+        if !c.spec.runs_on(&self.node) {
+            return None;
+        }
+        if c.spec.node.as_deref() != Some(self.node.as_str()) {
+            if let Some(handoff) = &c.spec.handoff {
+                c.spec.image_digest = handoff.image_digest.clone();
+            }
+        }
+        Some(c)
+    }
+
+    /// True when the desired state is fresh enough to remove containers: a list read after the
+    /// latest reconnect, while heartbeats get through.
+    fn fresh(&self) -> bool {
+        self.synced && !self.contact.is_cut_off() && self.synced_epoch == self.contact.epoch()
     }
 
     fn phases(&self) -> Vec<ContainerPhase> {
@@ -201,13 +266,16 @@ impl Reconciler {
                 return;
             }
         };
-        if self.synced {
+        if self.fresh() {
+            let now = Instant::now();
             let strays: Vec<String> = existing
                 .iter()
                 .filter(|n| !self.desired.contains_key(*n))
+                .filter(|n| self.leaving.get(*n).is_none_or(|due| *due <= now))
                 .cloned()
                 .collect();
             for name in strays {
+                self.leaving.remove(&name);
                 self.remove(&name).await;
             }
             let gone: Vec<String> = self
@@ -220,11 +288,111 @@ impl Reconciler {
                 self.remove(&name).await;
             }
         }
+        self.fence(&existing).await;
+        let cut_off = self.contact.cut_off_for();
+        let fresh = self.fresh();
         let desired: Vec<Container> = self.desired.values().cloned().collect();
         for c in desired {
-            self.step(&c, existing.contains(&c.metadata.name)).await;
+            let name = &c.metadata.name;
+            if let Some(away) = cut_off {
+                if stop_on_node_after(&c).is_some_and(|limit| away >= limit) {
+                    self.stop_cut_off(name, away).await;
+                    continue;
+                }
+            }
+            if self.slots.get(name).is_some_and(|s| s.cut_off_stopped) {
+                // Start again only once a list after the reconnect says it is still ours.
+                if !fresh {
+                    continue;
+                }
+                self.resume(&c).await;
+                continue;
+            }
+            self.step(&c, existing.contains(name)).await;
         }
         self.publish_host_ports().await;
+    }
+
+    /// Fencing: a container here whose generation is older than the one assigned is stopped
+    /// before anything starts, so an old copy never runs next to a new one.
+    async fn fence(&mut self, existing: &[String]) {
+        let stale: Vec<(String, i64, i64)> = self
+            .desired
+            .values()
+            .filter(|c| existing.contains(&c.metadata.name))
+            .filter_map(|c| {
+                let name = &c.metadata.name;
+                let held = match self.slots.get(name) {
+                    Some(slot) => slot.record.generation,
+                    None => read_record(&self.record_path(name))?.generation,
+                };
+                (held != c.spec.generation).then(|| (name.clone(), held, c.spec.generation))
+            })
+            .collect();
+        for (name, held, wanted) in stale {
+            tracing::info!(container = %name, held, wanted, "fenced: stopping an older generation before starting anything");
+            self.teardown(&name, false).await;
+            if let Some(slot) = self.slots.get_mut(&name) {
+                // Recreated by its step with the new generation.
+                slot.record.generation = wanted;
+                slot.status = ContainerStatus {
+                    address: slot.status.address.clone(),
+                    ..Default::default()
+                };
+            }
+        }
+    }
+
+    /// `stopOnNodeAfter`: the board has been cut off that long, so it stops the container
+    /// itself (a replacement may be running elsewhere). It keeps it, to start again if the
+    /// controller still wants it here once contact is back.
+    async fn stop_cut_off(&mut self, name: &str, away: Duration) {
+        let Some(slot) = self.slots.get_mut(name) else {
+            return;
+        };
+        if slot.cut_off_stopped {
+            return;
+        }
+        slot.cut_off_stopped = true;
+        if let Some((cancel, _)) = slot.probes.take() {
+            cancel.cancel();
+        }
+        tracing::warn!(container = %name, ?away, "cut off from the controller: stopping (stopOnNodeAfter)");
+        if let Err(e) = self.runtime.stop(name, STOP_GRACE).await {
+            tracing::warn!(container = %name, error = %e, "stop failed");
+        }
+        self.set_phase(
+            name,
+            ContainerPhase::Stopped,
+            Some("CutOff"),
+            Some(format!(
+                "stopped by its agent after {}s without the controller (stopOnNodeAfter)",
+                away.as_secs()
+            )),
+        );
+    }
+
+    /// Starts a container stopped by `stop_cut_off` again, without counting a restart.
+    async fn resume(&mut self, c: &Container) {
+        let name = c.metadata.name.clone();
+        match self.runtime.start(&name).await {
+            Ok(()) => {
+                tracing::info!(container = %name, "contact is back: starting the container again");
+                if let Some(slot) = self.slots.get_mut(&name) {
+                    slot.cut_off_stopped = false;
+                    slot.backoff.started(Instant::now());
+                }
+                self.set_phase(&name, ContainerPhase::Running, None, None);
+                self.start_probes(c);
+            }
+            Err(e) => {
+                // Let the normal path (recreate or restart) take it from here.
+                tracing::warn!(container = %name, error = %e, "cannot start again after the cut-off");
+                if let Some(slot) = self.slots.get_mut(&name) {
+                    slot.cut_off_stopped = false;
+                }
+            }
+        }
     }
 
     /// Keeps nftables' DNAT rules equal to the hostPorts of running containers.
@@ -293,6 +461,7 @@ impl Reconciler {
                     probes: None,
                     retry_create_at: None,
                     address,
+                    cut_off_stopped: false,
                 },
             );
             if let Some(slot) = self.slots.get_mut(&name) {

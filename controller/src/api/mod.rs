@@ -278,7 +278,7 @@ where
         }
         ["containers", name] => {
             let answer = match state.objects.get::<Container>(name).await {
-                Ok(Some(c)) if c.spec.node.as_deref() == Some(node) => {
+                Ok(Some(c)) if c.spec.runs_on(node) => {
                     read_one::<Container>(state, req, name).await
                 }
                 Ok(_) => forbidden(&format!("read container {name}")),

@@ -13,6 +13,9 @@ use super::{ApiError, ApiState};
 
 /// Events waiting to be written to a slow client before the watch gives up on it.
 const CLIENT_BUFFER: usize = 256;
+/// How often a quiet watch sends a `BOOKMARK` line, so a client can tell a quiet stream from a
+/// dead connection (a partition leaves TCP silent) and list again.
+pub const BOOKMARK_EVERY: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Answers `?watch=true`: every change after revision `after` (0: from now), as NDJSON lines.
 pub async fn serve(
@@ -39,12 +42,24 @@ pub async fn serve(
     let mut shutdown = state.shutdown.clone();
     let (role, node) = (role.cloned(), node.cloned());
     tokio::spawn(async move {
+        let mut bookmark = tokio::time::interval(BOOKMARK_EVERY);
+        bookmark.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        bookmark.tick().await;
         loop {
             let batch = tokio::select! {
                 _ = shutdown.wait_for(|stop| *stop) => break,
                 _ = tx.closed() => break,
-                batch = events.next() => batch,
+                _ = bookmark.tick() => None,
+                batch = events.next() => Some(batch),
             };
+            let Some(batch) = batch else {
+                let line = serde_json::json!({ "type": "BOOKMARK" });
+                if tx.send(Ok(line_of(&line))).await.is_err() {
+                    break;
+                }
+                continue;
+            };
+            bookmark.reset();
             let events = match batch {
                 None => break,
                 Some(Ok(events)) => events,
@@ -97,7 +112,8 @@ fn line_of<T: serde::Serialize>(value: &T) -> Vec<u8> {
     line
 }
 
-/// True when a container object matches the `?role=` and `?node=` filters (absent: any).
+/// True when a container object matches the `?role=` and `?node=` filters (absent: any). A
+/// node matches the containers bound to it and those handed off to it (drain, rebalance).
 pub fn matches_filters(
     object: &serde_json::Value,
     role: Option<&String>,
@@ -109,5 +125,11 @@ pub fn matches_filters(
             .and_then(|v| v.as_str())
     };
     role.is_none_or(|r| field("role") == Some(r.as_str()))
-        && node.is_none_or(|n| field("node") == Some(n.as_str()))
+        && node.is_none_or(|n| {
+            field("node") == Some(n.as_str())
+                || object
+                    .pointer("/spec/handoff/node")
+                    .and_then(|v| v.as_str())
+                    == Some(n.as_str())
+        })
 }
