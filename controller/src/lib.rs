@@ -3,6 +3,7 @@
 pub mod api;
 pub mod auth;
 pub mod clock;
+pub mod events;
 pub mod images;
 pub mod metrics;
 pub mod nodes;
