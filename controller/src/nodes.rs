@@ -318,12 +318,21 @@ impl Nodes {
                 continue;
             }
             tracing::warn!(node = %node.metadata.name, "no heartbeat for {:?}: NotReady", self.grace);
+            let message = format!("no heartbeat for {:?}", last.elapsed());
             if let Some(s) = node.status.as_mut() {
                 s.phase = NodePhase::NotReady;
-                s.message = Some(format!("no heartbeat for {:?}", last.elapsed()));
+                s.message = Some(message.clone());
                 s.since = Some(clock::now_rfc3339());
             }
-            let _ = self.objects.replace(&node).await;
+            if self.objects.replace(&node).await.is_ok() {
+                let name = &node.metadata.name;
+                self.objects.events().record(
+                    texu_api::EventKind::NodeNotReady,
+                    format!("node/{name}"),
+                    Some(name),
+                    message,
+                );
+            }
         }
         Ok(())
     }
