@@ -31,6 +31,7 @@ mod arch;
 mod cidr;
 mod container;
 mod duration;
+mod event;
 mod image;
 mod manifest;
 mod meta;
@@ -48,6 +49,7 @@ pub use container::{
     Container, ContainerPhase, ContainerSpec, ContainerStatus, DesiredState, Handoff,
 };
 pub use duration::{Duration, DurationError};
+pub use event::{Event, EventKind};
 pub use image::{ImageRef, ImageRefError};
 pub use manifest::{
     parse_json_role, parse_manifests, parse_manifests_located, Diagnostic, LocatedManifest,

@@ -1,4 +1,5 @@
-//! The controller's Prometheus metrics: requests by route and status, latency, objects by kind.
+//! The controller's Prometheus metrics: requests by route and status, latency, objects by kind,
+//! events by kind.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -70,6 +71,13 @@ impl Metrics {
         }
     }
 
+    /// Also exports how many events of each kind `events` recorded (`events_total{kind}`).
+    pub fn with_events(mut self, events: &crate::events::Events) -> Self {
+        self.registry
+            .register("events", "Events recorded by kind", events.counts());
+        self
+    }
+
     /// Records one finished request.
     pub fn observe_request(&self, route: &str, method: &str, status: u16, seconds: f64) {
         self.requests
@@ -122,5 +130,15 @@ mod tests {
         ));
         assert!(text.contains("texu_controller_objects{kind=\"role\"} 3"));
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn counts_events_by_kind() {
+        let events = crate::events::Events::new();
+        let m = Metrics::new().with_events(&events);
+        events.record(texu_api::EventKind::Lost, "container/app-0", None, "gone");
+        assert!(m
+            .encode()
+            .contains("texu_controller_events_total{kind=\"Lost\"} 1"));
     }
 }

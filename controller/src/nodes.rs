@@ -331,15 +331,24 @@ impl Nodes {
             }
             let silence = detector.silence(now, since);
             tracing::warn!(node = %node.metadata.name, "no heartbeat for {silence:.1}s: NotReady");
+            let message = format!(
+                "no heartbeat for {silence:.1}s (this link's usual rhythm allows {:.1}s)",
+                detector.deadline()
+            );
             if let Some(s) = node.status.as_mut() {
                 s.phase = NodePhase::NotReady;
-                s.message = Some(format!(
-                    "no heartbeat for {silence:.1}s (this link's usual rhythm allows {:.1}s)",
-                    detector.deadline()
-                ));
+                s.message = Some(message.clone());
                 s.since = Some(clock::now_rfc3339());
             }
-            let _ = self.objects.replace(&node).await;
+            if self.objects.replace(&node).await.is_ok() {
+                let name = &node.metadata.name;
+                self.objects.events().record(
+                    texu_api::EventKind::NodeNotReady,
+                    format!("node/{name}"),
+                    Some(name),
+                    message,
+                );
+            }
         }
         Ok(())
     }

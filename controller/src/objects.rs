@@ -8,6 +8,7 @@ use serde::Serialize;
 use texu_api::{Container, Kind, Node, ObjectMeta, Role};
 
 use crate::clock;
+use crate::events::Events;
 use crate::store::{EventKind, KeyValue, Store, StoreError, Txn};
 
 /// Root of every key Texu writes.
@@ -116,21 +117,30 @@ pub struct WatchEvent {
     pub object: serde_json::Value,
 }
 
-/// Typed access to the objects in a store.
+/// Typed access to the objects in a store, and the event log of the decisions taken on them.
 #[derive(Clone)]
 pub struct Objects {
     store: Arc<dyn Store>,
+    events: Events,
 }
 
 impl Objects {
-    /// Wraps a store.
+    /// Wraps a store, with an empty event log.
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Objects { store }
+        Objects {
+            store,
+            events: Events::new(),
+        }
     }
 
     /// The store underneath.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
+    }
+
+    /// The event log: `objects.events().record(...)` for every decision.
+    pub fn events(&self) -> &Events {
+        &self.events
     }
 
     /// Reads one object.

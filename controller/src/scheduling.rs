@@ -1,12 +1,14 @@
 //! The scheduling loop: wakes on any change to roles, nodes or containers, runs the pure
 //! scheduler over a fresh snapshot and writes its plan with revision-guarded transactions.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
-use texu_api::{Container, Kind, Node, Role};
+use texu_api::{Container, ContainerPhase, EventKind, Kind, Node, Role};
 use tokio::sync::watch;
 
+use crate::events::Events;
 use crate::images::ImageStore;
 use crate::objects::{ObjectError, Objects, KEY_ROOT};
 use crate::scheduler;
@@ -94,20 +96,169 @@ pub async fn pass(objects: &Objects) -> Result<(), ObjectError> {
             }
         }
     }
+    let before: HashMap<&str, &Container> = containers
+        .iter()
+        .map(|c| (c.metadata.name.as_str(), c))
+        .collect();
     for c in plan.create.iter().chain(plan.update.iter()) {
         match objects.replace(c).await {
-            Ok(_) => match &c.spec.node {
-                Some(node) => {
-                    tracing::info!(container = %c.metadata.name, %node, generation = c.spec.generation, "container placed")
-                }
-                None => {
-                    tracing::info!(container = %c.metadata.name, reason = ?c.status.as_ref().and_then(|s| s.message.as_deref()), "container unschedulable")
-                }
-            },
+            Ok(_) => {
+                let was = before.get(c.metadata.name.as_str()).copied();
+                record_decision(objects.events(), was, c);
+            }
             // Someone else wrote it meanwhile: the next pass sees the new state.
             Err(ObjectError::Stale { .. }) => {}
             Err(e) => return Err(e),
         }
     }
     Ok(())
+}
+
+/// Records what a written container shows about the decision: bound to a new node (Placed, or
+/// Replaced after its node was lost), left pending (Unschedulable, with why), or Lost.
+fn record_decision(events: &Events, before: Option<&Container>, after: &Container) {
+    let name = &after.metadata.name;
+    let object = format!("container/{name}");
+    let status = after.status.as_ref();
+    let message = status.and_then(|s| s.message.clone());
+    let was = before.and_then(|b| b.status.as_ref());
+    match after.spec.node.as_deref() {
+        Some(node) if before.and_then(|b| b.spec.node.as_deref()) != Some(node) => {
+            if status.and_then(|s| s.reason.as_deref()) == Some("Replaced") {
+                let message = message.unwrap_or_else(|| format!("{name} replaced on {node}"));
+                events.record(EventKind::Replaced, object, Some(node), message);
+            } else {
+                events.record(EventKind::Placed, object, Some(node), format!("{name} on {node}"));
+            }
+        }
+        Some(node) => {
+            if status.map(|s| s.phase) == Some(ContainerPhase::Lost) && was != status {
+                let message = message.unwrap_or_else(|| format!("node {node} is not ready"));
+                events.record(EventKind::Lost, object, Some(node), message);
+            }
+        }
+        None => {
+            if let Some(why) = status
+                .filter(|s| s.phase == ContainerPhase::Pending)
+                .and_then(|s| s.message.clone().or_else(|| s.reason.clone()))
+            {
+                events.record(EventKind::Unschedulable, object, None, why);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use texu_api::{ContainerSpec, ContainerStatus, NodeSpec, NodeStatus, RoleSpec};
+
+    use super::*;
+    use crate::store::embedded::EmbeddedStore;
+
+    fn kinds(events: &Events) -> Vec<(EventKind, String, Option<String>, String)> {
+        events
+            .list(0)
+            .into_iter()
+            .map(|e| (e.kind, e.object, e.node, e.message))
+            .collect()
+    }
+
+    fn container(node: Option<&str>, phase: ContainerPhase, reason: &str, message: &str) -> Container {
+        let mut c = Container::new(
+            "app-0",
+            ContainerSpec {
+                role: "app".into(),
+                ordinal: 0,
+                node: node.map(str::to_string),
+                generation: 1,
+                desired: Default::default(),
+                template: None,
+                image_digest: None,
+                replaces: None,
+                moved_from: None,
+                handoff: None,
+            },
+        );
+        c.status = Some(ContainerStatus {
+            phase,
+            reason: Some(reason.into()),
+            message: (!message.is_empty()).then(|| message.to_string()),
+            ..Default::default()
+        });
+        c
+    }
+
+    #[test]
+    fn decisions_become_events() {
+        let events = Events::new();
+        let pending = container(None, ContainerPhase::Pending, "Unschedulable", "0/0 nodes");
+        record_decision(&events, None, &pending);
+        let placed = container(Some("b1"), ContainerPhase::Pending, "Scheduled", "");
+        record_decision(&events, Some(&pending), &placed);
+        // A new template on the same node is no decision.
+        record_decision(&events, Some(&placed), &placed);
+        let lost = container(Some("b1"), ContainerPhase::Lost, "NodeNotReady", "b1 gone");
+        record_decision(&events, Some(&placed), &lost);
+        let moved = container(Some("b2"), ContainerPhase::Pending, "Replaced", "moved to b2");
+        record_decision(&events, Some(&lost), &moved);
+        let c = || "container/app-0".to_string();
+        assert_eq!(
+            kinds(&events),
+            [
+                (EventKind::Unschedulable, c(), None, "0/0 nodes".into()),
+                (EventKind::Placed, c(), Some("b1".into()), "app-0 on b1".into()),
+                (EventKind::Lost, c(), Some("b1".into()), "b1 gone".into()),
+                (EventKind::Replaced, c(), Some("b2".into()), "moved to b2".into()),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pass_records_only_what_it_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(EmbeddedStore::open(&dir.path().join("state.redb")).unwrap());
+        let objects = Objects::new(store);
+        let mut spec = RoleSpec::with_image("host");
+        spec.replicas = 1;
+        objects.apply_role(Role::new("app", spec), false).await.unwrap();
+        pass(&objects).await.unwrap();
+        pass(&objects).await.unwrap();
+        let events = kinds(objects.events());
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert_eq!(events[0].0, EventKind::Unschedulable);
+        assert!(events[0].3.contains("no node has joined"), "{events:?}");
+
+        let mut node = Node::new(
+            "board1",
+            NodeSpec {
+                address: "198.18.0.2".into(),
+                arch: texu_api::Arch::Amd64,
+                cpus: 2,
+                memory_bytes: 1 << 30,
+                subnet: None,
+                unschedulable: false,
+                draining: false,
+            },
+        );
+        node.status = Some(NodeStatus {
+            phase: texu_api::NodePhase::Ready,
+            ..Default::default()
+        });
+        objects.replace(&node).await.unwrap();
+        pass(&objects).await.unwrap();
+        pass(&objects).await.unwrap();
+        let events = kinds(objects.events());
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert_eq!(
+            events[1],
+            (
+                EventKind::Placed,
+                "container/app-0".into(),
+                Some("board1".into()),
+                "app-0 on board1".into()
+            )
+        );
+    }
 }

@@ -9,6 +9,7 @@ use tokio::sync::watch;
 
 use crate::api::{self, ApiState};
 use crate::auth::{self, Token};
+use crate::events;
 use crate::images::ImageStore;
 use crate::metrics::Metrics;
 use crate::nodes::Nodes;
@@ -111,6 +112,7 @@ impl Controller {
         })?;
         let (stop, shutdown) = watch::channel(false);
         let objects = Objects::new(store.clone());
+        objects.events().load(store.as_ref()).await?;
         let nodes = Arc::new(Nodes::new(
             objects.clone(),
             config.node_grace,
@@ -122,7 +124,7 @@ impl Controller {
             join_token,
             nodes,
             images: ImageStore::new(config.data_dir.join("images"), objects.clone()),
-            metrics: Arc::new(Metrics::new()),
+            metrics: Arc::new(Metrics::new().with_events(objects.events())),
             shutdown,
         });
         Ok(Controller {
@@ -138,7 +140,7 @@ impl Controller {
     }
 
     /// Serves until `signal` completes, then stops accepting, lets in-flight requests finish
-    /// (open watches end), and closes the store.
+    /// (open watches end), saves the last events and closes the store.
     pub async fn serve(self, signal: impl std::future::Future<Output = ()> + Send + 'static) {
         let monitor = tokio::spawn(
             self.state
@@ -149,6 +151,13 @@ impl Controller {
         let scheduling = tokio::spawn(scheduling::run(
             self.state.objects.clone(),
             self.state.shutdown.clone(),
+        ));
+        // The flusher stops after the loops that record events, so its last flush saves all.
+        let (stop_flusher, flusher_stopped) = watch::channel(false);
+        let flusher = tokio::spawn(self.state.objects.events().clone().run_flusher(
+            self.store.clone(),
+            events::FLUSH_INTERVAL,
+            flusher_stopped,
         ));
         let stop = self.stop;
         let (drained_tx, drained_rx) = tokio::sync::oneshot::channel::<()>();
@@ -171,6 +180,8 @@ impl Controller {
             } => tracing::warn!("requests still open after {DRAIN_TIMEOUT:?}; closing anyway"),
         }
         let _ = tokio::join!(monitor, scheduling);
+        let _ = stop_flusher.send(true);
+        let _ = flusher.await;
         if let Err(e) = self.store.close().await {
             tracing::error!(error = %e, "closing the store");
         }

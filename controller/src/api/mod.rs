@@ -5,6 +5,7 @@
 //! check and gives one place that turns errors into `{ "error": ..., "details": ... }`.
 
 mod error;
+mod events;
 mod watch;
 
 use std::collections::HashMap;
@@ -48,6 +49,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/images"),
     ("PUT", "/v1/images/{name}/{tag}/{arch}"),
     ("GET", "/v1/blobs/sha256/{digest}"),
+    ("GET", "/v1/events"),
     ("POST", "/v1/join"),
 ];
 
@@ -209,6 +211,7 @@ where
         ["blobs", "sha256", digest] => {
             ("/v1/blobs/sha256/{digest}", blob(state, req, digest).await)
         }
+        ["events"] => ("/v1/events", events::serve(state, req).await),
         _ => (
             "/v1/other",
             Err(ApiError::not_found(format!("no route {}", req.path))),

@@ -11,13 +11,14 @@ use crate::store::embedded::EmbeddedStore;
 
 struct Fixture {
     state: Arc<ApiState>,
+    stop: tokio::sync::watch::Sender<bool>,
     _dir: tempfile::TempDir,
 }
 
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(EmbeddedStore::open(&dir.path().join("state.redb")).unwrap());
-    let (_stop, shutdown) = tokio::sync::watch::channel(false);
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
     let objects = Objects::new(store);
     let state = Arc::new(ApiState {
         nodes: Arc::new(Nodes::new(
@@ -32,7 +33,11 @@ fn fixture() -> Fixture {
         metrics: Arc::new(Metrics::new()),
         shutdown,
     });
-    Fixture { state, _dir: dir }
+    Fixture {
+        state,
+        stop,
+        _dir: dir,
+    }
 }
 
 async fn call(
@@ -169,4 +174,118 @@ fn query_strings_parse_into_pairs() {
     assert_eq!(q.get("revision").map(String::as_str), Some("12"));
     assert_eq!(q.get("flag").map(String::as_str), Some("true"));
     assert!(parse_query("").is_empty());
+}
+
+fn record(f: &Fixture, n: usize) {
+    for _ in 0..n {
+        f.state.objects.events().record(
+            texu_api::EventKind::Unschedulable,
+            "container/app-0",
+            None,
+            "0/0 nodes: no node has joined",
+        );
+    }
+}
+
+#[tokio::test]
+async fn events_list_after_a_seq_for_admins_only() {
+    let f = fixture();
+    record(&f, 3);
+    let t = Some("secret");
+    let (s, v) = call(&f, Method::GET, "/v1/events", t, b"").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!((v["items"].as_array().unwrap().len(), &v["seq"]), (3, &3.into()));
+    assert_eq!(v["items"][0]["kind"], "Unschedulable");
+    assert_eq!(v["items"][0]["object"], "container/app-0");
+    let (_, v) = call(&f, Method::GET, "/v1/events?after=2", t, b"").await;
+    assert_eq!(v["items"][0]["seq"], 3);
+    let (s, _) = call(&f, Method::GET, "/v1/events?after=-1", t, b"").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    let (s, _) = call(&f, Method::DELETE, "/v1/events", t, b"").await;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+    let (s, _) = call(&f, Method::GET, "/v1/events", None, b"").await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let joined = f
+        .state
+        .nodes
+        .join(crate::nodes::JoinRequest {
+            name: "board1".into(),
+            labels: Default::default(),
+            spec: texu_api::NodeSpec {
+                address: "198.18.0.2".into(),
+                arch: texu_api::Arch::Amd64,
+                cpus: 1,
+                memory_bytes: 1 << 30,
+                subnet: None,
+                unschedulable: false,
+                draining: false,
+            },
+        })
+        .await
+        .unwrap();
+    let (s, _) = call(&f, Method::GET, "/v1/events", Some(&joined.credential), b"").await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+}
+
+/// Reads event lines from a streaming body until `want` arrived; returns their seqs.
+async fn read_seqs<B>(body: &mut B, text: &mut String, want: usize) -> Vec<u64>
+where
+    B: warp::hyper::body::Body<Data = bytes::Bytes> + Unpin,
+    B::Error: std::fmt::Debug,
+{
+    let mut got = Vec::new();
+    while got.len() < want {
+        let frame = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            std::future::poll_fn(|cx| std::pin::Pin::new(&mut *body).poll_frame(cx)),
+        )
+        .await
+        .expect("an event line within 5 s")
+        .expect("the stream is open")
+        .unwrap();
+        if let Ok(data) = frame.into_data() {
+            text.push_str(std::str::from_utf8(&data).unwrap());
+            while let Some((line, rest)) = text.split_once('\n') {
+                let event: texu_api::Event = serde_json::from_str(line).unwrap();
+                got.push(event.seq);
+                *text = rest.to_string();
+            }
+        }
+    }
+    got
+}
+
+#[tokio::test]
+async fn events_watch_sends_the_backlog_then_new_events_and_ends_on_shutdown() {
+    use warp::hyper::body::Body as _;
+    let f = fixture();
+    record(&f, 3);
+    let mut headers = HeaderMap::new();
+    headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer secret"));
+    let req = Request {
+        method: Method::GET,
+        path: "/v1/events".into(),
+        query: parse_query("watch=true&after=1"),
+        headers,
+    };
+    let empty: Vec<Result<bytes::Bytes, warp::Error>> = Vec::new();
+    let response = handle(f.state.clone(), req, stream::iter(empty)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    let mut text = String::new();
+    assert_eq!(read_seqs(&mut body, &mut text, 2).await, [2, 3], "the backlog after seq 1");
+    record(&f, 2);
+    assert_eq!(read_seqs(&mut body, &mut text, 2).await, [4, 5], "then new events");
+    // Many more than the live channel holds: the stream catches up from the ring.
+    record(&f, 600);
+    let seqs = read_seqs(&mut body, &mut text, 600).await;
+    assert_eq!(seqs, (6..=605).collect::<Vec<u64>>());
+    f.stop.send(true).unwrap();
+    let end = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        std::future::poll_fn(|cx| std::pin::Pin::new(&mut body).poll_frame(cx)),
+    )
+    .await
+    .expect("the stream ends on shutdown");
+    assert!(end.is_none());
 }
