@@ -10,7 +10,10 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use texu_api::{Cidr, Container, ContainerStatus, Kind, Node, NodePhase, NodeSpec, NodeStatus};
+use texu_api::{
+    Cidr, Container, ContainerPhase, ContainerStatus, EventKind, Keep, Kind, Node, NodePhase,
+    NodeSpec, NodeStatus, Role,
+};
 use tokio::sync::Mutex;
 
 use crate::auth::Token;
@@ -281,19 +284,116 @@ impl Nodes {
             self.objects.replace(&node).await?;
         }
         for reported in beat.containers {
-            let Some(mut c) = self.objects.get::<Container>(&reported.name).await? else {
+            let Some(c) = self.objects.get::<Container>(&reported.name).await? else {
                 continue;
             };
-            if c.spec.node.as_deref() != Some(name) || c.spec.generation != reported.generation {
+            if c.spec.generation != reported.generation {
                 continue;
             }
-            if c.status.as_ref() != Some(&reported.status) {
-                c.status = Some(reported.status);
+            if let Some(next) = self
+                .take_report(name, !was_ready, c.clone(), reported)
+                .await?
+            {
                 // A conflict means the scheduler changed it meanwhile: the next beat retries.
-                let _ = self.objects.replace(&c).await;
+                let _ = self.objects.replace(&next).await;
             }
         }
         Ok(())
+    }
+
+    /// What one reported container status changes, if anything:
+    /// - bound here: its status (and `replaces` is cleared once the member is Ready: it is
+    ///   for the first boot only);
+    /// - the new copy of a move to this board: the move's status, and once it is Ready the
+    ///   switch (the old board then stops its copy after a short leave delay);
+    /// - a board coming back with a copy that a failover moved away: with `keep: original`
+    ///   the copy here wins and the replacement is dropped; otherwise the copy here is fenced
+    ///   (the board stops it when it reads its list).
+    async fn take_report(
+        &self,
+        name: &str,
+        returning: bool,
+        mut c: Container,
+        reported: ReportedContainer,
+    ) -> Result<Option<Container>, ObjectError> {
+        let status = reported.status;
+        let ready = status.phase == ContainerPhase::Ready;
+        let alive = matches!(
+            status.phase,
+            ContainerPhase::Ready | ContainerPhase::Running
+        );
+        let object = format!("container/{}", c.metadata.name);
+        if c.spec.node.as_deref() == Some(name) {
+            let mut changed = c.status.as_ref() != Some(&status);
+            if ready && c.spec.replaces.take().is_some() {
+                changed = true;
+            }
+            if c.spec.moved_from.is_some() && returning {
+                c.spec.moved_from = None;
+                changed = true;
+            }
+            c.status = Some(status);
+            return Ok(changed.then_some(c));
+        }
+        if let Some(h) = c.spec.handoff.as_mut().filter(|h| h.node == name) {
+            if !ready {
+                if h.status.as_ref() == Some(&status) {
+                    return Ok(None);
+                }
+                h.status = Some(status);
+                return Ok(Some(c));
+            }
+            let reason = h.reason.clone();
+            let from = c.spec.node.clone().unwrap_or_default();
+            c.spec.image_digest = h.image_digest.clone();
+            c.spec.node = Some(name.to_string());
+            c.spec.handoff = None;
+            c.spec.moved_from = None;
+            c.status = Some(status);
+            let kind = if reason == crate::scheduler::REBALANCE {
+                EventKind::Rebalanced
+            } else {
+                EventKind::Drained
+            };
+            self.objects.events().record(
+                kind,
+                object,
+                Some(name),
+                format!("moved from {from} to {name}, make-before-break ({reason})"),
+            );
+            return Ok(Some(c));
+        }
+        if !returning || c.spec.moved_from.as_deref() != Some(name) {
+            return Ok(None);
+        }
+        let role = self.objects.get::<Role>(&c.spec.role).await?;
+        let keep_original = role
+            .as_ref()
+            .is_some_and(|r| r.spec.disconnect.keep == Keep::Original && !r.spec.stateful);
+        let elsewhere = c.spec.node.clone().unwrap_or_default();
+        if keep_original && alive {
+            self.objects.events().record(
+                EventKind::KeptOriginal,
+                object,
+                Some(name),
+                format!("{name} is back with it running: it stays here and the copy on {elsewhere} stops (keep: original)"),
+            );
+            c.spec.node = Some(name.to_string());
+            c.spec.moved_from = None;
+            c.spec.handoff = None;
+            c.status = Some(status);
+            return Ok(Some(c));
+        }
+        self.objects.events().record(
+            EventKind::Fenced,
+            object,
+            Some(name),
+            format!(
+                "{name} is back; its copy stops, the one on {elsewhere} stays (keep: replacement)"
+            ),
+        );
+        c.spec.moved_from = None;
+        Ok(Some(c))
     }
 
     /// Marks nodes whose heartbeats stopped for the grace period NotReady; runs until `stop`.

@@ -4,11 +4,11 @@
 //! values. Reconciliation (which containers should exist) is separate from placement (which node
 //! each goes to): `plan` walks every role's ordinals, and `place` filters and scores nodes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use texu_api::{
-    Arch, Container, ContainerPhase, ContainerSpec, ContainerStatus, ImageRef, Node, NodePhase,
-    Role, Strategy,
+    Arch, Container, ContainerPhase, ContainerSpec, ContainerStatus, Handoff, ImageRef, Node,
+    NodePhase, Role, Strategy,
 };
 
 /// What the scheduler wants written.
@@ -58,8 +58,30 @@ fn requests(role: &texu_api::RoleSpec) -> (u64, u64) {
     (cpu, memory)
 }
 
+/// The `hostPort`s a role publishes on its board, as `(protocol, port)`.
+fn host_ports(role: &texu_api::RoleSpec) -> Vec<(&'static str, i64)> {
+    role.ports
+        .iter()
+        .filter_map(|p| p.host_port.map(|h| (p.protocol.as_str(), h)))
+        .collect()
+}
+
 /// The image store's contents: `NAME:TAG` -> digest per architecture.
 pub type Catalog = BTreeMap<String, BTreeMap<Arch, String>>;
+
+/// Cluster-wide scheduling settings (controller flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settings {
+    /// How long a board must have stayed Ready before spread roles rebalance onto it, so a
+    /// flapping link moves nothing.
+    pub settle_secs: i64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { settle_secs: 30 }
+    }
+}
 
 /// The cluster as placement sees it: nodes by index, what each holds, per role.
 struct Board<'a> {
@@ -68,14 +90,36 @@ struct Board<'a> {
     loads: Vec<Load>,
     /// Containers of each role on each node.
     by_role: HashMap<String, Vec<u32>>,
+    /// `hostPort`s taken on each node.
+    ports: Vec<HashSet<(&'static str, i64)>>,
 }
 
-impl Board<'_> {
-    fn add(&mut self, node: usize, role: &str, cpu: u64, memory: u64) {
+impl<'a> Board<'a> {
+    fn new(nodes: &'a [Node]) -> Self {
+        Board {
+            nodes,
+            index: nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.metadata.name.as_str(), i))
+                .collect(),
+            loads: vec![Load::default(); nodes.len()],
+            by_role: HashMap::new(),
+            ports: vec![HashSet::new(); nodes.len()],
+        }
+    }
+
+    fn node_index(&self, name: Option<&str>) -> Option<usize> {
+        name.and_then(|n| self.index.get(n).copied())
+    }
+
+    fn add(&mut self, node: usize, role: &str, spec: &texu_api::RoleSpec) {
+        let (cpu, memory) = requests(spec);
         let load = &mut self.loads[node];
         load.cpu_millis += cpu;
         load.memory_bytes += memory;
         load.containers += 1;
+        self.ports[node].extend(host_ports(spec));
         match self.by_role.get_mut(role) {
             Some(counts) => counts[node] += 1,
             None => {
@@ -85,10 +129,30 @@ impl Board<'_> {
             }
         }
     }
+
+    fn count(&self, role: &str, node: usize) -> u32 {
+        self.by_role.get(role).map_or(0, |counts| counts[node])
+    }
 }
 
-/// Computes the plan for a snapshot. `now` (seconds since the epoch) is an input, not a clock
-/// read, so the same snapshot always gives the same plan.
+fn is_ready(node: &Node) -> bool {
+    node.status.as_ref().map(|s| s.phase) == Some(NodePhase::Ready)
+}
+
+/// Seconds a node has been in its current phase.
+fn in_phase_for(node: &Node, now: i64) -> i64 {
+    node.status
+        .as_ref()
+        .and_then(|s| s.since.as_deref())
+        .and_then(crate::clock::parse_rfc3339)
+        .map_or(0, |since| (now - since).max(0))
+}
+
+fn is_alive(status: Option<&ContainerStatus>) -> bool {
+    status.is_some_and(|s| matches!(s.phase, ContainerPhase::Running | ContainerPhase::Ready))
+}
+
+/// Computes the plan for a snapshot with default settings.
 pub fn plan(
     roles: &[Role],
     nodes: &[Node],
@@ -96,21 +160,32 @@ pub fn plan(
     catalog: &Catalog,
     now: i64,
 ) -> Plan {
+    plan_with(roles, nodes, containers, catalog, now, &Settings::default())
+}
+
+/// Computes the plan for a snapshot. `now` (seconds since the epoch) is an input, not a clock
+/// read, so the same snapshot always gives the same plan.
+///
+/// Per role, in order: containers to create or delete for `replicas`; template updates;
+/// unbound containers placed; containers of a lost board marked or moved; then at most
+/// `maxUnavailable` make-before-break moves off draining boards; then, for spread roles with
+/// nothing else moving, one rebalancing move onto a board that has been Ready for the settle
+/// period. A move is a `handoff`: the new copy starts on its board while the old one serves,
+/// and the controller switches them when the new copy is Ready.
+pub fn plan_with(
+    roles: &[Role],
+    nodes: &[Node],
+    containers: &[Container],
+    catalog: &Catalog,
+    now: i64,
+    settings: &Settings,
+) -> Plan {
     let mut out = Plan::default();
     let roles_by_name: HashMap<&str, &Role> = roles
         .iter()
         .map(|r| (r.metadata.name.as_str(), r))
         .collect();
-    let mut board = Board {
-        nodes,
-        index: nodes
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.metadata.name.as_str(), i))
-            .collect(),
-        loads: vec![Load::default(); nodes.len()],
-        by_role: HashMap::new(),
-    };
+    let mut board = Board::new(nodes);
     let mut existing: HashMap<&str, &Container> = HashMap::new();
     for c in containers {
         existing.insert(c.metadata.name.as_str(), c);
@@ -122,13 +197,28 @@ pub fn plan(
             out.delete.push(c.metadata.name.clone());
             continue;
         }
-        if let Some(&i) = c.spec.node.as_deref().and_then(|n| board.index.get(n)) {
-            let (cpu, memory) = requests(c.spec.template.as_ref().unwrap_or(&role.spec));
-            board.add(i, role.metadata.name.as_str(), cpu, memory);
+        let spec = c.spec.template.as_ref().unwrap_or(&role.spec);
+        if let Some(i) = board.node_index(c.spec.node.as_deref()) {
+            board.add(i, role.metadata.name.as_str(), spec);
+        }
+        // A move in progress holds room on both boards.
+        if let Some(j) = board.node_index(c.spec.handoff.as_ref().map(|h| h.node.as_str())) {
+            board.add(j, role.metadata.name.as_str(), spec);
         }
     }
+    // Rebalancing moves one container at a time, cluster-wide.
+    let mut rebalancing = containers
+        .iter()
+        .filter(|c| {
+            c.spec
+                .handoff
+                .as_ref()
+                .is_some_and(|h| h.reason == REBALANCE)
+        })
+        .count();
     for role in roles {
         let mut placer = Placer::new(role, &board, catalog);
+        let mut mine: Vec<(Container, Change)> = Vec::new();
         for ordinal in 0..role.spec.replicas {
             let name = container_name(&role.metadata.name, ordinal);
             match existing.get(name.as_str()) {
@@ -142,21 +232,20 @@ pub fn plan(
                         next.spec.template = Some(role.spec.clone());
                         changed = true;
                     }
-                    let bound = current
-                        .spec
-                        .node
-                        .as_deref()
-                        .and_then(|n| board.index.get(n).copied());
-                    match bound {
+                    changed |= settle_handoff(&mut next, &board);
+                    match board.node_index(current.spec.node.as_deref()) {
                         None => changed |= placer.bind(&mut next, &mut board),
                         Some(i) => {
                             changed |=
                                 lost(role, &nodes[i], &mut next, &mut placer, &mut board, now)
                         }
                     }
-                    if changed {
-                        out.update.push(next);
-                    }
+                    let change = if changed {
+                        Change::Update
+                    } else {
+                        Change::None
+                    };
+                    mine.push((next, change));
                 }
                 None => {
                     let mut container = Container::new(
@@ -175,12 +264,170 @@ pub fn plan(
                         },
                     );
                     placer.bind(&mut container, &mut board);
-                    out.create.push(container);
+                    mine.push((container, Change::Create));
                 }
+            }
+        }
+        if !role.spec.stateful {
+            drain(role, &mut mine, &mut placer, &mut board);
+            if rebalancing == 0
+                && role.spec.placement.strategy == Strategy::Spread
+                && rebalance(role, &mut mine, &mut placer, &mut board, now, settings)
+            {
+                rebalancing += 1;
+            }
+        }
+        for (c, change) in mine {
+            match change {
+                Change::Create => out.create.push(c),
+                Change::Update => out.update.push(c),
+                Change::None => {}
             }
         }
     }
     out
+}
+
+/// What the plan does with one of a role's containers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    None,
+    Create,
+    Update,
+}
+
+impl Change {
+    fn mark(&mut self) {
+        if *self == Change::None {
+            *self = Change::Update;
+        }
+    }
+}
+
+/// `handoff.reason` of a move off a draining board.
+pub const DRAIN: &str = "Drain";
+/// `handoff.reason` of a move that evens out a spread role.
+pub const REBALANCE: &str = "Rebalance";
+
+/// Ends a move that cannot finish: its target board is gone or not Ready, or its new copy
+/// failed. The old copy never stopped, so nothing is lost; the next pass may try again.
+fn settle_handoff(container: &mut Container, board: &Board) -> bool {
+    let Some(h) = &container.spec.handoff else {
+        return false;
+    };
+    let target_ready = board
+        .node_index(Some(h.node.as_str()))
+        .is_some_and(|j| is_ready(&board.nodes[j]));
+    let failed = h
+        .status
+        .as_ref()
+        .is_some_and(|s| s.phase == ContainerPhase::Failed);
+    if target_ready && !failed {
+        return false;
+    }
+    container.spec.handoff = None;
+    true
+}
+
+/// Starts make-before-break moves off draining boards, at most `maxUnavailable` of the role
+/// at a time (moves already in flight count).
+fn drain(
+    role: &Role,
+    mine: &mut [(Container, Change)],
+    placer: &mut Placer<'_>,
+    board: &mut Board<'_>,
+) {
+    let budget = usize::try_from(role.spec.max_unavailable.max(1)).unwrap_or(1);
+    let mut moving = mine
+        .iter()
+        .filter(|(c, _)| c.spec.handoff.is_some())
+        .count();
+    for (c, change) in mine.iter_mut() {
+        if moving >= budget {
+            return;
+        }
+        let Some(i) = board.node_index(c.spec.node.as_deref()) else {
+            continue;
+        };
+        let node = &board.nodes[i];
+        if c.spec.handoff.is_some() || !node.spec.draining || !is_ready(node) {
+            continue;
+        }
+        if let Ok(j) = placer.place(board, |_| true) {
+            start_handoff(c, j, DRAIN, placer, board);
+            change.mark();
+            moving += 1;
+        }
+    }
+}
+
+/// One move of a spread role from the board holding the most of it to one holding at least
+/// two fewer that has been Ready for the settle period. Only when all of the role is placed,
+/// alive and not moving. True if it started one.
+fn rebalance(
+    role: &Role,
+    mine: &mut [(Container, Change)],
+    placer: &mut Placer<'_>,
+    board: &mut Board<'_>,
+    now: i64,
+    settings: &Settings,
+) -> bool {
+    let calm = mine.iter().all(|(c, change)| {
+        *change == Change::None
+            && c.spec.handoff.is_none()
+            && board.node_index(c.spec.node.as_deref()).is_some()
+            && is_alive(c.status.as_ref())
+    });
+    if !calm {
+        return false;
+    }
+    let name = role.metadata.name.as_str();
+    // The donor: the node with the most of the role; the last ordinal on it moves.
+    let Some((donor, most)) = mine
+        .iter()
+        .filter_map(|(c, _)| board.node_index(c.spec.node.as_deref()))
+        .map(|i| (i, board.count(name, i)))
+        .max_by_key(|&(i, n)| (n, std::cmp::Reverse(i)))
+    else {
+        return false;
+    };
+    let settled = |j: usize| {
+        let node = &board.nodes[j];
+        is_ready(node) && in_phase_for(node, now) >= settings.settle_secs
+    };
+    let Ok(target) = placer.place(board, settled) else {
+        return false;
+    };
+    if board.count(name, target) + 2 > most {
+        return false;
+    }
+    let Some((c, change)) = mine
+        .iter_mut()
+        .rev()
+        .find(|(c, _)| board.node_index(c.spec.node.as_deref()) == Some(donor))
+    else {
+        return false;
+    };
+    start_handoff(c, target, REBALANCE, placer, board);
+    change.mark();
+    true
+}
+
+fn start_handoff(
+    c: &mut Container,
+    target: usize,
+    reason: &str,
+    placer: &Placer<'_>,
+    board: &mut Board<'_>,
+) {
+    let node = &board.nodes[target];
+    c.spec.handoff = Some(Handoff {
+        node: node.metadata.name.clone(),
+        reason: reason.to_string(),
+        image_digest: placer.digest_for(node),
+        status: None,
+    });
+    board.add(target, &placer.role.metadata.name, &placer.role.spec);
 }
 
 /// A container on a board that stopped answering: marked `Lost`; a stateless one is placed
@@ -194,15 +441,30 @@ fn lost(
     board: &mut Board<'_>,
     now: i64,
 ) -> bool {
-    let status = node.status.as_ref();
-    if status.map(|s| s.phase) == Some(NodePhase::Ready) {
+    if is_ready(node) {
         return false;
     }
     let node_name = &node.metadata.name;
-    let away = status
-        .and_then(|s| s.since.as_deref())
-        .and_then(crate::clock::parse_rfc3339)
-        .map_or(0, |since| (now - since).max(0));
+    // A move in flight whose new copy's board is fine: the old board died first, so the move
+    // completes now (its room on the target is already held).
+    if let Some(h) = container.spec.handoff.take() {
+        container.spec.node = Some(h.node.clone());
+        container.spec.image_digest = h.image_digest;
+        container.spec.moved_from = Some(node_name.clone());
+        container.status = Some(h.status.unwrap_or_else(|| ContainerStatus {
+            phase: ContainerPhase::Pending,
+            ..Default::default()
+        }));
+        if let Some(s) = container.status.as_mut() {
+            s.reason = Some("Replaced".into());
+            s.message = Some(format!(
+                "moved from {node_name}, not ready, to {} (its move was under way)",
+                h.node
+            ));
+        }
+        return true;
+    }
+    let away = in_phase_for(node, now);
     let lost_after = role
         .spec
         .disconnect
@@ -221,6 +483,7 @@ fn lost(
                     "moved from {node_name}, not ready for {away}s, to {new}"
                 ));
             }
+            moved.spec.moved_from = Some(node_name.clone());
             *container = moved;
             return true;
         }
@@ -248,6 +511,64 @@ fn lost(
     true
 }
 
+/// Binds a container to `target` for `texu replace`: the filters must pass there (other than
+/// the container's own place on its old board). The member starts there with `replaces` set to
+/// its old address.
+pub fn replace(
+    role: &Role,
+    nodes: &[Node],
+    containers: &[Container],
+    catalog: &Catalog,
+    name: &str,
+    target: &str,
+) -> Result<Container, String> {
+    let mut board = Board::new(nodes);
+    let mut found = None;
+    for c in containers {
+        if c.metadata.name == name {
+            found = Some(c.clone());
+            continue;
+        }
+        if let (Some(i), Some(spec)) = (
+            board.node_index(c.spec.node.as_deref()),
+            c.spec.template.as_ref(),
+        ) {
+            board.add(i, &c.spec.role, spec);
+        }
+    }
+    let mut c = found.ok_or_else(|| format!("container {name} not found"))?;
+    let j = board
+        .node_index(Some(target))
+        .ok_or_else(|| format!("node {target} not found"))?;
+    if c.spec.node.as_deref() == Some(target) {
+        return Err(format!("{name} is already on {target}"));
+    }
+    let placer = Placer::new(role, &board, catalog);
+    placer
+        .place(&board, |i| i == j)
+        .map_err(|why| format!("{name} cannot run on {target}: {why}"))?;
+    let old = c.spec.node.clone().unwrap_or_default();
+    c.spec.replaces = c.status.as_ref().and_then(|s| s.address.clone());
+    c.spec.node = Some(target.to_string());
+    c.spec.image_digest = placer.digest_for(&nodes[j]);
+    c.spec.moved_from = None;
+    c.spec.handoff = None;
+    c.status = Some(ContainerStatus {
+        phase: ContainerPhase::Pending,
+        reason: Some("Replacing".into()),
+        message: Some(format!(
+            "replacing the member on {old}{}",
+            c.spec
+                .replaces
+                .as_deref()
+                .map(|a| format!(" (replaces {a})"))
+                .unwrap_or_default()
+        )),
+        ..Default::default()
+    });
+    Ok(c)
+}
+
 /// `NAME:TAG` when the role runs an image from the image store.
 fn stored_image(role: &Role) -> Option<String> {
     match role.spec.image_ref() {
@@ -263,6 +584,7 @@ struct Placer<'r> {
     role: &'r Role,
     cpu: u64,
     memory: u64,
+    host_ports: Vec<(&'static str, i64)>,
     /// Why each node is out for this role regardless of load; `None`: a candidate.
     static_reject: Vec<Option<&'static str>>,
     /// Digest per architecture for a stored image.
@@ -307,6 +629,7 @@ impl<'r> Placer<'r> {
             role,
             cpu,
             memory,
+            host_ports: host_ports(spec),
             static_reject,
             variants,
             missing_image: stored.is_some() && variants.is_none(),
@@ -317,12 +640,11 @@ impl<'r> Placer<'r> {
     /// changed.
     fn bind(&mut self, container: &mut Container, board: &mut Board<'_>) -> bool {
         let before = (container.spec.node.clone(), container.status.clone());
-        match self.place(board) {
+        match self.place(board, |_| true) {
             Ok(i) => {
                 let node = &board.nodes[i];
-                container.spec.image_digest =
-                    self.variants.and_then(|v| v.get(&node.spec.arch).cloned());
-                board.add(i, &self.role.metadata.name, self.cpu, self.memory);
+                container.spec.image_digest = self.digest_for(node);
+                board.add(i, &self.role.metadata.name, &self.role.spec);
                 container.spec.node = Some(node.metadata.name.clone());
                 container.status = Some(ContainerStatus {
                     phase: ContainerPhase::Pending,
@@ -344,8 +666,13 @@ impl<'r> Placer<'r> {
         before != (container.spec.node.clone(), container.status.clone())
     }
 
-    /// Picks a node index for one more container, or says why none fits.
-    fn place(&self, board: &Board) -> Result<usize, String> {
+    /// The image digest of the variant for `node`'s architecture (stored images only).
+    fn digest_for(&self, node: &Node) -> Option<String> {
+        self.variants.and_then(|v| v.get(&node.spec.arch).cloned())
+    }
+
+    /// Picks a node index among those `allowed` for one more container, or says why none fits.
+    fn place(&self, board: &Board, allowed: impl Fn(usize) -> bool) -> Result<usize, String> {
         let spec = &self.role.spec;
         if self.missing_image {
             return Err(format!(
@@ -354,13 +681,32 @@ impl<'r> Placer<'r> {
             ));
         }
         let same_role = board.by_role.get(self.role.metadata.name.as_str());
+        // Spread over a label (`site`): how many of the role each value already holds.
+        let domains: Option<HashMap<&str, i64>> = spec
+            .placement
+            .spread
+            .as_deref()
+            .filter(|label| *label != "node")
+            .map(|label| {
+                let mut counts: HashMap<&str, i64> = HashMap::new();
+                for (i, node) in board.nodes.iter().enumerate() {
+                    let value = node.metadata.labels.get(label).map_or("", String::as_str);
+                    *counts.entry(value).or_default() += i64::from(same_role.map_or(0, |c| c[i]));
+                }
+                counts
+            });
         let mut rejected: BTreeMap<&'static str, usize> = BTreeMap::new();
-        let mut best: Option<((i64, i64), usize)> = None;
+        let mut best: Option<((i64, i64, i64), usize)> = None;
         for (i, node) in board.nodes.iter().enumerate() {
+            if !allowed(i) {
+                continue;
+            }
             let load = &board.loads[i];
             let mine = same_role.map_or(0, |counts| counts[i]);
             let reason = if let Some(why) = self.static_reject[i] {
                 Some(why)
+            } else if self.host_ports.iter().any(|p| board.ports[i].contains(p)) {
+                Some("hostPort in use")
             } else if load.cpu_millis + self.cpu > u64::from(node.spec.cpus) * 1000 {
                 Some("insufficient cpu")
             } else if load.memory_bytes + self.memory > node.spec.memory_bytes {
@@ -379,10 +725,17 @@ impl<'r> Placer<'r> {
                 continue;
             }
             let total = i64::from(load.containers);
-            // Lower is better. Spread: fewest of this role, then fewest overall. Pack: fullest.
+            let domain = domains.as_ref().map_or(0, |d| {
+                let label = spec.placement.spread.as_deref().unwrap_or_default();
+                d.get(node.metadata.labels.get(label).map_or("", String::as_str))
+                    .copied()
+                    .unwrap_or(0)
+            });
+            // Lower is better. Spread: fewest of this role in the node's label value (site),
+            // then on the node, then fewest overall. Pack: fullest.
             let score = match spec.placement.strategy {
-                Strategy::Spread => (i64::from(mine), total),
-                Strategy::Pack => (-total, i64::from(mine)),
+                Strategy::Spread => (domain, i64::from(mine), total),
+                Strategy::Pack => (-total, i64::from(mine), 0),
             };
             if best.is_none_or(|(b, _)| score < b) {
                 best = Some((score, i));

@@ -19,7 +19,7 @@ const DEBOUNCE: Duration = Duration::from_millis(20);
 const RESYNC: Duration = Duration::from_secs(1);
 
 /// Runs until `stop` flips to true. Never panics on a store error: logs, backs off, retries.
-pub async fn run(objects: Objects, mut stop: watch::Receiver<bool>) {
+pub async fn run(objects: Objects, settings: scheduler::Settings, mut stop: watch::Receiver<bool>) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let mut changes = match objects.store().watch(KEY_ROOT, 0).await {
@@ -35,7 +35,7 @@ pub async fn run(objects: Objects, mut stop: watch::Receiver<bool>) {
             }
         };
         loop {
-            match pass(&objects).await {
+            match pass(&objects, &settings).await {
                 Ok(()) => backoff = Duration::from_millis(100),
                 Err(e) => {
                     tracing::warn!(error = %e, "scheduling pass failed; retrying in {backoff:?}");
@@ -60,11 +60,25 @@ pub async fn run(objects: Objects, mut stop: watch::Receiver<bool>) {
 }
 
 /// One scheduling pass over a fresh snapshot.
-pub async fn pass(objects: &Objects) -> Result<(), ObjectError> {
+pub async fn pass(objects: &Objects, settings: &scheduler::Settings) -> Result<(), ObjectError> {
     let (roles, _) = objects.list::<Role>().await?;
     let (nodes, _) = objects.list::<Node>().await?;
     let (containers, _) = objects.list::<Container>().await?;
-    let catalog: scheduler::Catalog = ImageStore::list(objects)
+    let catalog = catalog(objects).await?;
+    let plan = scheduler::plan_with(
+        &roles,
+        &nodes,
+        &containers,
+        &catalog,
+        crate::clock::now_secs(),
+        settings,
+    );
+    write(objects, &containers, &plan).await
+}
+
+/// The image store's contents as the scheduler sees them.
+pub async fn catalog(objects: &Objects) -> Result<scheduler::Catalog, ObjectError> {
+    Ok(ImageStore::list(objects)
         .await?
         .into_iter()
         .map(|image| {
@@ -75,14 +89,15 @@ pub async fn pass(objects: &Objects) -> Result<(), ObjectError> {
                 .collect();
             (format!("{}:{}", image.name, image.tag), variants)
         })
-        .collect();
-    let plan = scheduler::plan(
-        &roles,
-        &nodes,
-        &containers,
-        &catalog,
-        crate::clock::now_secs(),
-    );
+        .collect())
+}
+
+/// Writes a plan: deletions guarded by revision, then creations and updates.
+async fn write(
+    objects: &Objects,
+    containers: &[Container],
+    plan: &scheduler::Plan,
+) -> Result<(), ObjectError> {
     if plan.is_empty() {
         return Ok(());
     }
@@ -128,7 +143,12 @@ fn record_decision(events: &Events, before: Option<&Container>, after: &Containe
                 let message = message.unwrap_or_else(|| format!("{name} replaced on {node}"));
                 events.record(EventKind::Replaced, object, Some(node), message);
             } else {
-                events.record(EventKind::Placed, object, Some(node), format!("{name} on {node}"));
+                events.record(
+                    EventKind::Placed,
+                    object,
+                    Some(node),
+                    format!("{name} on {node}"),
+                );
             }
         }
         Some(node) => {
@@ -165,7 +185,12 @@ mod tests {
             .collect()
     }
 
-    fn container(node: Option<&str>, phase: ContainerPhase, reason: &str, message: &str) -> Container {
+    fn container(
+        node: Option<&str>,
+        phase: ContainerPhase,
+        reason: &str,
+        message: &str,
+    ) -> Container {
         let mut c = Container::new(
             "app-0",
             ContainerSpec {
@@ -201,16 +226,31 @@ mod tests {
         record_decision(&events, Some(&placed), &placed);
         let lost = container(Some("b1"), ContainerPhase::Lost, "NodeNotReady", "b1 gone");
         record_decision(&events, Some(&placed), &lost);
-        let moved = container(Some("b2"), ContainerPhase::Pending, "Replaced", "moved to b2");
+        let moved = container(
+            Some("b2"),
+            ContainerPhase::Pending,
+            "Replaced",
+            "moved to b2",
+        );
         record_decision(&events, Some(&lost), &moved);
         let c = || "container/app-0".to_string();
         assert_eq!(
             kinds(&events),
             [
                 (EventKind::Unschedulable, c(), None, "0/0 nodes".into()),
-                (EventKind::Placed, c(), Some("b1".into()), "app-0 on b1".into()),
+                (
+                    EventKind::Placed,
+                    c(),
+                    Some("b1".into()),
+                    "app-0 on b1".into()
+                ),
                 (EventKind::Lost, c(), Some("b1".into()), "b1 gone".into()),
-                (EventKind::Replaced, c(), Some("b2".into()), "moved to b2".into()),
+                (
+                    EventKind::Replaced,
+                    c(),
+                    Some("b2".into()),
+                    "moved to b2".into()
+                ),
             ]
         );
     }
@@ -222,9 +262,12 @@ mod tests {
         let objects = Objects::new(store);
         let mut spec = RoleSpec::with_image("host");
         spec.replicas = 1;
-        objects.apply_role(Role::new("app", spec), false).await.unwrap();
-        pass(&objects).await.unwrap();
-        pass(&objects).await.unwrap();
+        objects
+            .apply_role(Role::new("app", spec), false)
+            .await
+            .unwrap();
+        pass(&objects, &Default::default()).await.unwrap();
+        pass(&objects, &Default::default()).await.unwrap();
         let events = kinds(objects.events());
         assert_eq!(events.len(), 1, "{events:?}");
         assert_eq!(events[0].0, EventKind::Unschedulable);
@@ -247,8 +290,8 @@ mod tests {
             ..Default::default()
         });
         objects.replace(&node).await.unwrap();
-        pass(&objects).await.unwrap();
-        pass(&objects).await.unwrap();
+        pass(&objects, &Default::default()).await.unwrap();
+        pass(&objects, &Default::default()).await.unwrap();
         let events = kinds(objects.events());
         assert_eq!(events.len(), 2, "{events:?}");
         assert_eq!(

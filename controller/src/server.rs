@@ -37,6 +37,8 @@ pub struct Config {
     pub node_grace: Duration,
     /// The range container subnets are carved from, a /24 per board.
     pub cluster_cidr: texu_api::Cidr,
+    /// Spread roles rebalance onto a board only after it has stayed Ready this long.
+    pub settle: Duration,
 }
 
 /// What can stop the controller from starting.
@@ -72,6 +74,7 @@ pub struct Controller {
     state: Arc<ApiState>,
     store: Arc<dyn Store>,
     stop: watch::Sender<bool>,
+    settings: crate::scheduler::Settings,
     /// The admin token, for writing the local client config.
     pub admin_token: Token,
     /// Where the admin token is kept.
@@ -132,6 +135,9 @@ impl Controller {
             state,
             store,
             stop,
+            settings: crate::scheduler::Settings {
+                settle_secs: config.settle.as_secs() as i64,
+            },
             admin_token,
             admin_token_path: config.data_dir.join(auth::ADMIN_TOKEN_FILE),
             admin_token_created: created,
@@ -150,6 +156,7 @@ impl Controller {
         );
         let scheduling = tokio::spawn(scheduling::run(
             self.state.objects.clone(),
+            self.settings,
             self.state.shutdown.clone(),
         ));
         // The flusher stops after the loops that record events, so its last flush saves all.

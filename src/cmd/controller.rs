@@ -27,6 +27,9 @@ pub struct Args {
     /// The range container subnets come from; each board gets a /24 of it.
     #[arg(long, default_value = "198.19.0.0/16")]
     cluster_cidr: texu_api::Cidr,
+    /// Spread roles rebalance onto a board only after it has stayed Ready this long.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    settle: std::time::Duration,
     /// Do not write the local user's client config.
     #[arg(long)]
     no_client_config: bool,
@@ -66,6 +69,7 @@ pub fn run(args: &Args, config_path: Option<PathBuf>) -> Result<ExitCode> {
         etcd_endpoints: parse_store(args.store.as_deref())?,
         node_grace: args.node_grace,
         cluster_cidr: args.cluster_cidr,
+        settle: args.settle,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -161,9 +161,11 @@ impl Client {
             "{}/v1/containers?node={node}&watch=true&revision={revision}",
             self.server
         );
-        // No read timeout: a quiet watch is normal.
+        // The controller sends a BOOKMARK line every few seconds on a quiet watch: silence much
+        // longer than that is a dead connection (a partition leaves TCP silent), not quiet.
         let agent = ureq::AgentBuilder::new()
             .timeout_connect(Duration::from_secs(3))
+            .timeout_read(Duration::from_secs(10))
             .build();
         let response = agent
             .get(&url)
