@@ -181,6 +181,19 @@ pub fn config_items(spec: &ContainerSpec, ctx: &ConfigContext<'_>) -> Vec<Config
             ),
         ));
     }
+    // After the volumes: a file may sit in a volume's directory. `create=file` makes a missing
+    // mount point (see `ContainerView::check_file_target` for where it can).
+    for f in &spec.files {
+        let target = f.container_path.display().to_string();
+        items.push((
+            "lxc.mount.entry",
+            format!(
+                "{} {} none ro,bind,create=file 0 0",
+                f.host_path.display(),
+                target.trim_start_matches('/')
+            ),
+        ));
+    }
 
     items.push(("lxc.log.file", format!("{dir}/{LOG_FILE}")));
     items.push(("lxc.log.level", "WARN".to_owned()));
@@ -316,7 +329,7 @@ pub fn hook_script(cgroup: Option<&CgroupLayout>) -> String {
 mod tests {
     use super::*;
     use crate::runtime::cgroup::CgroupMount;
-    use crate::runtime::{NetConfig, Volume};
+    use crate::runtime::{FileMount, NetConfig, Volume};
     use std::net::Ipv4Addr;
 
     fn v1() -> CgroupLayout {
@@ -508,6 +521,34 @@ mod tests {
         );
         assert!(values(&items, "lxc.mount.entry")
             .contains(&"/var/lib/texu/volumes/web-0/data srv/data none rw,bind,create=dir 0 0"));
+    }
+
+    #[test]
+    fn files_are_read_only_binds_after_everything_else() {
+        for image in [
+            Image::Host,
+            Image::Template("busybox".into()),
+            Image::Rootfs("/var/lib/texu/rootfs/web-0".into()),
+        ] {
+            let mut spec = host_spec();
+            spec.image = image;
+            spec.volumes = vec![Volume {
+                host_path: "/var/lib/texu/volumes/web-0/data".into(),
+                container_path: "/srv/data".into(),
+            }];
+            spec.files = vec![FileMount {
+                host_path: "/var/lib/texu/files/web-0/etc/texu/identity".into(),
+                container_path: "/etc/texu/identity".into(),
+            }];
+            let items = items_for(&spec, &layout(None));
+            let mounts = values(&items, "lxc.mount.entry");
+            assert_eq!(
+                mounts.last(),
+                Some(&"/var/lib/texu/files/web-0/etc/texu/identity etc/texu/identity none ro,bind,create=file 0 0"),
+                "{:?}",
+                spec.image
+            );
+        }
     }
 
     #[test]
