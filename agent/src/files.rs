@@ -37,13 +37,14 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Write};
 use std::net::Ipv4Addr;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Component, Path, PathBuf};
 
 use minijinja::syntax::SyntaxConfig;
 use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior, Value};
 use texu_api::{Container, FileTemplate, RoleSpec};
 
+use crate::runtime::lxc::files::write_atomic;
 use crate::runtime::{ContainerSpec, FileMount};
 
 /// Largest rendered file.
@@ -310,7 +311,7 @@ pub fn write(dir: &Path, files: &[RenderedFile]) -> Result<Vec<FileMount>, Files
                 .create(parent)
                 .map_err(write_err(parent))?;
         }
-        write_atomic(&host, f.text.as_bytes()).map_err(write_err(&host))?;
+        write_atomic(&host, f.text.as_bytes(), 0o644).map_err(write_err(&host))?;
         mounts.push(FileMount {
             host_path: host,
             container_path: PathBuf::from(&f.path),
@@ -341,22 +342,6 @@ fn relative(path: &str) -> Result<PathBuf, FilesError> {
     Ok(rel)
 }
 
-fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".texu-tmp");
-    let tmp = PathBuf::from(tmp);
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o644)
-        .open(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644))?;
-    fs::rename(&tmp, path)
-}
-
 /// For a container being created: renders its role's files, writes them under `data_dir`,
 /// and adds their read-only mounts to `spec`, with [`REPLACES_ENV`] when it replaces a member.
 /// The context's address is the spec's network address.
@@ -381,6 +366,7 @@ pub fn prepare(
 mod tests {
     use super::*;
     use crate::runtime::{Image, NetConfig};
+    use std::os::unix::fs::PermissionsExt;
     use texu_api::{ContainerSpec as ApiSpec, DesiredState, Quantity};
 
     fn file(path: &str, template: &str) -> FileTemplate {

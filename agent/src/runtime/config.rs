@@ -171,27 +171,19 @@ pub fn config_items(spec: &ContainerSpec, ctx: &ConfigContext<'_>) -> Vec<Config
         items.push(("lxc.environment", env));
     }
     for v in &spec.volumes {
-        let target = v.container_path.display().to_string();
-        items.push((
-            "lxc.mount.entry",
-            format!(
-                "{} {} none rw,bind,create=dir 0 0",
-                v.host_path.display(),
-                target.trim_start_matches('/')
-            ),
+        items.push(bind_entry(
+            &v.host_path,
+            &v.container_path,
+            "rw,bind,create=dir",
         ));
     }
     // After the volumes: a file may sit in a volume's directory. `create=file` makes a missing
     // mount point (see `ContainerView::check_file_target` for where it can).
     for f in &spec.files {
-        let target = f.container_path.display().to_string();
-        items.push((
-            "lxc.mount.entry",
-            format!(
-                "{} {} none ro,bind,create=file 0 0",
-                f.host_path.display(),
-                target.trim_start_matches('/')
-            ),
+        items.push(bind_entry(
+            &f.host_path,
+            &f.container_path,
+            "ro,bind,create=file",
         ));
     }
 
@@ -203,6 +195,16 @@ pub fn config_items(spec: &ContainerSpec, ctx: &ConfigContext<'_>) -> Vec<Config
         items.push(("lxc.hook.mount", format!("{dir}/{HOOK_FILE}")));
     }
     items
+}
+
+/// A mount entry binding `host` at the container path `target`.
+fn bind_entry(host: &Path, target: &Path, options: &str) -> ConfigItem {
+    let target = target.display().to_string();
+    let target = target.trim_start_matches('/');
+    (
+        "lxc.mount.entry",
+        format!("{} {target} none {options} 0 0", host.display()),
+    )
 }
 
 /// Items every container that is not built by a template needs.

@@ -221,20 +221,14 @@ impl ContainerSpec {
         for v in &self.volumes {
             check_path("volume host path", &v.host_path)?;
             check_path("volume container path", &v.container_path)?;
-            if v.container_path
-                .components()
-                .all(|c| c == Component::RootDir)
-            {
+            if is_root(&v.container_path) {
                 return Err(SpecError::VolumeOnRoot);
             }
         }
         for f in &self.files {
             check_path("file host path", &f.host_path)?;
             check_path("file container path", &f.container_path)?;
-            if f.container_path
-                .components()
-                .all(|c| c == Component::RootDir)
-            {
+            if is_root(&f.container_path) {
                 return Err(SpecError::FileOnRoot);
             }
         }
@@ -279,6 +273,10 @@ pub(crate) fn is_config_safe_path(path: &Path) -> bool {
     path.is_absolute()
         && !s.chars().any(|c| c.is_whitespace() || c.is_control())
         && !path.components().any(|c| c == Component::ParentDir)
+}
+
+fn is_root(path: &Path) -> bool {
+    path.components().all(|c| c == Component::RootDir)
 }
 
 fn check_path(what: &'static str, path: &Path) -> Result<(), SpecError> {
