@@ -547,7 +547,9 @@ impl Reconciler {
                 let _ = std::fs::remove_dir_all(self.rootfs_dir(&name));
                 let reason = match &e {
                     RuntimeError::CommandNotFound { .. } => "CommandNotFound",
-                    RuntimeError::InvalidSpec { .. } => "InvalidSpec",
+                    RuntimeError::InvalidSpec { .. } | RuntimeError::FileTarget { .. } => {
+                        "InvalidSpec"
+                    }
                     RuntimeError::Template { .. } => "ImageFailed",
                     _ => "CreateFailed",
                 };
@@ -750,6 +752,7 @@ impl Reconciler {
             let _ = std::fs::remove_file(self.record_path(name));
             let _ = std::fs::remove_dir_all(self.volumes_dir(name));
             let _ = std::fs::remove_dir_all(self.rootfs_dir(name));
+            let _ = std::fs::remove_dir_all(crate::files::dir(&self.data_dir, name));
             if let Some(a) = self.addresses.as_mut() {
                 let _ = a.release(name);
             }
@@ -864,6 +867,8 @@ impl Reconciler {
                 gateway: Some(subnet.gateway()),
             });
         }
+        crate::files::prepare(&self.data_dir, &self.node, c, template, &mut spec)
+            .map_err(|e| (e.reason(), error_chain(&e)))?;
         Ok(spec)
     }
 }

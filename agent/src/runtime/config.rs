@@ -171,14 +171,19 @@ pub fn config_items(spec: &ContainerSpec, ctx: &ConfigContext<'_>) -> Vec<Config
         items.push(("lxc.environment", env));
     }
     for v in &spec.volumes {
-        let target = v.container_path.display().to_string();
-        items.push((
-            "lxc.mount.entry",
-            format!(
-                "{} {} none rw,bind,create=dir 0 0",
-                v.host_path.display(),
-                target.trim_start_matches('/')
-            ),
+        items.push(bind_entry(
+            &v.host_path,
+            &v.container_path,
+            "rw,bind,create=dir",
+        ));
+    }
+    // After the volumes: a file may sit in a volume's directory. `create=file` makes a missing
+    // mount point (see `ContainerView::check_file_target` for where it can).
+    for f in &spec.files {
+        items.push(bind_entry(
+            &f.host_path,
+            &f.container_path,
+            "ro,bind,create=file",
         ));
     }
 
@@ -190,6 +195,16 @@ pub fn config_items(spec: &ContainerSpec, ctx: &ConfigContext<'_>) -> Vec<Config
         items.push(("lxc.hook.mount", format!("{dir}/{HOOK_FILE}")));
     }
     items
+}
+
+/// A mount entry binding `host` at the container path `target`.
+fn bind_entry(host: &Path, target: &Path, options: &str) -> ConfigItem {
+    let target = target.display().to_string();
+    let target = target.trim_start_matches('/');
+    (
+        "lxc.mount.entry",
+        format!("{} {target} none {options} 0 0", host.display()),
+    )
 }
 
 /// Items every container that is not built by a template needs.
@@ -316,7 +331,7 @@ pub fn hook_script(cgroup: Option<&CgroupLayout>) -> String {
 mod tests {
     use super::*;
     use crate::runtime::cgroup::CgroupMount;
-    use crate::runtime::{NetConfig, Volume};
+    use crate::runtime::{FileMount, NetConfig, Volume};
     use std::net::Ipv4Addr;
 
     fn v1() -> CgroupLayout {
@@ -508,6 +523,34 @@ mod tests {
         );
         assert!(values(&items, "lxc.mount.entry")
             .contains(&"/var/lib/texu/volumes/web-0/data srv/data none rw,bind,create=dir 0 0"));
+    }
+
+    #[test]
+    fn files_are_read_only_binds_after_everything_else() {
+        for image in [
+            Image::Host,
+            Image::Template("busybox".into()),
+            Image::Rootfs("/var/lib/texu/rootfs/web-0".into()),
+        ] {
+            let mut spec = host_spec();
+            spec.image = image;
+            spec.volumes = vec![Volume {
+                host_path: "/var/lib/texu/volumes/web-0/data".into(),
+                container_path: "/srv/data".into(),
+            }];
+            spec.files = vec![FileMount {
+                host_path: "/var/lib/texu/files/web-0/etc/texu/identity".into(),
+                container_path: "/etc/texu/identity".into(),
+            }];
+            let items = items_for(&spec, &layout(None));
+            let mounts = values(&items, "lxc.mount.entry");
+            assert_eq!(
+                mounts.last(),
+                Some(&"/var/lib/texu/files/web-0/etc/texu/identity etc/texu/identity none ro,bind,create=file 0 0"),
+                "{:?}",
+                spec.image
+            );
+        }
     }
 
     #[test]

@@ -25,7 +25,8 @@ use crate::lxc::{LxcError, NameError};
 
 pub use fake::{FakeCall, FakeOp, FakeRuntime};
 pub use lxc::LxcRuntime;
-pub use spec::{ContainerSpec, Image, NetConfig, SpecError, Volume, DEFAULT_PATH};
+pub use resolve::FileTargetError;
+pub use spec::{ContainerSpec, FileMount, Image, NetConfig, SpecError, Volume, DEFAULT_PATH};
 
 /// The lifecycle phase of a container as the runtime sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -186,6 +187,25 @@ pub enum RuntimeError {
         name: String,
         /// The host path.
         path: PathBuf,
+    },
+    /// A file to mount does not exist on the board.
+    #[error("file {path:?} to mount in container {name} is not a regular file")]
+    FileSource {
+        /// Container name.
+        name: String,
+        /// The host path.
+        path: PathBuf,
+    },
+    /// A file cannot be mounted at its path in the container.
+    #[error("file {path:?} cannot be mounted in container {name}")]
+    FileTarget {
+        /// Container name.
+        name: String,
+        /// The path inside the container.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: FileTargetError,
     },
     /// A rootfs image's directory does not exist.
     #[error("root filesystem {path:?} of container {name} is not a directory")]

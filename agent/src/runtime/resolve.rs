@@ -5,6 +5,9 @@
 //! mount entry laid over it and every other mount (tmpfs) hiding what is below. Symlinks are
 //! followed inside that view, so `/bin/sleep -> busybox` and merged-/usr links resolve the
 //! way they will in the container.
+//!
+//! The same view tells whether a file can be bind-mounted at a path: LXC's `create=file` makes
+//! a missing mount point and its parent directories, which fails on a read-only mount.
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
@@ -19,6 +22,33 @@ pub struct MountEntry {
     pub target: Vec<String>,
     /// The host directory or file shown there, or `None` for a fresh filesystem (tmpfs).
     pub source: Option<PathBuf>,
+    /// Mounted read-only (`ro`).
+    pub read_only: bool,
+}
+
+/// Why a file cannot be bind-mounted at a container path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FileTargetError {
+    /// A directory is there.
+    #[error("a directory is there")]
+    IsDirectory,
+    /// The path is missing and its nearest existing parent is read-only, so LXC cannot create
+    /// the mount point.
+    #[error(
+        "it does not exist and {parent:?} is read-only there, so it cannot be created; on a \
+         host image /usr, /lib, /bin, /sbin and /etc are the board's own: mount over a file the \
+         board has, or use a path under /run, /var, /tmp, /home or a new top-level directory"
+    )]
+    ReadOnlyParent {
+        /// The nearest existing parent, as a container path.
+        parent: PathBuf,
+    },
+    /// A parent of the path is not a directory.
+    #[error("{parent:?} is not a directory")]
+    NotADirectory {
+        /// That parent, as a container path.
+        parent: PathBuf,
+    },
 }
 
 /// Parses an fstab-style `lxc.mount.entry` value. `None` for lines that are not mounts.
@@ -32,6 +62,7 @@ pub fn parse_mount_entry(line: &str) -> Option<MountEntry> {
     Some(MountEntry {
         target: components(&target),
         source: bind.then(|| PathBuf::from(source)),
+        read_only: options.split(',').any(|o| o == "ro"),
     })
 }
 
@@ -91,14 +122,17 @@ impl ContainerView {
         &self.rootfs
     }
 
-    fn map(&self, comps: &[String]) -> Mapped {
-        // The last of the longest matching mounts wins (later mounts cover earlier ones).
-        let best = self
-            .mounts
+    /// The mount that shows `comps`: the last of the longest matching ones (later mounts cover
+    /// earlier ones). `None`: the rootfs itself.
+    fn covering(&self, comps: &[String]) -> Option<&MountEntry> {
+        self.mounts
             .iter()
             .filter(|m| comps.starts_with(&m.target))
-            .max_by_key(|m| m.target.len());
-        match best {
+            .max_by_key(|m| m.target.len())
+    }
+
+    fn map(&self, comps: &[String]) -> Mapped {
+        match self.covering(comps) {
             Some(m) => {
                 let rest = &comps[m.target.len()..];
                 match &m.source {
@@ -114,6 +148,47 @@ impl ContainerView {
     /// Resolves an absolute container path, following symlinks inside the container, to the
     /// host path of what it names. `None` if it does not exist.
     pub fn resolve(&self, path: &str) -> Option<PathBuf> {
+        match self.map(&self.walk(path)?) {
+            Mapped::Host(p) => Some(p),
+            Mapped::EmptyDir | Mapped::Absent => None,
+        }
+    }
+
+    /// Whether a file can be bind-mounted at the absolute container path `path`: a file is
+    /// there (it is covered), or the path is missing and its nearest existing parent is a
+    /// writable directory (LXC creates the mount point).
+    pub fn check_file_target(&self, path: &Path) -> Result<(), FileTargetError> {
+        for at in path.ancestors() {
+            let Some(comps) = at.to_str().and_then(|s| self.walk(s)) else {
+                continue;
+            };
+            let is_dir = match self.map(&comps) {
+                Mapped::Host(p) => p.is_dir(),
+                Mapped::EmptyDir => true,
+                Mapped::Absent => false,
+            };
+            if at == path {
+                return if is_dir {
+                    Err(FileTargetError::IsDirectory)
+                } else {
+                    Ok(())
+                };
+            }
+            let parent = at.to_owned();
+            if !is_dir {
+                return Err(FileTargetError::NotADirectory { parent });
+            }
+            if self.covering(&comps).is_some_and(|m| m.read_only) {
+                return Err(FileTargetError::ReadOnlyParent { parent });
+            }
+            return Ok(());
+        }
+        Ok(())
+    }
+
+    /// Follows `path` component by component, symlinks included, to the container path (as
+    /// components) of what it names. `None` if it does not exist.
+    fn walk(&self, path: &str) -> Option<Vec<String>> {
         let mut pending: Vec<String> = components(path).into_iter().rev().collect();
         let mut current: Vec<String> = Vec::new();
         let mut links = 0;
@@ -148,10 +223,7 @@ impl ContainerView {
                 pending.extend(parts.collect::<Vec<_>>().into_iter().rev());
             }
         }
-        match self.map(&current) {
-            Mapped::Host(p) => Some(p),
-            Mapped::EmptyDir | Mapped::Absent => None,
-        }
+        Some(current)
     }
 
     /// Finds `command` as `execvp` in the container would: a path if it has a '/', else
@@ -191,14 +263,16 @@ mod tests {
             parse_mount_entry("/usr usr none ro,bind,create=dir 0 0"),
             Some(MountEntry {
                 target: vec!["usr".into()],
-                source: Some("/usr".into())
+                source: Some("/usr".into()),
+                read_only: true,
             })
         );
         assert_eq!(
             parse_mount_entry("tmpfs /var tmpfs rw,mode=755 0 0"),
             Some(MountEntry {
                 target: vec!["var".into()],
-                source: None
+                source: None,
+                read_only: false,
             })
         );
         assert_eq!(
@@ -242,6 +316,7 @@ mod tests {
             vec![MountEntry {
                 target: vec!["usr".into()],
                 source: Some(host_usr.clone()),
+                read_only: true,
             }],
         );
         assert_eq!(
@@ -268,6 +343,7 @@ mod tests {
             vec![MountEntry {
                 target: vec!["tmp".into()],
                 source: None,
+                read_only: false,
             }],
         );
         assert_eq!(view.find_command("/tmp/prog", ""), None);
@@ -284,6 +360,52 @@ mod tests {
         assert_eq!(view.find_command("/bin/data", ""), None);
         assert_eq!(view.find_command("/bin/loop", ""), None);
         assert_eq!(view.find_command("/bin", ""), None);
+    }
+
+    #[test]
+    fn a_file_mounts_over_a_file_or_where_its_parent_is_writable() {
+        let t = tempfile::tempdir().unwrap();
+        let rootfs = t.path().join("rootfs");
+        let host_etc = t.path().join("host-etc");
+        fs::create_dir_all(rootfs.join("etc")).unwrap();
+        fs::create_dir_all(host_etc.join("app")).unwrap();
+        fs::write(host_etc.join("app/app.conf"), "").unwrap();
+        symlink("etc", rootfs.join("conf")).unwrap();
+        let view = ContainerView::from_config(
+            &format!("dir:{}", rootfs.display()),
+            &format!(
+                "{} etc none ro,bind,create=dir 0 0\ntmpfs run tmpfs rw,mode=755 0 0\n",
+                host_etc.display()
+            ),
+        )
+        .unwrap();
+        let check = |p: &str| view.check_file_target(Path::new(p));
+        // Over a file of a read-only bind, in a tmpfs, in the rootfs: fine.
+        assert_eq!(check("/etc/app/app.conf"), Ok(()));
+        assert_eq!(check("/conf/app/app.conf"), Ok(()));
+        assert_eq!(check("/run/texu/x"), Ok(()));
+        assert_eq!(check("/opt/app/x.conf"), Ok(()));
+        // A new file under a read-only bind, even through a symlink.
+        assert_eq!(
+            check("/etc/texu/identity"),
+            Err(FileTargetError::ReadOnlyParent {
+                parent: "/etc".into()
+            })
+        );
+        assert_eq!(
+            check("/conf/app/new.conf"),
+            Err(FileTargetError::ReadOnlyParent {
+                parent: "/conf/app".into()
+            })
+        );
+        assert_eq!(check("/etc/app"), Err(FileTargetError::IsDirectory));
+        assert_eq!(check("/run"), Err(FileTargetError::IsDirectory));
+        assert_eq!(
+            check("/etc/app/app.conf/x"),
+            Err(FileTargetError::NotADirectory {
+                parent: "/etc/app/app.conf".into()
+            })
+        );
     }
 
     #[test]

@@ -39,6 +39,17 @@ pub struct Volume {
     pub container_path: PathBuf,
 }
 
+/// A file of the board bind-mounted read-only into the container (a rendered template).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileMount {
+    /// Absolute path of an existing regular file on the board.
+    pub host_path: PathBuf,
+    /// Absolute path inside the container. A file already there is covered; a missing one is
+    /// created (with its parent directories) as the mount point, which needs the nearest
+    /// existing parent to be writable: not on a read-only bind such as a host image's /etc.
+    pub container_path: PathBuf,
+}
+
 /// A network interface (`eth0`) on a host bridge with a fixed IPv4 address.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetConfig {
@@ -67,6 +78,8 @@ pub struct ContainerSpec {
     pub env: Vec<(String, String)>,
     /// Host directories mounted read-write.
     pub volumes: Vec<Volume>,
+    /// Board files mounted read-only, after the volumes.
+    pub files: Vec<FileMount>,
     /// Memory limit in bytes; the kernel OOM-kills beyond it.
     pub memory_limit_bytes: Option<u64>,
     /// CPU limit in thousandths of a CPU (`500` = half a CPU).
@@ -117,6 +130,9 @@ pub enum SpecError {
     /// Volume mounted over the container's root.
     #[error("a volume cannot be mounted on /")]
     VolumeOnRoot,
+    /// File mounted over the container's root.
+    #[error("a file cannot be mounted on /")]
+    FileOnRoot,
     /// Too little memory.
     #[error("memory limit {0} bytes is below the minimum of {MIN_MEMORY_BYTES}")]
     MemoryTooSmall(u64),
@@ -140,6 +156,7 @@ impl ContainerSpec {
             command: Vec::new(),
             env: Vec::new(),
             volumes: Vec::new(),
+            files: Vec::new(),
             memory_limit_bytes: None,
             cpu_millis: None,
             network: None,
@@ -204,11 +221,15 @@ impl ContainerSpec {
         for v in &self.volumes {
             check_path("volume host path", &v.host_path)?;
             check_path("volume container path", &v.container_path)?;
-            if v.container_path
-                .components()
-                .all(|c| c == Component::RootDir)
-            {
+            if is_root(&v.container_path) {
                 return Err(SpecError::VolumeOnRoot);
+            }
+        }
+        for f in &self.files {
+            check_path("file host path", &f.host_path)?;
+            check_path("file container path", &f.container_path)?;
+            if is_root(&f.container_path) {
+                return Err(SpecError::FileOnRoot);
             }
         }
         if let Some(m) = self.memory_limit_bytes {
@@ -252,6 +273,10 @@ pub(crate) fn is_config_safe_path(path: &Path) -> bool {
     path.is_absolute()
         && !s.chars().any(|c| c.is_whitespace() || c.is_control())
         && !path.components().any(|c| c == Component::ParentDir)
+}
+
+fn is_root(path: &Path) -> bool {
+    path.components().all(|c| c == Component::RootDir)
 }
 
 fn check_path(what: &'static str, path: &Path) -> Result<(), SpecError> {
@@ -316,6 +341,18 @@ mod tests {
             container_path: "/".into(),
         }];
         assert_eq!(s.validate(), Err(SpecError::VolumeOnRoot));
+
+        let mut s = host(&["/bin/sleep"]);
+        s.files = vec![FileMount {
+            host_path: "/var/lib/texu/files/web-0/etc/a b".into(),
+            container_path: "/etc/a b".into(),
+        }];
+        assert!(matches!(s.validate(), Err(SpecError::BadPath { .. })));
+        s.files = vec![FileMount {
+            host_path: "/var/lib/texu/files/web-0/x".into(),
+            container_path: "/".into(),
+        }];
+        assert_eq!(s.validate(), Err(SpecError::FileOnRoot));
 
         let t = ContainerSpec::new("bb", Image::Template("../../bin/evil".into()));
         assert!(matches!(t.validate(), Err(SpecError::BadTemplate(_))));

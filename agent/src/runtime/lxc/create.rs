@@ -45,6 +45,14 @@ impl Inner {
                 });
             }
         }
+        for f in &spec.files {
+            if !f.host_path.is_file() {
+                return Err(RuntimeError::FileSource {
+                    name: name.to_owned(),
+                    path: f.host_path.clone(),
+                });
+            }
+        }
         if let Image::Rootfs(p) = &spec.image {
             if !p.is_dir() {
                 return Err(RuntimeError::RootfsMissing {
@@ -160,6 +168,16 @@ impl Inner {
                             .map_err(io_err(name, "write", &path))?;
                     }
                 }
+            }
+        }
+        if let Some(view) = &view {
+            for f in &spec.files {
+                view.check_file_target(&f.container_path)
+                    .map_err(|source| RuntimeError::FileTarget {
+                        name: name.to_owned(),
+                        path: f.container_path.clone(),
+                        source,
+                    })?;
             }
         }
         if let (Some(program), Some(view)) = (spec.command.first(), &view) {

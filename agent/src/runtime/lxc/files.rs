@@ -116,7 +116,7 @@ pub(super) fn io_err(
 
 /// Writes `data` to `path` through a temporary file and a rename. Neither step follows a
 /// symlink planted at `path` or at the temporary name (they may sit in an image's rootfs).
-pub(super) fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
+pub(crate) fn write_atomic(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".texu-tmp");
     let tmp = PathBuf::from(tmp);
@@ -148,7 +148,7 @@ pub(super) fn nul_split(data: &[u8]) -> Vec<String> {
         .collect()
 }
 
-pub(super) fn remove_file_if_exists(path: &Path) -> io::Result<()> {
+pub(crate) fn remove_file_if_exists(path: &Path) -> io::Result<()> {
     match fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),

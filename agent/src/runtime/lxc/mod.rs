@@ -14,7 +14,7 @@
 //! - `hostname`, `hosts`, `home/`: mounted into host-image containers.
 
 mod create;
-mod files;
+pub(crate) mod files;
 mod lifecycle;
 
 use std::collections::HashSet;

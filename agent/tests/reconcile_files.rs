@@ -1,0 +1,163 @@
+//! The reconciler renders a role's `files` when it creates a container, over the fake runtime
+//! (no LXC, no controller): the spec it hands the runtime mounts the rendered files, a
+//! template error fails the container with `TemplateFailed`, a restart does not render again,
+//! and removing the container removes its files.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use texu_agent::daemon::client::{Client, Reported};
+use texu_agent::daemon::{Config, Desired, Reconciler};
+use texu_agent::files;
+use texu_agent::runtime::{FakeCall, FakeRuntime};
+use texu_api::{Container, ContainerPhase, DesiredState, FileTemplate, RoleSpec};
+use tokio::sync::{mpsc, watch, Mutex};
+
+fn container(name: &str, ordinal: i64, template: &str, replaces: Option<&str>) -> Container {
+    let mut role = RoleSpec::with_image("template:busybox");
+    role.command = vec!["/bin/sleep".into(), "1000".into()];
+    role.files = vec![FileTemplate {
+        path: "/etc/texu/identity".into(),
+        template: template.into(),
+        check: vec![],
+        reload: vec![],
+    }];
+    Container::new(
+        name,
+        texu_api::ContainerSpec {
+            role: "app".into(),
+            ordinal,
+            node: Some("board1".into()),
+            generation: 1,
+            desired: DesiredState::Running,
+            template: Some(role),
+            image_digest: None,
+            replaces: replaces.map(str::to_owned),
+            moved_from: None,
+            handoff: None,
+        },
+    )
+}
+
+/// Waits until `done` holds, or panics after a few seconds.
+async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..200 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+async fn status(statuses: &Mutex<Vec<Reported>>, name: &str) -> Option<Reported> {
+    statuses
+        .lock()
+        .await
+        .iter()
+        .find(|r| r.name == name)
+        .cloned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn files_are_rendered_into_the_spec_on_create_and_removed_with_the_container() {
+    let data = tempfile::tempdir().unwrap();
+    let config = Config {
+        server: "http://127.0.0.1:9".into(),
+        join_token: None,
+        name: "board1".into(),
+        data_dir: data.path().to_owned(),
+        labels: Default::default(),
+        address: "10.0.0.1".into(),
+        network: None,
+        heartbeat: Duration::from_millis(500),
+    };
+    let rt = Arc::new(FakeRuntime::new());
+    let mut reconciler = Reconciler::new(
+        &config,
+        None,
+        rt.clone(),
+        Client::new(&config.server),
+        "credential".into(),
+    )
+    .unwrap();
+    let (tx, rx) = mpsc::channel(8);
+    let statuses = Arc::new(Mutex::new(Vec::new()));
+    let (stop, stopped) = watch::channel(false);
+    let task = {
+        let statuses = statuses.clone();
+        tokio::spawn(async move { reconciler.run(rx, statuses, stopped).await })
+    };
+
+    let good = container(
+        "app-0",
+        0,
+        "{{ name }}#{{ ordinal }} on {{ node }}\n{% if replaces %}\nreplaces {{ replaces }}\n{% endif %}\n",
+        Some("198.19.2.9"),
+    );
+    let bad = container("app-1", 1, "line 1\n{{ nmae }}\n", None);
+    tx.send(Desired::Snapshot(vec![good.clone(), bad]))
+        .await
+        .unwrap();
+
+    eventually("app-0 created", || rt.spec("app-0").is_some()).await;
+    let spec = rt.spec("app-0").unwrap();
+    let host = files::dir(data.path(), "app-0").join("etc/texu/identity");
+    assert_eq!(spec.files.len(), 1);
+    assert_eq!(spec.files[0].host_path, host);
+    assert_eq!(
+        spec.files[0].container_path,
+        Path::new("/etc/texu/identity")
+    );
+    assert_eq!(
+        std::fs::read_to_string(&host).unwrap(),
+        "app-0#0 on board1\nreplaces 198.19.2.9\n"
+    );
+    assert!(spec
+        .env
+        .contains(&("TEXU_REPLACES".into(), "198.19.2.9".into())));
+
+    // The template error fails the create, and says where.
+    let mut failed = None;
+    for _ in 0..200 {
+        failed = status(&statuses, "app-1").await;
+        if failed
+            .as_ref()
+            .is_some_and(|r| r.status.phase == ContainerPhase::Failed)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let failed = failed.expect("app-1 reported").status;
+    assert_eq!(failed.phase, ContainerPhase::Failed);
+    assert_eq!(failed.reason.as_deref(), Some("TemplateFailed"));
+    let message = failed.message.unwrap_or_default();
+    assert!(
+        message.contains("/etc/texu/identity, line 2 (unknown: nmae)"),
+        "{message}"
+    );
+    assert!(rt.spec("app-1").is_none());
+
+    // A restart after the command exits reuses the files as rendered.
+    std::fs::write(&host, "kept\n").unwrap();
+    rt.clear_calls();
+    rt.kill("app-0");
+    eventually("app-0 restarted", || {
+        rt.calls().contains(&FakeCall::Start("app-0".into()))
+    })
+    .await;
+    assert!(!rt.calls().contains(&FakeCall::Create("app-0".into())));
+    assert_eq!(std::fs::read_to_string(&host).unwrap(), "kept\n");
+
+    tx.send(Desired::Remove("app-0".into())).await.unwrap();
+    eventually("app-0 removed", || rt.spec("app-0").is_none()).await;
+    eventually("its files removed", || {
+        !files::dir(data.path(), "app-0").exists()
+    })
+    .await;
+
+    stop.send(true).unwrap();
+    task.await.unwrap();
+}
