@@ -166,8 +166,12 @@ impl Events {
             stored.push(seq);
             match serde_json::from_slice::<Event>(&kv.value) {
                 Ok(event) if event.seq == seq => loaded.push(event),
-                Ok(_) => tracing::warn!(key = %kv.key, "ignoring a stored event whose seq differs from its key"),
-                Err(e) => tracing::warn!(key = %kv.key, error = %e, "ignoring a corrupt stored event"),
+                Ok(_) => {
+                    tracing::warn!(key = %kv.key, "ignoring a stored event whose seq differs from its key")
+                }
+                Err(e) => {
+                    tracing::warn!(key = %kv.key, error = %e, "ignoring a corrupt stored event")
+                }
             }
         }
         stored.sort_unstable();
@@ -222,7 +226,9 @@ impl Events {
                         txn = txn.put(event_key(event.seq), value);
                         saved.push(event.seq);
                     }
-                    Err(e) => tracing::warn!(seq = event.seq, error = %e, "cannot encode an event; not saving it"),
+                    Err(e) => {
+                        tracing::warn!(seq = event.seq, error = %e, "cannot encode an event; not saving it")
+                    }
                 }
             }
             for seq in ring.stored.iter().take(deletes) {
@@ -274,7 +280,10 @@ impl Events {
 
     fn lock(&self) -> MutexGuard<'_, Ring> {
         // The ring is always left consistent, so a panic elsewhere does not make it unusable.
-        self.inner.ring.lock().unwrap_or_else(PoisonError::into_inner)
+        self.inner
+            .ring
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 

@@ -128,7 +128,12 @@ fn record_decision(events: &Events, before: Option<&Container>, after: &Containe
                 let message = message.unwrap_or_else(|| format!("{name} replaced on {node}"));
                 events.record(EventKind::Replaced, object, Some(node), message);
             } else {
-                events.record(EventKind::Placed, object, Some(node), format!("{name} on {node}"));
+                events.record(
+                    EventKind::Placed,
+                    object,
+                    Some(node),
+                    format!("{name} on {node}"),
+                );
             }
         }
         Some(node) => {
@@ -165,7 +170,12 @@ mod tests {
             .collect()
     }
 
-    fn container(node: Option<&str>, phase: ContainerPhase, reason: &str, message: &str) -> Container {
+    fn container(
+        node: Option<&str>,
+        phase: ContainerPhase,
+        reason: &str,
+        message: &str,
+    ) -> Container {
         let mut c = Container::new(
             "app-0",
             ContainerSpec {
@@ -201,16 +211,31 @@ mod tests {
         record_decision(&events, Some(&placed), &placed);
         let lost = container(Some("b1"), ContainerPhase::Lost, "NodeNotReady", "b1 gone");
         record_decision(&events, Some(&placed), &lost);
-        let moved = container(Some("b2"), ContainerPhase::Pending, "Replaced", "moved to b2");
+        let moved = container(
+            Some("b2"),
+            ContainerPhase::Pending,
+            "Replaced",
+            "moved to b2",
+        );
         record_decision(&events, Some(&lost), &moved);
         let c = || "container/app-0".to_string();
         assert_eq!(
             kinds(&events),
             [
                 (EventKind::Unschedulable, c(), None, "0/0 nodes".into()),
-                (EventKind::Placed, c(), Some("b1".into()), "app-0 on b1".into()),
+                (
+                    EventKind::Placed,
+                    c(),
+                    Some("b1".into()),
+                    "app-0 on b1".into()
+                ),
                 (EventKind::Lost, c(), Some("b1".into()), "b1 gone".into()),
-                (EventKind::Replaced, c(), Some("b2".into()), "moved to b2".into()),
+                (
+                    EventKind::Replaced,
+                    c(),
+                    Some("b2".into()),
+                    "moved to b2".into()
+                ),
             ]
         );
     }
@@ -222,7 +247,10 @@ mod tests {
         let objects = Objects::new(store);
         let mut spec = RoleSpec::with_image("host");
         spec.replicas = 1;
-        objects.apply_role(Role::new("app", spec), false).await.unwrap();
+        objects
+            .apply_role(Role::new("app", spec), false)
+            .await
+            .unwrap();
         pass(&objects).await.unwrap();
         pass(&objects).await.unwrap();
         let events = kinds(objects.events());

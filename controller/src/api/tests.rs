@@ -194,7 +194,10 @@ async fn events_list_after_a_seq_for_admins_only() {
     let t = Some("secret");
     let (s, v) = call(&f, Method::GET, "/v1/events", t, b"").await;
     assert_eq!(s, StatusCode::OK);
-    assert_eq!((v["items"].as_array().unwrap().len(), &v["seq"]), (3, &3.into()));
+    assert_eq!(
+        (v["items"].as_array().unwrap().len(), &v["seq"]),
+        (3, &3.into())
+    );
     assert_eq!(v["items"][0]["kind"], "Unschedulable");
     assert_eq!(v["items"][0]["object"], "container/app-0");
     let (_, v) = call(&f, Method::GET, "/v1/events?after=2", t, b"").await;
@@ -261,7 +264,10 @@ async fn events_watch_sends_the_backlog_then_new_events_and_ends_on_shutdown() {
     let f = fixture();
     record(&f, 3);
     let mut headers = HeaderMap::new();
-    headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer secret"));
+    headers.insert(
+        header::AUTHORIZATION,
+        HeaderValue::from_static("Bearer secret"),
+    );
     let req = Request {
         method: Method::GET,
         path: "/v1/events".into(),
@@ -273,9 +279,17 @@ async fn events_watch_sends_the_backlog_then_new_events_and_ends_on_shutdown() {
     assert_eq!(response.status(), StatusCode::OK);
     let mut body = response.into_body();
     let mut text = String::new();
-    assert_eq!(read_seqs(&mut body, &mut text, 2).await, [2, 3], "the backlog after seq 1");
+    assert_eq!(
+        read_seqs(&mut body, &mut text, 2).await,
+        [2, 3],
+        "the backlog after seq 1"
+    );
     record(&f, 2);
-    assert_eq!(read_seqs(&mut body, &mut text, 2).await, [4, 5], "then new events");
+    assert_eq!(
+        read_seqs(&mut body, &mut text, 2).await,
+        [4, 5],
+        "then new events"
+    );
     // Many more than the live channel holds: the stream catches up from the ring.
     record(&f, 600);
     let seqs = read_seqs(&mut body, &mut text, 600).await;
