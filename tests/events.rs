@@ -232,6 +232,16 @@ fn a_silent_board_is_not_ready_and_its_container_is_replaced() {
     assert!(not_ready["seq"].as_u64() < replaced["seq"].as_u64());
 }
 
+/// Stops the controller with SIGTERM (its last flush saves the events) and starts it again.
+fn stop_and_start(c: &mut ControllerProcess) {
+    c.signal(common::SIGTERM);
+    let exit = c
+        .wait_exit(Duration::from_secs(15))
+        .expect("controller exits after SIGTERM");
+    assert!(exit.success(), "{exit}");
+    c.spawn();
+}
+
 #[test]
 fn events_survive_a_restart_and_the_seq_continues() {
     let mut c = ControllerProcess::start();
@@ -241,12 +251,7 @@ fn events_survive_a_restart_and_the_seq_continues() {
         (!all.is_empty()).then_some(all)
     });
     // SIGTERM saves the events at once, without waiting for the flush interval.
-    c.signal(common::SIGTERM);
-    let exit = c
-        .wait_exit(Duration::from_secs(15))
-        .expect("controller exits after SIGTERM");
-    assert!(exit.success(), "{exit}");
-    c.spawn();
+    stop_and_start(&mut c);
     let after = events(&c);
     assert_eq!(after, before, "the saved events come back");
     apply(&c, "web");
@@ -255,4 +260,22 @@ fn events_survive_a_restart_and_the_seq_continues() {
     });
     let last = before.last().unwrap()["seq"].as_u64().unwrap();
     assert!(web["seq"].as_u64().unwrap() > last, "{web} after {last}");
+}
+
+#[test]
+fn a_burst_larger_than_one_etcd_transaction_is_saved_in_batches() {
+    let etcd = texu_controller::store::conformance::etcd_server::EtcdServer::start();
+    let endpoint = etcd.endpoint().trim_start_matches("http://").to_string();
+    let mut c = ControllerProcess::start_with_store(Some(format!("etcd://{endpoint}")));
+    let many = role("app").replace("replicas: 1", "replicas: 200");
+    let out = c.texu_stdin(&["apply", "-f", "-"], many.as_bytes());
+    assert!(out.status.success());
+    wait_for(Duration::from_secs(20), "200 events", || {
+        (events(&c).len() == 200).then_some(())
+    });
+    // etcd refuses transactions of more than 128 operations; the last flush takes two.
+    stop_and_start(&mut c);
+    let after = events(&c);
+    assert_eq!(after.len(), 200);
+    assert_eq!(after.last().unwrap()["seq"], 200);
 }
