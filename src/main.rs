@@ -57,6 +57,8 @@ enum Command {
     },
     /// A one-screen summary of the cluster.
     Status,
+    /// The controller's recent decisions: placed, unschedulable, lost, node not ready...
+    Events(cmd::events::Args),
     /// Run a whole multi-board cluster on this machine (as root) until Ctrl-C.
     Demo(cmd::demo::Args),
     /// Print the JSON Schema of the manifest kinds (for editors).
@@ -82,6 +84,7 @@ fn main() -> ExitCode {
         Command::Cordon { ref node } => client().and_then(|c| cmd::cordon(&c, node, true)),
         Command::Uncordon { ref node } => client().and_then(|c| cmd::cordon(&c, node, false)),
         Command::Status => client().and_then(|c| cmd::status::run(&c)),
+        Command::Events(ref args) => client().and_then(|c| cmd::events::run(&c, args)),
         Command::Demo(ref args) => cmd::demo::run(args),
         Command::Schema => cmd::schema(),
     };
