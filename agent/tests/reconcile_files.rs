@@ -72,6 +72,7 @@ async fn files_are_rendered_into_the_spec_on_create_and_removed_with_the_contain
         address: "10.0.0.1".into(),
         network: None,
         heartbeat: Duration::from_millis(500),
+        heartbeat_jitter: Duration::ZERO,
     };
     let rt = Arc::new(FakeRuntime::new());
     let mut reconciler = Reconciler::new(
@@ -80,6 +81,7 @@ async fn files_are_rendered_into_the_spec_on_create_and_removed_with_the_contain
         rt.clone(),
         Client::new(&config.server),
         "credential".into(),
+        Arc::new(texu_agent::daemon::contact::Contact::default()),
     )
     .unwrap();
     let (tx, rx) = mpsc::channel(8);
@@ -97,7 +99,7 @@ async fn files_are_rendered_into_the_spec_on_create_and_removed_with_the_contain
         Some("198.19.2.9"),
     );
     let bad = container("app-1", 1, "line 1\n{{ nmae }}\n", None);
-    tx.send(Desired::Snapshot(vec![good.clone(), bad]))
+    tx.send(Desired::Snapshot(vec![good.clone(), bad], 0))
         .await
         .unwrap();
 
