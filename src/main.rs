@@ -55,6 +55,10 @@ enum Command {
         /// The node's name.
         node: String,
     },
+    /// Cordon a node and move its containers away, each new copy Ready before the old stops.
+    Drain(cmd::drain::DrainArgs),
+    /// Move one member (e.g. of a stateful role whose board died) to another board.
+    Replace(cmd::drain::ReplaceArgs),
     /// A one-screen summary of the cluster.
     Status,
     /// The controller's recent decisions: placed, unschedulable, lost, node not ready...
@@ -83,6 +87,8 @@ fn main() -> ExitCode {
         Command::Image(ref command) => client().and_then(|c| cmd::image::run(&c, command)),
         Command::Cordon { ref node } => client().and_then(|c| cmd::cordon(&c, node, true)),
         Command::Uncordon { ref node } => client().and_then(|c| cmd::cordon(&c, node, false)),
+        Command::Drain(ref args) => client().and_then(|c| cmd::drain::drain(&c, args)),
+        Command::Replace(ref args) => client().and_then(|c| cmd::drain::replace(&c, args)),
         Command::Status => client().and_then(|c| cmd::status::run(&c)),
         Command::Events(ref args) => client().and_then(|c| cmd::events::run(&c, args)),
         Command::Demo(ref args) => cmd::demo::run(args),

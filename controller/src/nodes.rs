@@ -277,11 +277,17 @@ impl Nodes {
             if let Some(s) = next.status.as_mut() {
                 s.last_heartbeat = Some(clock::now_rfc3339());
             }
-            if !was_ready {
-                tracing::info!(node = name, "node is Ready");
-            }
             node = next;
             self.objects.replace(&node).await?;
+            if !was_ready {
+                tracing::info!(node = name, "node is Ready");
+                self.objects.events().record(
+                    EventKind::NodeReady,
+                    format!("node/{name}"),
+                    Some(name),
+                    "heartbeats arrive",
+                );
+            }
         }
         for reported in beat.containers {
             let Some(c) = self.objects.get::<Container>(&reported.name).await? else {

@@ -1077,4 +1077,263 @@ mod tests {
         let p = plan(&[packed], &nodes, &[], &Catalog::new(), NOW);
         assert_eq!(per_node(&p.create).len(), 1, "pack fills one node first");
     }
+
+    fn ready_since(mut n: Node, since: i64) -> Node {
+        if let Some(s) = n.status.as_mut() {
+            s.since = Some(crate::clock::format_rfc3339(since));
+        }
+        n
+    }
+
+    /// Marks every container alive (as agents would report) so rebalancing may act.
+    fn all_ready(containers: &mut [Container]) {
+        for c in containers {
+            c.status = Some(ContainerStatus {
+                phase: ContainerPhase::Ready,
+                ..Default::default()
+            });
+        }
+    }
+
+    #[test]
+    fn host_ports_are_a_filter() {
+        let nodes = vec![node("a", Arch::Amd64, true), node("b", Arch::Amd64, true)];
+        let mut proxy = role("proxy", 3);
+        proxy.spec.ports = vec![texu_api::Port {
+            name: "http".into(),
+            port: 80,
+            host_port: Some(8080),
+            protocol: Default::default(),
+        }];
+        let p = plan(&[proxy], &nodes, &[], &Catalog::new(), NOW);
+        let bound: Vec<_> = p
+            .create
+            .iter()
+            .filter_map(|c| c.spec.node.clone())
+            .collect();
+        assert_eq!(bound.len(), 2, "one per board: {bound:?}");
+        let pending = p.create.iter().find(|c| c.spec.node.is_none()).unwrap();
+        assert_eq!(
+            pending.status.as_ref().unwrap().message.as_deref(),
+            Some("0/2 nodes: 2 hostPort in use")
+        );
+    }
+
+    #[test]
+    fn spread_over_a_label_fills_sites_evenly() {
+        let mut nodes = Vec::new();
+        for (name, site) in [
+            ("a1", "north"),
+            ("a2", "north"),
+            ("a3", "north"),
+            ("b1", "south"),
+        ] {
+            let mut n = node(name, Arch::Amd64, true);
+            n.metadata.labels.insert("site".into(), site.into());
+            nodes.push(n);
+        }
+        let mut app = role("app", 4);
+        app.spec.placement.spread = Some("site".into());
+        let p = plan(&[app], &nodes, &[], &Catalog::new(), NOW);
+        let south = p
+            .create
+            .iter()
+            .filter(|c| c.spec.node.as_deref() == Some("b1"))
+            .count();
+        assert_eq!(south, 2, "half of the role in the one-board site");
+    }
+
+    #[test]
+    fn drain_moves_make_before_break_within_max_unavailable() {
+        let nodes = vec![node("a", Arch::Amd64, true), node("b", Arch::Amd64, true)];
+        let mut app = role("app", 4);
+        app.spec.max_unavailable = 1;
+        let roles = vec![app];
+        let mut containers = Vec::new();
+        apply(
+            &plan(&roles, &nodes, &[], &Catalog::new(), NOW),
+            &mut containers,
+        );
+        let mut draining = nodes.clone();
+        draining[0].spec.unschedulable = true;
+        draining[0].spec.draining = true;
+        let p = plan(&roles, &draining, &containers, &Catalog::new(), NOW);
+        assert_eq!(p.update.len(), 1, "one move at a time: {:?}", p.update);
+        let moving = &p.update[0];
+        assert_eq!(
+            moving.spec.node.as_deref(),
+            Some("a"),
+            "the old copy keeps serving"
+        );
+        let h = moving.spec.handoff.as_ref().unwrap();
+        assert_eq!((h.node.as_str(), h.reason.as_str()), ("b", DRAIN));
+        apply(&p, &mut containers);
+        // While it is in flight nothing else starts; a failed new copy ends the move.
+        assert!(plan(&roles, &draining, &containers, &Catalog::new(), NOW).is_empty());
+        let c = containers
+            .iter_mut()
+            .find(|c| c.spec.handoff.is_some())
+            .unwrap();
+        c.spec.handoff.as_mut().unwrap().status = Some(ContainerStatus {
+            phase: ContainerPhase::Failed,
+            ..Default::default()
+        });
+        let p = plan(&roles, &draining, &containers, &Catalog::new(), NOW);
+        assert!(p.update.iter().any(|c| c.spec.node.as_deref() == Some("a")));
+        // A stateful member stays on a draining board.
+        let mut db = role("db", 1);
+        db.spec.stateful = true;
+        let mut dbs = Vec::new();
+        apply(
+            &plan(
+                std::slice::from_ref(&db),
+                &nodes[..1],
+                &[],
+                &Catalog::new(),
+                NOW,
+            ),
+            &mut dbs,
+        );
+        assert!(plan(&[db], &draining, &dbs, &Catalog::new(), NOW).is_empty());
+    }
+
+    #[test]
+    fn a_move_whose_target_fails_is_dropped_and_one_whose_source_dies_completes() {
+        let nodes = vec![node("a", Arch::Amd64, true), node("b", Arch::Amd64, true)];
+        let roles = vec![role("app", 1)];
+        let mut containers = Vec::new();
+        apply(
+            &plan(&roles, &nodes[..1], &[], &Catalog::new(), NOW),
+            &mut containers,
+        );
+        containers[0].spec.handoff = Some(Handoff {
+            node: "b".into(),
+            reason: DRAIN.into(),
+            image_digest: None,
+            status: None,
+        });
+        let mut b_down = nodes.clone();
+        b_down[1] = node("b", Arch::Amd64, false);
+        let p = plan(&roles, &b_down, &containers, &Catalog::new(), NOW);
+        assert_eq!(p.update[0].spec.handoff, None);
+        assert_eq!(p.update[0].spec.node.as_deref(), Some("a"));
+        let mut a_down = nodes.clone();
+        a_down[0] = node("a", Arch::Amd64, false);
+        let p = plan(&roles, &a_down, &containers, &Catalog::new(), NOW);
+        assert_eq!(p.update[0].spec.node.as_deref(), Some("b"));
+        assert_eq!(p.update[0].spec.moved_from.as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn rebalance_waits_for_the_settle_period_and_moves_one_at_a_time() {
+        let settings = Settings { settle_secs: 30 };
+        let roles = vec![role("app", 6)];
+        let two = vec![node("a", Arch::Amd64, true), node("b", Arch::Amd64, true)];
+        let mut containers = Vec::new();
+        apply(
+            &plan(&roles, &two, &[], &Catalog::new(), NOW),
+            &mut containers,
+        );
+        all_ready(&mut containers);
+        // Board c comes back at NOW: 3, 3, 0.
+        let mut three = two.clone();
+        three.push(ready_since(node("c", Arch::Amd64, true), NOW));
+        let early = plan_with(
+            &roles,
+            &three,
+            &containers,
+            &Catalog::new(),
+            NOW + 10,
+            &settings,
+        );
+        assert!(
+            early.is_empty(),
+            "a board back for 10s is not settled: {early:?}"
+        );
+        let p = plan_with(
+            &roles,
+            &three,
+            &containers,
+            &Catalog::new(),
+            NOW + 30,
+            &settings,
+        );
+        assert_eq!(p.update.len(), 1);
+        let h = p.update[0].spec.handoff.as_ref().unwrap();
+        assert_eq!((h.node.as_str(), h.reason.as_str()), ("c", REBALANCE));
+        apply(&p, &mut containers);
+        let again = plan_with(
+            &roles,
+            &three,
+            &containers,
+            &Catalog::new(),
+            NOW + 31,
+            &settings,
+        );
+        assert!(again.is_empty(), "one move at a time");
+        // The move completes (as the heartbeat does): 2, 3, 1 -> the next move, then even.
+        for _ in 0..3 {
+            for c in containers.iter_mut() {
+                if let Some(h) = c.spec.handoff.take() {
+                    c.spec.node = Some(h.node);
+                }
+            }
+            let p = plan_with(
+                &roles,
+                &three,
+                &containers,
+                &Catalog::new(),
+                NOW + 40,
+                &settings,
+            );
+            apply(&p, &mut containers);
+        }
+        let counts = per_node(&containers);
+        assert_eq!(
+            counts.values().copied().collect::<Vec<_>>(),
+            vec![2, 2, 2],
+            "{counts:?}"
+        );
+    }
+
+    #[test]
+    fn replace_moves_a_member_with_its_old_address() {
+        let nodes = vec![node("a", Arch::Amd64, false), node("b", Arch::Amd64, true)];
+        let mut db = role("db", 1);
+        db.spec.stateful = true;
+        let mut member = Container::new(
+            "db-0",
+            ContainerSpec {
+                role: "db".into(),
+                ordinal: 0,
+                node: Some("a".into()),
+                generation: 1,
+                desired: Default::default(),
+                template: Some(db.spec.clone()),
+                image_digest: None,
+                replaces: None,
+                moved_from: None,
+                handoff: None,
+            },
+        );
+        member.status = Some(ContainerStatus {
+            phase: ContainerPhase::Lost,
+            address: Some("198.19.1.5".into()),
+            ..Default::default()
+        });
+        let cs = vec![member];
+        let moved = replace(&db, &nodes, &cs, &Catalog::new(), "db-0", "b").unwrap();
+        assert_eq!(moved.spec.node.as_deref(), Some("b"));
+        assert_eq!(moved.spec.replaces.as_deref(), Some("198.19.1.5"));
+        assert_eq!(
+            moved.status.as_ref().unwrap().reason.as_deref(),
+            Some("Replacing")
+        );
+        let refused = replace(&db, &nodes, &cs, &Catalog::new(), "db-0", "a").unwrap_err();
+        assert_eq!(refused, "db-0 is already on a");
+        let mut cordoned = nodes.clone();
+        cordoned[1].spec.unschedulable = true;
+        let refused = replace(&db, &cordoned, &cs, &Catalog::new(), "db-0", "b").unwrap_err();
+        assert_eq!(refused, "db-0 cannot run on b: 0/2 nodes: 1 cordoned");
+    }
 }

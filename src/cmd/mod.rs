@@ -5,6 +5,7 @@ pub mod apply;
 pub mod controller;
 pub mod delete;
 pub mod demo;
+pub mod drain;
 pub mod events;
 pub mod get;
 pub mod image;
