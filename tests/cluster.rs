@@ -529,3 +529,453 @@ fn a_powered_off_boards_containers_are_ready_on_the_other_boards() -> Result<()>
     }
     Ok(())
 }
+
+/// A cluster of `boards` boards with extra controller flags and per-board agent flags.
+fn start_with(
+    boards: usize,
+    controller_args: &[&str],
+    agent_args: &[(usize, &[&str])],
+) -> Result<Cluster> {
+    let mut config = ClusterConfig::new(boards, texu_bin());
+    config.controller_args = controller_args.iter().map(|s| s.to_string()).collect();
+    for (board, args) in agent_args {
+        config
+            .agent_args
+            .insert(*board, args.iter().map(|s| s.to_string()).collect());
+    }
+    Cluster::start(config).with_context(|| format!("cannot start a {boards}-board cluster"))
+}
+
+/// The boards on which a container of this name runs (its init is alive).
+fn running_on(c: &Cluster, name: &str) -> Vec<usize> {
+    c.plan()
+        .board_numbers()
+        .filter(|b| c.container_init_pid(*b, name).is_some())
+        .collect()
+}
+
+/// Waits until every container of the cluster runs on exactly one board, and stays so for
+/// three checks a second apart (a copy stopping late would show up).
+fn exactly_one_copy_each(c: &Cluster) -> Result<()> {
+    let mut calm = 0;
+    c.wait_until(
+        Duration::from_secs(40),
+        "exactly one running copy of each container, three checks in a row",
+        || {
+            let names: Vec<String> = c
+                .api()
+                .containers()
+                .ok()?
+                .into_iter()
+                .map(|x| x.metadata.name)
+                .collect();
+            let doubles: Vec<(String, Vec<usize>)> = names
+                .iter()
+                .map(|n| (n.clone(), running_on(c, n)))
+                .filter(|(_, boards)| boards.len() != 1)
+                .collect();
+            if doubles.is_empty() {
+                calm += 1;
+            } else {
+                calm = 0;
+                println!("not yet one copy each: {doubles:?}");
+            }
+            std::thread::sleep(Duration::from_millis(500));
+            (calm >= 3).then_some(())
+        },
+    )?;
+    Ok(())
+}
+
+fn container(c: &Cluster, name: &str) -> Result<Container> {
+    c.api()
+        .containers()?
+        .into_iter()
+        .find(|x| x.metadata.name == name)
+        .with_context(|| format!("no container {name}"))
+}
+
+/// The board number of a node name.
+fn board_of(c: &Cluster, node: &str) -> Result<usize> {
+    c.plan()
+        .board_numbers()
+        .find(|b| c.plan().node_name(*b) == node)
+        .with_context(|| format!("no board is {node}"))
+}
+
+#[test]
+fn partitions_shorter_than_lost_after_move_nothing_longer_ones_leave_one_copy() -> Result<()> {
+    let mut c = start(3)?;
+    // `slow` waits 8 s before replacing; `orig` replaces at once but keeps the original copy
+    // when its board comes back.
+    let slow = responder("slow", 3, 2).replace(
+        "  placement:",
+        "  disconnect:\n    lostAfter: 8s\n  placement:",
+    );
+    let orig = responder("orig", 3, 2).replace(
+        "  placement:",
+        "  disconnect:\n    keep: original\n  placement:",
+    );
+    c.apply_yaml(&format!("{slow}---\n{orig}"))?;
+    c.wait_ready(Duration::from_secs(90))?;
+    let node2 = c.plan().node_name(2);
+    let on2 = |c: &Cluster, role: &str| -> Result<String> {
+        c.api()
+            .containers()?
+            .into_iter()
+            .find(|x| x.spec.role == role && x.spec.node.as_deref() == Some(node2.as_str()))
+            .map(|x| x.metadata.name)
+            .context("no container of the role on board 2")
+    };
+    let slow2 = on2(&c, "slow")?;
+    let init = c
+        .container_init_pid(2, &slow2)
+        .context("slow on board 2 is not running")?;
+
+    // Shorter than lostAfter: board 2 goes NotReady and comes back; nothing moves.
+    c.partition(2)?;
+    wait_node(&c, 2, "NotReady")?;
+    std::thread::sleep(Duration::from_secs(2));
+    c.restore(2)?;
+    wait_node(&c, 2, "Ready")?;
+    c.wait_ready(Duration::from_secs(30))?;
+    let after = container(&c, &slow2)?;
+    ensure!(
+        after.spec.node.as_deref() == Some(node2.as_str()),
+        "{slow2} moved during a short partition: {after:?}"
+    );
+    ensure!(
+        c.container_init_pid(2, &slow2) == Some(init),
+        "{slow2} was restarted by a short partition"
+    );
+    ensure!(
+        running_on(&c, &slow2) == vec![2],
+        "{slow2} runs on boards {:?}",
+        running_on(&c, &slow2)
+    );
+
+    // Longer: `slow` is replaced after 8 s, `orig` at once; after the heal one copy of each
+    // runs, and for `orig` it is the original one on board 2.
+    let orig2 = on2(&c, "orig")?;
+    let orig_init = c
+        .container_init_pid(2, &orig2)
+        .context("orig on board 2 is not running")?;
+    c.partition(2)?;
+    c.wait_until(
+        Duration::from_secs(40),
+        "board 2's containers to be Ready on other boards",
+        || {
+            let by_node = ready_by_node(&c).ok()?;
+            let moved = by_node
+                .iter()
+                .filter(|(n, _)| **n != node2)
+                .flat_map(|(_, cs)| cs.iter())
+                .filter(|x| x.metadata.name == slow2 || x.metadata.name == orig2)
+                .count();
+            (moved == 2).then_some(())
+        },
+    )?;
+    ensure!(
+        c.container_init_pid(2, &slow2).is_some(),
+        "a partitioned board keeps its containers running"
+    );
+    c.restore(2)?;
+    wait_node(&c, 2, "Ready")?;
+    exactly_one_copy_each(&c)?;
+    ensure!(
+        running_on(&c, &slow2) != vec![2],
+        "keep: replacement, but {slow2} still runs on board 2"
+    );
+    ensure!(
+        c.container_init_pid(2, &orig2) == Some(orig_init),
+        "keep: original, but the original {orig2} on board 2 (init {orig_init}) is not the one running: runs on {:?} (init on 2: {:?}); {:?}\nevents:\n{}\n{}",
+        running_on(&c, &orig2),
+        c.container_init_pid(2, &orig2),
+        container(&c, &orig2)?,
+        c.texu_ok(&["events"])?,
+        c.diagnostics()
+    );
+    ensure!(
+        container(&c, &orig2)?.spec.node.as_deref() == Some(node2.as_str()),
+        "keep: original, but {orig2} is not bound to board 2"
+    );
+    let events = c.texu_ok(&["events"])?;
+    ensure!(
+        events.contains("KeptOriginal"),
+        "no KeptOriginal event:\n{events}"
+    );
+    ensure!(events.contains("Fenced"), "no Fenced event:\n{events}");
+    c.teardown()?;
+    Ok(())
+}
+
+#[test]
+fn a_jittery_heartbeat_keeps_its_board_ready_and_a_silent_one_does_not() -> Result<()> {
+    // Board 2 delays each heartbeat by up to 2 s: gaps of up to 2.5 s, past the 2 s grace.
+    let mut c = start_with(2, &[], &[(2, &["--heartbeat-jitter", "2s"])])?;
+    let node2 = c.plan().node_name(2);
+    let watch_for = Duration::from_secs(25);
+    let started = Instant::now();
+    let mut checks = 0;
+    while started.elapsed() < watch_for {
+        let nodes = c.api().nodes()?;
+        let phase = nodes
+            .iter()
+            .find(|n| n.metadata.name == node2)
+            .and_then(|n| n.status.as_ref())
+            .map(|s| s.phase.to_string());
+        ensure!(
+            phase.as_deref() == Some("Ready"),
+            "the jittery {node2} was judged {phase:?} after {:?}",
+            started.elapsed()
+        );
+        checks += 1;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let events = c.texu_ok(&["events"])?;
+    ensure!(
+        !events.contains("NodeNotReady"),
+        "a NodeNotReady event for a jittery board:\n{events}"
+    );
+    println!("{node2} stayed Ready through {checks} checks over {watch_for:?} of jitter");
+    // Silent: it is judged NotReady (later than a steady board would be, as it should).
+    let cut = Instant::now();
+    c.partition(2)?;
+    c.wait_until(
+        Duration::from_secs(20),
+        "the silent board to be NotReady",
+        || (node_status(&c, &node2).as_deref() == Some("NotReady")).then_some(()),
+    )?;
+    println!("silent jittery board NotReady after {:?}", cut.elapsed());
+    c.teardown()?;
+    Ok(())
+}
+
+#[test]
+fn a_stateful_member_stays_lost_until_texu_replace_moves_it_with_replaces() -> Result<()> {
+    let mut c = start(3)?;
+    c.apply_yaml(
+        r#"apiVersion: texu.io/v1
+kind: Role
+metadata:
+  name: db
+spec:
+  replicas: 2
+  stateful: true
+  image: template:busybox
+  command: [/bin/httpd, -f, -p, "8080", -h, /etc/texu]
+  ports:
+  - name: http
+    port: 8080
+  health:
+    readiness:
+      http: {path: /replaces, port: http}
+      periodSeconds: 0.5
+  volumes:
+  - name: data
+    path: /var/lib/db
+  placement:
+    maxPerNode: 1
+  files:
+  - path: /etc/texu/replaces
+    template: "{% if replaces %}{{ replaces }}{% else %}none{% endif %}\n"
+"#,
+    )?;
+    c.wait_ready(Duration::from_secs(60))?;
+    let member = container(&c, "db-1")?;
+    let old_node = member.spec.node.clone().context("db-1 is not bound")?;
+    let old_address = address(&member)?;
+    let old_board = board_of(&c, &old_node)?;
+    let used: Vec<String> = c
+        .api()
+        .containers()?
+        .into_iter()
+        .filter_map(|x| x.spec.node)
+        .collect();
+    let spare = c
+        .plan()
+        .board_numbers()
+        .map(|b| c.plan().node_name(b))
+        .find(|n| !used.contains(n))
+        .context("no spare board")?;
+    let first = c.http_get_from_board(1, &format!("http://{old_address}:8080/replaces"))?;
+    ensure!(
+        first.trim() == "none",
+        "a first member sees replaces {first:?}"
+    );
+
+    c.power_off(old_board)?;
+    wait_node(&c, old_board, "NotReady")?;
+    // It stays Lost on its board: never moved automatically.
+    std::thread::sleep(Duration::from_secs(4));
+    let lost = container(&c, "db-1")?;
+    ensure!(
+        lost.spec.node.as_deref() == Some(old_node.as_str())
+            && lost.status.as_ref().map(|s| s.phase) == Some(ContainerPhase::Lost),
+        "db-1 should stay Lost on {old_node}: {lost:?}"
+    );
+
+    let out = c.texu_ok(&["replace", "db-1", "--node", &spare])?;
+    ensure!(out.contains(&old_address), "texu replace said {out:?}");
+    let moved = c.wait_until(
+        Duration::from_secs(40),
+        "db-1 Ready on the spare board",
+        || {
+            container(&c, "db-1").ok().filter(|x| {
+                x.spec.node.as_deref() == Some(spare.as_str())
+                    && x.status.as_ref().map(|s| s.phase) == Some(ContainerPhase::Ready)
+            })
+        },
+    )?;
+    let new_address = address(&moved)?;
+    let seen = c.http_get_from_board(1, &format!("http://{new_address}:8080/replaces"))?;
+    ensure!(
+        seen.trim() == old_address,
+        "the new member's template saw replaces {seen:?}, want {old_address}"
+    );
+    let cleared = c.wait_until(
+        Duration::from_secs(10),
+        "replaces cleared after first boot",
+        || {
+            container(&c, "db-1")
+                .ok()
+                .filter(|x| x.spec.replaces.is_none())
+        },
+    )?;
+    ensure!(cleared.spec.node.as_deref() == Some(spare.as_str()));
+
+    // The old board comes back with its copy: it is fenced, one copy runs.
+    c.restore(old_board)?;
+    wait_node(&c, old_board, "Ready")?;
+    exactly_one_copy_each(&c)?;
+    ensure!(
+        running_on(&c, "db-1") == vec![board_of(&c, &spare)?],
+        "db-1 runs on boards {:?}",
+        running_on(&c, "db-1")
+    );
+    c.teardown()?;
+    Ok(())
+}
+
+#[test]
+fn draining_a_board_under_a_request_loop_fails_no_request() -> Result<()> {
+    let mut config = ClusterConfig::new(3, texu_bin());
+    config.host_routes = true;
+    let c = Cluster::start(config).context("cannot start a 3-board cluster")?;
+    c.apply_yaml(&responder("web", 3, 2))?;
+    c.wait_ready(Duration::from_secs(60))?;
+    let node2 = c.plan().node_name(2);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (server, token) = (c.server().to_string(), c.token().to_string());
+    let loop_stop = stop.clone();
+    // A bounded client loop: at most 20,000 requests or 120 s. Like a proxy, it sends each
+    // request to a Ready endpoint of the role, read from the controller every 100 ms.
+    let client = std::thread::spawn(move || -> (u64, Vec<String>) {
+        let api = texu::cluster::Api::new(&server, &token);
+        let (mut sent, mut failed) = (0u64, Vec::new());
+        let mut endpoints: Vec<String> = Vec::new();
+        let mut refreshed = Instant::now() - Duration::from_secs(1);
+        let started = Instant::now();
+        while !loop_stop.load(std::sync::atomic::Ordering::SeqCst)
+            && sent < 20_000
+            && started.elapsed() < Duration::from_secs(120)
+        {
+            if refreshed.elapsed() >= Duration::from_millis(100) {
+                if let Ok(all) = api.containers() {
+                    endpoints = all
+                        .iter()
+                        .filter(|x| {
+                            x.status.as_ref().map(|s| s.phase) == Some(ContainerPhase::Ready)
+                        })
+                        .filter_map(|x| x.status.as_ref().and_then(|s| s.address.clone()))
+                        .collect();
+                }
+                refreshed = Instant::now();
+            }
+            if endpoints.is_empty() {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+            let target = &endpoints[sent as usize % endpoints.len()];
+            let url = format!("http://{target}:8080/hostname");
+            sent += 1;
+            if let Err(e) = ureq::get(&url).timeout(Duration::from_secs(2)).call() {
+                failed.push(format!("{url}: {e}"));
+            }
+        }
+        (sent, failed)
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let out = c.texu_ok(&["drain", &node2, "--timeout", "90s"])?;
+    ensure!(out.contains("drained"), "texu drain said {out:?}");
+    // Past the leave delay of the last moved copy.
+    std::thread::sleep(Duration::from_secs(4));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (sent, failed) = client
+        .join()
+        .map_err(|_| anyhow::anyhow!("client loop panicked"))?;
+    println!("drain under load: {sent} requests, {} failed", failed.len());
+    ensure!(sent > 100, "only {sent} requests were sent");
+    ensure!(
+        failed.is_empty(),
+        "{} failed requests: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    ensure!(
+        c.lxc_containers(2).is_empty(),
+        "board 2 still holds {:?}",
+        c.lxc_containers(2)
+    );
+    let by_node = ready_by_node(&c)?;
+    ensure!(
+        !by_node.contains_key(&node2),
+        "containers Ready on the drained board: {by_node:?}"
+    );
+    ensure!(
+        by_node.values().map(Vec::len).sum::<usize>() == 3,
+        "{by_node:?}"
+    );
+    let events = c.texu_ok(&["events"])?;
+    ensure!(events.contains("Drained"), "no Drained event:\n{events}");
+    c.teardown()?;
+    Ok(())
+}
+
+#[test]
+fn a_controller_killed_during_a_failover_converges_without_duplicates() -> Result<()> {
+    let mut c = start(3)?;
+    c.apply_yaml(&responder("echo", 6, 3))?;
+    c.wait_ready(Duration::from_secs(60))?;
+    let node2 = c.plan().node_name(2);
+    c.power_off(2)?;
+    // Kill the controller as the failover starts: board 2 just went NotReady.
+    wait_node(&c, 2, "NotReady")?;
+    c.kill_controller();
+    std::thread::sleep(Duration::from_millis(500));
+    c.restart_controller()?;
+    c.wait_until(
+        Duration::from_secs(60),
+        "all 6 Ready on boards 1 and 3",
+        || {
+            let by_node = ready_by_node(&c).ok()?;
+            let total: usize = by_node
+                .iter()
+                .filter(|(n, _)| **n != node2)
+                .map(|(_, cs)| cs.len())
+                .sum();
+            (total == 6).then_some(())
+        },
+    )?;
+    ensure!(
+        c.api().containers()?.len() == 6,
+        "the controller holds more than 6 containers"
+    );
+    exactly_one_copy_each(&c)?;
+    // Board 2 comes back with old copies on disk: they are fenced, one copy each runs.
+    c.restore(2)?;
+    wait_node(&c, 2, "Ready")?;
+    exactly_one_copy_each(&c)?;
+    c.teardown()?;
+    Ok(())
+}

@@ -290,18 +290,26 @@ impl Nodes {
             }
         }
         for reported in beat.containers {
-            let Some(c) = self.objects.get::<Container>(&reported.name).await? else {
-                continue;
-            };
-            if c.spec.generation != reported.generation {
-                continue;
-            }
-            if let Some(next) = self
-                .take_report(name, !was_ready, c.clone(), reported)
-                .await?
-            {
-                // A conflict means the scheduler changed it meanwhile: the next beat retries.
-                let _ = self.objects.replace(&next).await;
+            // A conflict means someone changed it meanwhile: read it again and retry, as the
+            // decisions of a returning board's first heartbeat are taken only once.
+            for _ in 0..4 {
+                let Some(c) = self.objects.get::<Container>(&reported.name).await? else {
+                    break;
+                };
+                if c.spec.generation != reported.generation {
+                    break;
+                }
+                let Some(next) = self
+                    .take_report(name, !was_ready, c, reported.clone())
+                    .await?
+                else {
+                    break;
+                };
+                match self.objects.replace(&next).await {
+                    Err(ObjectError::Stale { .. }) => continue,
+                    Err(e) => return Err(e),
+                    Ok(_) => break,
+                }
             }
         }
         Ok(())

@@ -498,11 +498,16 @@ fn lost(
     } else {
         format!("node {node_name} is not ready; replaced after lostAfter ({lost_after}s)")
     };
+    // What was known stays (its address is what `texu replace` hands on as `replaces`).
+    let known = container.status.clone().unwrap_or_default();
     let want = ContainerStatus {
         phase: ContainerPhase::Lost,
         reason: Some("NodeNotReady".into()),
         message: Some(message),
-        ..Default::default()
+        address: known.address,
+        restarts: known.restarts,
+        last_exit: known.last_exit,
+        last_probe: None,
     };
     if container.status.as_ref() == Some(&want) {
         return false;

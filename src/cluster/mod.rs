@@ -21,6 +21,7 @@ mod procs;
 mod run;
 mod slots;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
@@ -110,6 +111,10 @@ pub struct ClusterConfig {
     pub log_filter: String,
     /// How long the controller and the boards may take to come up.
     pub start_timeout: Duration,
+    /// More `texu controller` flags (e.g. `--settle 3s`).
+    pub controller_args: Vec<String>,
+    /// More `texu agent` flags for one board, by board number (e.g. chaos knobs).
+    pub agent_args: BTreeMap<usize, Vec<String>>,
 }
 
 impl ClusterConfig {
@@ -124,6 +129,8 @@ impl ClusterConfig {
             node_grace: None,
             log_filter: "info".to_string(),
             start_timeout: Duration::from_secs(30),
+            controller_args: Vec::new(),
+            agent_args: BTreeMap::new(),
         }
     }
 

@@ -34,7 +34,12 @@ impl Cluster {
 
     fn start_controller(&mut self) -> Result<()> {
         let dir = self.plan.controller_dir();
-        let listen = format!("{}:0", self.plan.controller_address());
+        // A restarted controller listens where the first one did: the agents know that address.
+        let listen = match self.server.strip_prefix("http://") {
+            Some(addr) if !addr.is_empty() => addr.to_string(),
+            _ => format!("{}:0", self.plan.controller_address()),
+        };
+        let _ = std::fs::remove_file(dir.join("controller.addr"));
         let mut cmd = Command::new(&self.config.texu_bin);
         cmd.arg("controller")
             .arg("--data-dir")
@@ -46,6 +51,7 @@ impl Cluster {
         if let Some(grace) = self.config.node_grace {
             cmd.args(["--node-grace", &format!("{}ms", grace.as_millis())]);
         }
+        cmd.args(&self.config.controller_args);
         let log = self.plan.log_path("controller");
         self.controller = Some(procs::spawn_logged(&mut cmd, "the controller", &log)?);
 
@@ -94,12 +100,29 @@ impl Cluster {
             .args(["--address", &plan.board_address(board).to_string()])
             .args(["--bridge", BOARD_BRIDGE])
             .args(["--subnet", &plan.board_subnet(board)])
+            .args(self.config.agent_args.get(&board).into_iter().flatten())
             .env("RUST_LOG", &self.config.log_filter);
         let what = format!("the agent of {}", plan.node_name(board));
         let log = plan.log_path(&plan.node_name(board));
         let child = procs::spawn_logged(&mut cmd, &what, &log)?;
         self.agents[board - 1] = Some(child);
         Ok(())
+    }
+
+    /// SIGKILLs the controller, as a power cut of its machine would (its store is on disk).
+    pub fn kill_controller(&mut self) {
+        if let Some(mut controller) = self.controller.take() {
+            procs::kill_child(&mut controller);
+        }
+    }
+
+    /// Starts the controller again on the same address and data dir, after
+    /// [`Cluster::kill_controller`].
+    pub fn restart_controller(&mut self) -> Result<()> {
+        if self.controller.is_some() {
+            return Ok(());
+        }
+        self.start_controller()
     }
 
     /// Whether board `board`'s agent process runs.

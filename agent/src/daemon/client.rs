@@ -62,6 +62,9 @@ pub struct WatchEvent {
     pub error: Option<String>,
 }
 
+/// How long one heartbeat may take before it counts as failed.
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// A client bound to one controller.
 #[derive(Clone)]
 pub struct Client {
@@ -113,11 +116,12 @@ impl Client {
             containers,
         })
         .map_err(|e| ClientError::Decode(e.to_string()))?;
-        let _: serde_json::Value = self.send(
+        let _: serde_json::Value = self.send_within(
             "PUT",
             &format!("/v1/nodes/{name}/status"),
             credential,
             Some(body),
+            Some(HEARTBEAT_TIMEOUT),
         )?;
         Ok(())
     }
@@ -165,7 +169,7 @@ impl Client {
         // longer than that is a dead connection (a partition leaves TCP silent), not quiet.
         let agent = ureq::AgentBuilder::new()
             .timeout_connect(Duration::from_secs(3))
-            .timeout_read(Duration::from_secs(10))
+            .timeout_read(Duration::from_secs(5))
             .build();
         let response = agent
             .get(&url)
@@ -228,10 +232,26 @@ impl Client {
         token: &str,
         body: Option<serde_json::Value>,
     ) -> Result<T> {
-        let req = self
+        self.send_within(method, path, token, body, None)
+    }
+
+    /// `send`, giving up after `timeout` in all (a heartbeat into a partition must fail, not
+    /// hang until TCP gives up).
+    fn send_within<T: serde::de::DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<serde_json::Value>,
+        timeout: Option<Duration>,
+    ) -> Result<T> {
+        let mut req = self
             .agent
             .request(method, &format!("{}{path}", self.server))
             .set("Authorization", &format!("Bearer {token}"));
+        if let Some(t) = timeout {
+            req = req.timeout(t);
+        }
         let result = match body {
             Some(b) => req
                 .set("Content-Type", "application/json")

@@ -189,7 +189,9 @@ pub async fn run(
         None => None,
     };
     let statuses: Arc<Mutex<Vec<Reported>>> = Arc::new(Mutex::new(Vec::new()));
-    let contact = Arc::new(Contact::default());
+    // Cut off after three heartbeat periods (plus any injected jitter) without one getting
+    // through.
+    let contact = Arc::new(Contact::new(config.heartbeat * 3 + config.heartbeat_jitter));
     let (desired_tx, desired_rx) = mpsc::channel::<Desired>(1024);
 
     spawn_watcher(
@@ -362,7 +364,7 @@ async fn heartbeat_loop(
                     tracing::info!("controller reachable again");
                 }
                 failures = 0;
-                contact.heartbeat_ok();
+                contact.heartbeat_ok(started.into_std());
                 crate::metrics::heartbeat_rtt(started.elapsed());
                 config.heartbeat
             }

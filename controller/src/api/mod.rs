@@ -199,7 +199,7 @@ where
         ),
         ["nodes", name, verb @ ("cordon" | "uncordon" | "drain")] => {
             let (route, mode) = match *verb {
-                "cordon" => ("/v1/nodes/{name}/cordon", Cordon::Cordon),
+                "cordon" => ("/v1/nodes/{name}/cordon", Cordon::Only),
                 "drain" => ("/v1/nodes/{name}/drain", Cordon::Drain),
                 _ => ("/v1/nodes/{name}/uncordon", Cordon::Uncordon),
             };
@@ -306,7 +306,7 @@ where
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Cordon {
     /// No new containers.
-    Cordon,
+    Only,
     /// No new containers, and the ones there move off, make-before-break.
     Drain,
     /// Schedulable again (ends a drain too).
@@ -318,7 +318,7 @@ async fn cordon(state: &ApiState, req: &Request, name: &str, mode: Cordon) -> An
     only(req, &[Method::POST])?;
     valid_name(name)?;
     let (unschedulable, draining, result) = match mode {
-        Cordon::Cordon => (true, None, "cordoned"),
+        Cordon::Only => (true, None, "cordoned"),
         Cordon::Drain => (true, Some(true), "draining"),
         Cordon::Uncordon => (false, Some(false), "uncordoned"),
     };

@@ -15,7 +15,7 @@ use super::{ApiError, ApiState};
 const CLIENT_BUFFER: usize = 256;
 /// How often a quiet watch sends a `BOOKMARK` line, so a client can tell a quiet stream from a
 /// dead connection (a partition leaves TCP silent) and list again.
-pub const BOOKMARK_EVERY: std::time::Duration = std::time::Duration::from_secs(3);
+pub const BOOKMARK_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Answers `?watch=true`: every change after revision `after` (0: from now), as NDJSON lines.
 pub async fn serve(
