@@ -428,26 +428,27 @@ impl Nodes {
 
     async fn check(&self, started: Instant) -> Result<(), ObjectError> {
         let (nodes, _) = self.objects.list::<Node>().await?;
-        let detectors = self.detectors.lock().await.clone();
         let now = self.epoch.elapsed().as_secs_f64();
         let since = started.duration_since(self.epoch).as_secs_f64();
-        for mut node in nodes {
-            let ready = node.status.as_ref().map(|s| s.phase) == Some(NodePhase::Ready);
-            if !ready {
-                continue;
-            }
-            let detector = detectors
-                .get(&node.metadata.name)
-                .cloned()
-                .unwrap_or_else(|| Detector::new(self.grace));
-            if !detector.is_dead(now, since) {
-                continue;
-            }
-            let silence = detector.silence(now, since);
+        // Judge every Ready node under the lock, without copying the detectors' histories.
+        let dead: Vec<(Node, f64, f64)> = {
+            let detectors = self.detectors.lock().await;
+            let unheard = Detector::new(self.grace);
+            nodes
+                .into_iter()
+                .filter(|n| n.status.as_ref().map(|s| s.phase) == Some(NodePhase::Ready))
+                .filter_map(|n| {
+                    let d = detectors.get(&n.metadata.name).unwrap_or(&unheard);
+                    d.is_dead(now, since)
+                        .then(|| (d.silence(now, since), d.deadline()))
+                        .map(|(silence, deadline)| (n, silence, deadline))
+                })
+                .collect()
+        };
+        for (mut node, silence, deadline) in dead {
             tracing::warn!(node = %node.metadata.name, "no heartbeat for {silence:.1}s: NotReady");
             let message = format!(
-                "no heartbeat for {silence:.1}s (this link's usual rhythm allows {:.1}s)",
-                detector.deadline()
+                "no heartbeat for {silence:.1}s (this link's usual rhythm allows {deadline:.1}s)"
             );
             if let Some(s) = node.status.as_mut() {
                 s.phase = NodePhase::NotReady;
