@@ -242,6 +242,69 @@ async fn busybox_template_container_runs_and_stops() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_template_runs_once_per_board_and_each_container_has_its_own_copy() {
+    let b = Board::new();
+    let (first, second) = (unique("bb-first"), unique("bb-second"));
+    b.rt.create(&busybox(&first, &["/bin/sleep", "1000"]))
+        .await
+        .expect("create the first");
+    let base = b.lxcpath.join(".texu-templates/busybox");
+    let stamp = std::fs::metadata(base.join("texu.base")).expect("a finished base");
+    b.rt.create(&busybox(&second, &["/bin/sleep", "1000"]))
+        .await
+        .expect("create the second");
+    // The base was not built again for the second container.
+    let again = std::fs::metadata(base.join("texu.base")).unwrap();
+    assert_eq!(stamp.modified().unwrap(), again.modified().unwrap());
+    assert!(b
+        .rt
+        .list()
+        .await
+        .unwrap()
+        .iter()
+        .all(|n| !n.contains("busybox")));
+
+    for name in [&first, &second] {
+        b.rt.start(name).await.expect("start");
+    }
+    // A file written in one container is neither in the other nor in the base.
+    exec_ok(
+        &b.rt,
+        &first,
+        &["/bin/sh", "-c", "echo mine > /etc/only-first"],
+    )
+    .await;
+    let seen =
+        b.rt.exec(
+            &second,
+            &argv(&["/bin/cat", "/etc/only-first"]),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("exec");
+    assert!(
+        !seen.status.success(),
+        "the second container sees the first's file"
+    );
+    assert!(!base.join("rootfs/etc/only-first").exists());
+    // Each has its own hostname, and the base's busybox applets work.
+    assert_eq!(
+        exec_ok(&b.rt, &second, &["/bin/hostname"]).await.trim(),
+        second
+    );
+    assert!(exec_ok(&b.rt, &second, &["/bin/ls", "/bin"])
+        .await
+        .contains("httpd"));
+    for name in [&first, &second] {
+        b.rt.destroy(name).await.expect("destroy");
+    }
+    assert!(
+        base.join("rootfs/bin/busybox").exists(),
+        "the base stays for the next create"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn busybox_httpd_serves_on_the_container_loopback() {
     let b = Board::new();
     let name = unique("bb-httpd");
@@ -556,11 +619,18 @@ async fn a_missing_command_or_template_fails_cleanly() {
         Err(RuntimeError::VolumeSource { .. })
     ));
 
-    let leftovers: Vec<_> = std::fs::read_dir(&b.lxcpath)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert!(leftovers.is_empty(), "left in the LXC path: {leftovers:?}");
+    // Only the busybox base the first creates built stays: the failed template left no base.
+    let listing = |dir: &Path| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(listing(&b.lxcpath), vec![".texu-templates".to_string()]);
+    let bases = listing(&b.lxcpath.join(".texu-templates"));
+    assert_eq!(bases, vec!["busybox".to_string()], "template bases");
     assert!(b.rt.list().await.unwrap().is_empty());
 }
 

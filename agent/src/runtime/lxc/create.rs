@@ -8,7 +8,8 @@ use std::path::Path;
 
 use tracing::warn;
 
-use super::files::{io_err, log_since, nul_join, write_atomic, COMMAND_FILE, ENV_FILE};
+use super::files::{io_err, nul_join, write_atomic, COMMAND_FILE, ENV_FILE};
+use super::templates::copy_rootfs;
 use super::Inner;
 use crate::lxc::LxcContainer;
 use crate::runtime::config::{
@@ -94,24 +95,18 @@ impl Inner {
         let dir = self.dir(name);
         match &spec.image {
             Image::Template(template) => {
-                // Setting the log first also keeps liblxc from loading the board's
-                // default.conf (its lxcbr0 network and such): the template's config is the base.
-                let create_log = self.lxcpath.join(format!(".{name}.create.log"));
-                c.set_config_item("lxc.log.file", &create_log.display().to_string())?;
-                c.set_config_item("lxc.log.level", "WARN")?;
-                let created = c.create(template, &[]);
-                let log = log_since(&create_log, 0);
-                let _ = fs::remove_file(&create_log);
-                created.map_err(|source| RuntimeError::Template {
-                    name: name.to_owned(),
-                    template: template.clone(),
-                    log,
-                    source: Box::new(source),
-                })?;
-                // The template's network (if any) and the keys we set again below.
-                for key in ["lxc.net", "lxc.uts.name", "lxc.log.file", "lxc.log.level"] {
-                    c.clear_config_item(key)?;
+                // The template ran once into a base; this container gets a copy of it.
+                let base = self.template_base(name, template)?;
+                fs::DirBuilder::new()
+                    .mode(0o750)
+                    .create(&dir)
+                    .map_err(io_err(name, "create", &dir))?;
+                let rootfs = dir.join("rootfs");
+                copy_rootfs(name, &base.rootfs, &rootfs)?;
+                for (key, value) in &base.items {
+                    c.set_config_item(key, value)?;
                 }
+                c.set_config_item("lxc.rootfs.path", &format!("dir:{}", rootfs.display()))?;
             }
             Image::Host => {
                 fs::DirBuilder::new()

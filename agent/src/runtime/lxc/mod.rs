@@ -12,10 +12,13 @@
 //! - `texu.oom`: the memory cgroup's OOM record, saved by the stop hook (`texu-hook`) before
 //!   LXC deletes the cgroup;
 //! - `hostname`, `hosts`, `home/`: mounted into host-image containers.
+//!
+//! `<lxcpath>/.texu-templates/` holds one base per LXC template used (see `templates`).
 
 mod create;
 pub(crate) mod files;
 mod lifecycle;
+mod templates;
 
 use std::collections::HashSet;
 use std::fs;
@@ -50,6 +53,8 @@ struct Inner {
     host: HostLayout,
     cgroup_prefix: String,
     creating: Mutex<HashSet<String>>,
+    /// Held while a template base is checked or built (see `templates`).
+    bases: Mutex<()>,
 }
 
 /// What `observe` saw.
@@ -121,6 +126,7 @@ impl LxcRuntime {
                 host,
                 cgroup_prefix,
                 creating: Mutex::new(HashSet::new()),
+                bases: Mutex::new(()),
             }),
         })
     }
