@@ -603,35 +603,41 @@ fn board_of(c: &Cluster, node: &str) -> Result<usize> {
         .with_context(|| format!("no board is {node}"))
 }
 
+/// A responder role with a `disconnect` policy (YAML lines under `disconnect:`).
+fn responder_with(name: &str, replicas: usize, max_per_node: usize, disconnect: &[&str]) -> String {
+    let lines: String = disconnect.iter().map(|l| format!("    {l}\n")).collect();
+    responder(name, replicas, max_per_node).replace(
+        "  placement:",
+        &format!("  disconnect:\n{lines}  placement:"),
+    )
+}
+
+/// The name of a container of `role` bound to `board`.
+fn role_on(c: &Cluster, role: &str, board: usize) -> Result<String> {
+    let node = c.plan().node_name(board);
+    c.api()
+        .containers()?
+        .into_iter()
+        .find(|x| x.spec.role == role && x.spec.node.as_deref() == Some(node.as_str()))
+        .map(|x| x.metadata.name)
+        .with_context(|| format!("no container of {role} on board {board}"))
+}
+
 #[test]
 fn partitions_shorter_than_lost_after_move_nothing_longer_ones_leave_one_copy() -> Result<()> {
     let mut c = start(3)?;
     // `slow` waits 8 s before replacing; `orig` replaces at once but keeps the original copy
     // when its board comes back.
-    let slow = responder("slow", 3, 2).replace(
-        "  placement:",
-        "  disconnect:\n    lostAfter: 8s\n  placement:",
-    );
-    let orig = responder("orig", 3, 2).replace(
-        "  placement:",
-        "  disconnect:\n    keep: original\n  placement:",
-    );
+    let slow = responder_with("slow", 3, 2, &["lostAfter: 8s"]);
+    let orig = responder_with("orig", 3, 2, &["keep: original"]);
     c.apply_yaml(&format!("{slow}---\n{orig}"))?;
     c.wait_ready(Duration::from_secs(90))?;
     let node2 = c.plan().node_name(2);
-    let on2 = |c: &Cluster, role: &str| -> Result<String> {
-        c.api()
-            .containers()?
-            .into_iter()
-            .find(|x| x.spec.role == role && x.spec.node.as_deref() == Some(node2.as_str()))
-            .map(|x| x.metadata.name)
-            .context("no container of the role on board 2")
-    };
-    let slow2 = on2(&c, "slow")?;
+    let slow2 = role_on(&c, "slow", 2)?;
     let init = c
         .container_init_pid(2, &slow2)
         .context("slow on board 2 is not running")?;
-    let orig2 = on2(&c, "orig")?;
+    let orig2 = role_on(&c, "orig", 2)?;
     let orig_init = c
         .container_init_pid(2, &orig2)
         .context("orig on board 2 is not running")?;
@@ -701,6 +707,15 @@ fn partitions_shorter_than_lost_after_move_nothing_longer_ones_leave_one_copy() 
     ensure!(
         running_on(&c, &slow2) != vec![2],
         "keep: replacement, but {slow2} still runs on board 2"
+    );
+    // `orig` was replaced again at once; on this second return too its original wins.
+    c.wait_ready(Duration::from_secs(30))?;
+    ensure!(
+        c.container_init_pid(2, &orig2) == Some(orig_init),
+        "keep: original, but after the second partition the original {orig2} on board 2 (init {orig_init}) is not the one running: runs on {:?}; {:?}\n{}",
+        running_on(&c, &orig2),
+        container(&c, &orig2)?,
+        c.diagnostics()
     );
     let events = c.texu_ok(&["events"])?;
     ensure!(
@@ -861,9 +876,11 @@ spec:
 }
 
 #[test]
-fn draining_a_board_under_a_request_loop_fails_no_request() -> Result<()> {
+fn draining_and_rebalancing_a_board_under_a_request_loop_fail_no_request() -> Result<()> {
     let mut config = ClusterConfig::new(3, texu_bin());
     config.host_routes = true;
+    // Rebalance onto a board once it has been Ready (and schedulable) for 3 s.
+    config.controller_args = vec!["--settle".into(), "3s".into()];
     let c = Cluster::start(config).context("cannot start a 3-board cluster")?;
     c.apply_yaml(&responder("web", 3, 2))?;
     c.wait_ready(Duration::from_secs(60))?;
@@ -871,7 +888,7 @@ fn draining_a_board_under_a_request_loop_fails_no_request() -> Result<()> {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (server, token) = (c.server().to_string(), c.token().to_string());
     let loop_stop = stop.clone();
-    // A bounded client loop: at most 20,000 requests or 120 s. Like a proxy, it sends each
+    // A bounded client loop: at most 40,000 requests or 180 s. Like a proxy, it sends each
     // request to a Ready endpoint of the role, read from the controller every 100 ms.
     let client = std::thread::spawn(move || -> (u64, Vec<String>) {
         let api = texu::cluster::Api::new(&server, &token);
@@ -880,8 +897,8 @@ fn draining_a_board_under_a_request_loop_fails_no_request() -> Result<()> {
         let mut refreshed = Instant::now() - Duration::from_secs(1);
         let started = Instant::now();
         while !loop_stop.load(std::sync::atomic::Ordering::SeqCst)
-            && sent < 20_000
-            && started.elapsed() < Duration::from_secs(120)
+            && sent < 40_000
+            && started.elapsed() < Duration::from_secs(180)
         {
             if refreshed.elapsed() >= Duration::from_millis(100) {
                 if let Ok(all) = api.containers() {
@@ -913,18 +930,6 @@ fn draining_a_board_under_a_request_loop_fails_no_request() -> Result<()> {
     ensure!(out.contains("drained"), "texu drain said {out:?}");
     // Past the leave delay of the last moved copy.
     std::thread::sleep(Duration::from_secs(4));
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let (sent, failed) = client
-        .join()
-        .map_err(|_| anyhow::anyhow!("client loop panicked"))?;
-    println!("drain under load: {sent} requests, {} failed", failed.len());
-    ensure!(sent > 100, "only {sent} requests were sent");
-    ensure!(
-        failed.is_empty(),
-        "{} failed requests: {:?}",
-        failed.len(),
-        &failed[..failed.len().min(5)]
-    );
     ensure!(
         c.lxc_containers(2).is_empty(),
         "board 2 still holds {:?}",
@@ -939,8 +944,114 @@ fn draining_a_board_under_a_request_loop_fails_no_request() -> Result<()> {
         by_node.values().map(Vec::len).sum::<usize>() == 3,
         "{by_node:?}"
     );
+
+    // Uncordoned, board 2 takes one container back (make-before-break): one per board.
+    c.texu_ok(&["uncordon", &node2])?;
+    c.wait_until(
+        Duration::from_secs(60),
+        "one Ready container per board",
+        || {
+            let by_node = ready_by_node(&c).ok()?;
+            (by_node.len() == 3 && by_node.values().all(|v| v.len() == 1)).then_some(())
+        },
+    )?;
+    std::thread::sleep(Duration::from_secs(4));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (sent, failed) = client
+        .join()
+        .map_err(|_| anyhow::anyhow!("client loop panicked"))?;
+    println!(
+        "drain and rebalance under load: {sent} requests, {} failed",
+        failed.len()
+    );
+    ensure!(sent > 100, "only {sent} requests were sent");
+    ensure!(
+        failed.is_empty(),
+        "{} failed requests: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    exactly_one_copy_each(&c)?;
     let events = c.texu_ok(&["events"])?;
     ensure!(events.contains("Drained"), "no Drained event:\n{events}");
+    ensure!(
+        events.contains("Rebalanced"),
+        "no Rebalanced event:\n{events}"
+    );
+    c.teardown()?;
+    Ok(())
+}
+
+#[test]
+fn a_cut_off_board_stops_containers_after_stop_on_node_after_and_starts_them_again() -> Result<()> {
+    let mut c = start(3)?;
+    // `guard` is not replaced for a minute but stops on a board cut off for 2 s; `fast` is
+    // replaced at once and stops on the cut-off board too, so two never run at once.
+    let guard = responder_with("guard", 3, 1, &["lostAfter: 60s", "stopOnNodeAfter: 2s"]);
+    let fast = responder_with("fast", 3, 2, &["stopOnNodeAfter: 2s"]);
+    c.apply_yaml(&format!("{guard}---\n{fast}"))?;
+    c.wait_ready(Duration::from_secs(90))?;
+    let node2 = c.plan().node_name(2);
+    let (guard2, fast2) = (role_on(&c, "guard", 2)?, role_on(&c, "fast", 2)?);
+    let guard_init = c
+        .container_init_pid(2, &guard2)
+        .context("guard on board 2 is not running")?;
+
+    c.partition(2)?;
+    c.wait_until(
+        Duration::from_secs(30),
+        "the cut-off board to stop both containers",
+        || {
+            (c.container_init_pid(2, &guard2).is_none()
+                && c.container_init_pid(2, &fast2).is_none())
+            .then_some(())
+        },
+    )?;
+    c.wait_until(Duration::from_secs(30), "fast's replacement Ready", || {
+        ready_by_node(&c)
+            .ok()?
+            .iter()
+            .any(|(n, cs)| *n != node2 && cs.iter().any(|x| x.metadata.name == fast2))
+            .then_some(())
+    })?;
+    ensure!(
+        running_on(&c, &fast2).len() == 1,
+        "two copies of {fast2} run during the partition: boards {:?}",
+        running_on(&c, &fast2)
+    );
+    ensure!(
+        running_on(&c, &guard2).is_empty(),
+        "{guard2} runs on boards {:?} while its board is cut off",
+        running_on(&c, &guard2)
+    );
+    let bound = container(&c, &guard2)?;
+    ensure!(
+        bound.spec.node.as_deref() == Some(node2.as_str()),
+        "guard moved within its lostAfter: {bound:?}"
+    );
+
+    // Back: guard starts again on board 2 (a new init, no restart counted); fast's copy
+    // there is fenced and removed.
+    c.restore(2)?;
+    wait_node(&c, 2, "Ready")?;
+    c.wait_ready(Duration::from_secs(60))?;
+    let again = c
+        .container_init_pid(2, &guard2)
+        .context("guard did not start again on board 2")?;
+    ensure!(
+        again != guard_init,
+        "guard's init {guard_init} never stopped"
+    );
+    let status = container(&c, &guard2)?.status.context("no status")?;
+    ensure!(
+        status.restarts == 0,
+        "a cut-off stop counted as a restart: {status:?}"
+    );
+    exactly_one_copy_each(&c)?;
+    ensure!(
+        running_on(&c, &fast2) != vec![2],
+        "{fast2} runs on board 2 again"
+    );
     c.teardown()?;
     Ok(())
 }

@@ -3,16 +3,18 @@
 //! template error fails the container with `TemplateFailed`, a restart does not render again,
 //! and removing the container removes its files.
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use texu_agent::daemon::client::{Client, Reported};
-use texu_agent::daemon::{Config, Desired, Reconciler};
+use common::{eventually, Harness};
+use texu_agent::daemon::contact::Contact;
+use texu_agent::daemon::Desired;
 use texu_agent::files;
-use texu_agent::runtime::{FakeCall, FakeRuntime};
-use texu_api::{Container, ContainerPhase, DesiredState, FileTemplate, RoleSpec};
-use tokio::sync::{mpsc, watch, Mutex};
+use texu_agent::runtime::FakeCall;
+use texu_api::{Container, ContainerPhase, FileTemplate, RoleSpec};
 
 fn container(name: &str, ordinal: i64, template: &str, replaces: Option<&str>) -> Container {
     let mut role = RoleSpec::with_image("template:busybox");
@@ -23,74 +25,16 @@ fn container(name: &str, ordinal: i64, template: &str, replaces: Option<&str>) -
         check: vec![],
         reload: vec![],
     }];
-    Container::new(
-        name,
-        texu_api::ContainerSpec {
-            role: "app".into(),
-            ordinal,
-            node: Some("board1".into()),
-            generation: 1,
-            desired: DesiredState::Running,
-            template: Some(role),
-            image_digest: None,
-            replaces: replaces.map(str::to_owned),
-            moved_from: None,
-            handoff: None,
-        },
-    )
-}
-
-/// Waits until `done` holds, or panics after a few seconds.
-async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
-    for _ in 0..200 {
-        if done() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
-async fn status(statuses: &Mutex<Vec<Reported>>, name: &str) -> Option<Reported> {
-    statuses
-        .lock()
-        .await
-        .iter()
-        .find(|r| r.name == name)
-        .cloned()
+    let mut c = common::container(name, ordinal, role);
+    c.spec.replaces = replaces.map(str::to_owned);
+    c
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn files_are_rendered_into_the_spec_on_create_and_removed_with_the_container() {
     let data = tempfile::tempdir().unwrap();
-    let config = Config {
-        server: "http://127.0.0.1:9".into(),
-        join_token: None,
-        name: "board1".into(),
-        data_dir: data.path().to_owned(),
-        labels: Default::default(),
-        address: "10.0.0.1".into(),
-        network: None,
-        heartbeat: Duration::from_millis(500),
-        heartbeat_jitter: Duration::ZERO,
-    };
-    let rt = Arc::new(FakeRuntime::new());
-    let mut reconciler = Reconciler::new(
-        &config,
-        None,
-        rt.clone(),
-        Client::new(&config.server),
-        "credential".into(),
-        Arc::new(texu_agent::daemon::contact::Contact::default()),
-    )
-    .unwrap();
-    let (tx, rx) = mpsc::channel(8);
-    let statuses = Arc::new(Mutex::new(Vec::new()));
-    let (stop, stopped) = watch::channel(false);
-    let task = {
-        let statuses = statuses.clone();
-        tokio::spawn(async move { reconciler.run(rx, statuses, stopped).await })
-    };
+    let h = Harness::start(data.path(), Arc::new(Contact::default()));
+    let rt = h.rt.clone();
 
     let good = container(
         "app-0",
@@ -99,9 +43,7 @@ async fn files_are_rendered_into_the_spec_on_create_and_removed_with_the_contain
         Some("198.19.2.9"),
     );
     let bad = container("app-1", 1, "line 1\n{{ nmae }}\n", None);
-    tx.send(Desired::Snapshot(vec![good.clone(), bad], 0))
-        .await
-        .unwrap();
+    h.send(Desired::Snapshot(vec![good.clone(), bad], 0)).await;
 
     eventually("app-0 created", || rt.spec("app-0").is_some()).await;
     let spec = rt.spec("app-0").unwrap();
@@ -123,7 +65,7 @@ async fn files_are_rendered_into_the_spec_on_create_and_removed_with_the_contain
     // The template error fails the create, and says where.
     let mut failed = None;
     for _ in 0..200 {
-        failed = status(&statuses, "app-1").await;
+        failed = h.status("app-1").await;
         if failed
             .as_ref()
             .is_some_and(|r| r.status.phase == ContainerPhase::Failed)
@@ -153,13 +95,12 @@ async fn files_are_rendered_into_the_spec_on_create_and_removed_with_the_contain
     assert!(!rt.calls().contains(&FakeCall::Create("app-0".into())));
     assert_eq!(std::fs::read_to_string(&host).unwrap(), "kept\n");
 
-    tx.send(Desired::Remove("app-0".into())).await.unwrap();
+    h.send(Desired::Remove("app-0".into())).await;
     eventually("app-0 removed", || rt.spec("app-0").is_none()).await;
     eventually("its files removed", || {
         !files::dir(data.path(), "app-0").exists()
     })
     .await;
 
-    stop.send(true).unwrap();
-    task.await.unwrap();
+    h.stop().await;
 }

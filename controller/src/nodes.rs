@@ -289,6 +289,14 @@ impl Nodes {
                 );
             }
         }
+        if !was_ready {
+            let names: Vec<(&str, &str)> = beat
+                .containers
+                .iter()
+                .map(|r| (r.name.as_str(), r.status.phase.as_str()))
+                .collect();
+            tracing::info!(node = name, containers = ?names, "heartbeat from a board that was not Ready");
+        }
         for reported in beat.containers {
             // A conflict means someone changed it meanwhile: read it again and retry, as the
             // decisions of a returning board's first heartbeat are taken only once.
@@ -297,6 +305,7 @@ impl Nodes {
                     break;
                 };
                 if c.spec.generation != reported.generation {
+                    tracing::debug!(node = name, container = %reported.name, reported = reported.generation, current = c.spec.generation, "report of an older generation ignored");
                     break;
                 }
                 let Some(next) = self

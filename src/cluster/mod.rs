@@ -439,12 +439,40 @@ impl Cluster {
             procs::kill_child(controller);
         }
         self.controller = None;
+        self.keep_logs();
         if self.config.host_routes {
             for board in self.plan.board_numbers() {
                 net::remove_host_route(&self.plan, board);
             }
         }
         down::remove_leftovers(self.plan.name())
+    }
+}
+
+impl Cluster {
+    /// With `TEXU_KEEP_LOGS=DIR` set, copies the processes' logs to `DIR/CLUSTER/` before the
+    /// state directory goes (to read after a failed test).
+    fn keep_logs(&self) {
+        let Some(keep) = std::env::var_os("TEXU_KEEP_LOGS") else {
+            return;
+        };
+        let to = PathBuf::from(keep).join(self.plan.name());
+        let from = self.plan.dir().join("logs");
+        let copied = std::fs::create_dir_all(&to).and_then(|()| {
+            for entry in std::fs::read_dir(&from)? {
+                let entry = entry?;
+                std::fs::copy(entry.path(), to.join(entry.file_name()))?;
+            }
+            Ok(())
+        });
+        match copied {
+            Ok(()) => eprintln!(
+                "texu: logs of cluster {} kept in {}",
+                self.plan.name(),
+                to.display()
+            ),
+            Err(e) => eprintln!("texu: could not keep the logs in {}: {e}", to.display()),
+        }
     }
 }
 
