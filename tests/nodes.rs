@@ -26,23 +26,40 @@ fn call(method: &str, url: &str, token: &str, body: Option<&Value>) -> (u16, Val
 }
 
 fn spec(address: &str) -> Value {
-    json!({ "address": address, "arch": "amd64", "cpus": 2, "memoryBytes": 1u64 << 30 })
+    spec_of(address, "amd64")
+}
+
+fn spec_of(address: &str, arch: &str) -> Value {
+    json!({ "address": address, "arch": arch, "cpus": 2, "memoryBytes": 1u64 << 30 })
 }
 
 fn join(c: &ControllerProcess, name: &str, address: &str) -> String {
+    join_as(c, name, spec(address))
+}
+
+fn join_as(c: &ControllerProcess, name: &str, spec: Value) -> String {
     let (code, v) = call(
         "POST",
         &format!("{}/v1/join", c.server),
         &c.join_token(),
-        Some(&json!({ "name": name, "labels": {"site": "home"}, "spec": spec(address) })),
+        Some(&json!({ "name": name, "labels": {"site": "home"}, "spec": spec })),
     );
     assert_eq!(code, 200, "{v}");
     v["credential"].as_str().unwrap().to_string()
 }
 
 fn beat(c: &ControllerProcess, name: &str, credential: &str, containers: Value) -> u16 {
-    let body =
-        json!({ "spec": spec("198.18.0.2"), "labels": {"site": "home"}, "containers": containers });
+    beat_as(c, name, credential, spec("198.18.0.2"), containers)
+}
+
+fn beat_as(
+    c: &ControllerProcess,
+    name: &str,
+    credential: &str,
+    spec: Value,
+    containers: Value,
+) -> u16 {
+    let body = json!({ "spec": spec, "labels": {"site": "home"}, "containers": containers });
     call(
         "PUT",
         &format!("{}/v1/nodes/{name}/status", c.server),
@@ -288,4 +305,108 @@ fn subnets_are_assigned_kept_on_rejoin_and_freed_when_a_board_is_removed() {
     );
     join(&c, "board-c", "198.18.0.4");
     assert_eq!(subnet_of("board-c"), "198.19.64.0/24");
+}
+
+/// A tarball with one file saying which architecture it is for.
+fn variant(dir: &std::path::Path, arch: &str) -> std::path::PathBuf {
+    let root = dir.join(arch);
+    std::fs::create_dir_all(&root).unwrap();
+    std::fs::write(root.join("arch"), arch).unwrap();
+    let tarball = dir.join(format!("{arch}.tar.gz"));
+    let ok = std::process::Command::new("tar")
+        .arg("-czf")
+        .arg(&tarball)
+        .arg("-C")
+        .arg(&root)
+        .arg(".")
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "tar failed");
+    tarball
+}
+
+/// Container app-0 as listed (`null` before it exists).
+fn app0(c: &ControllerProcess) -> Value {
+    let list = c.get_json(&["containers"]);
+    let items = list["items"].as_array().cloned().unwrap_or_default();
+    items
+        .into_iter()
+        .find(|i| i["metadata"]["name"] == "app-0")
+        .unwrap_or(Value::Null)
+}
+
+#[test]
+fn a_kept_original_keeps_its_own_boards_image_variant() {
+    let c = ControllerProcess::start_with(None, &["--node-grace", "600ms"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let import = |arch: &str| {
+        let tarball = variant(tmp.path(), arch);
+        let out = c.texu_ok(&[
+            "image",
+            "import",
+            "app:1",
+            "--arch",
+            arch,
+            tarball.to_str().unwrap(),
+        ]);
+        let digest = out
+            .split("imported: ")
+            .nth(1)
+            .and_then(|d| d.split_whitespace().next());
+        digest
+            .unwrap_or_else(|| panic!("no digest in {out:?}"))
+            .to_string()
+    };
+    let (arm_digest, x86_digest) = (import("arm64"), import("amd64"));
+    assert_ne!(arm_digest, x86_digest);
+
+    // Only the arm board is there: app-0 goes to it, with the arm64 variant.
+    let (arm_spec, x86_spec) = (
+        spec_of("198.18.0.2", "arm64"),
+        spec_of("198.18.0.3", "amd64"),
+    );
+    let arm = join_as(&c, "board-arm", arm_spec.clone());
+    beat_as(&c, "board-arm", &arm, arm_spec.clone(), json!([]));
+    let role = "apiVersion: texu.io/v1\nkind: Role\nmetadata:\n  name: app\nspec:\n  replicas: 1\n  image: app:1\n  command: [/bin/sleep, '100']\n  disconnect:\n    keep: original\n";
+    let out = c.texu_stdin(&["apply", "-f", "-"], role.as_bytes());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ready = json!([{ "name": "app-0", "generation": 1,
+        "status": { "phase": "Ready", "address": "198.19.1.5" } }]);
+    let placed = wait_for(Duration::from_secs(10), "app-0 on the arm board", || {
+        beat_as(&c, "board-arm", &arm, arm_spec.clone(), ready.clone());
+        let app = app0(&c);
+        (app["spec"]["node"] == "board-arm" && app["status"]["phase"] == "Ready").then_some(app)
+    });
+    assert_eq!(placed["spec"]["imageDigest"], arm_digest.as_str());
+
+    // The arm board falls silent: app-0 moves to the amd64 board, with its variant.
+    let x86 = join_as(&c, "board-x86", x86_spec.clone());
+    let moved = wait_for(
+        Duration::from_secs(10),
+        "app-0 moved to the amd64 board",
+        || {
+            beat_as(&c, "board-x86", &x86, x86_spec.clone(), json!([]));
+            std::thread::sleep(Duration::from_millis(100));
+            let app = app0(&c);
+            (app["spec"]["node"] == "board-x86").then_some(app)
+        },
+    );
+    assert_eq!(moved["spec"]["imageDigest"], x86_digest.as_str());
+
+    // The arm board is back with its copy running: it stays there (keep: original), and with
+    // the arm64 variant again, not the amd64 one its replacement ran.
+    assert_eq!(
+        beat_as(&c, "board-arm", &arm, arm_spec.clone(), ready.clone()),
+        200
+    );
+    let kept = app0(&c);
+    assert_eq!(kept["spec"]["node"], "board-arm", "{kept}");
+    assert_eq!(kept["spec"]["imageDigest"], arm_digest.as_str(), "{kept}");
+    let events = c.texu_ok(&["events"]);
+    assert!(events.contains("KeptOriginal"), "{events}");
 }

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use texu_api::{
-    Cidr, Container, ContainerPhase, ContainerStatus, EventKind, Keep, Kind, Node, NodePhase,
-    NodeSpec, NodeStatus, Role,
+    Cidr, Container, ContainerPhase, ContainerStatus, EventKind, ImageRef, Keep, Kind, Node,
+    NodePhase, NodeSpec, NodeStatus, Role,
 };
 use tokio::sync::Mutex;
 
@@ -405,6 +405,11 @@ impl Nodes {
             c.spec.moved_from = None;
             c.spec.handoff = None;
             c.status = Some(status);
+            if let Some(role) = &role {
+                // The variant of a stored image for this board's architecture, not the one the
+                // replacement's board ran.
+                c.spec.image_digest = self.digest_for(role, name).await?;
+            }
             return Ok(Some(c));
         }
         self.objects.events().record(
@@ -417,6 +422,22 @@ impl Nodes {
         );
         c.spec.moved_from = None;
         Ok(Some(c))
+    }
+
+    /// The variant of the role's stored image that `node` runs (`None` for host and LXC
+    /// template images, or when the store has none for the node's architecture).
+    async fn digest_for(&self, role: &Role, node: &str) -> Result<Option<String>, ObjectError> {
+        let Ok(ImageRef::Stored { name, tag }) = role.spec.image_ref() else {
+            return Ok(None);
+        };
+        let Some(node) = self.objects.get::<Node>(node).await? else {
+            return Ok(None);
+        };
+        let catalog = crate::scheduling::catalog(&self.objects).await?;
+        Ok(catalog
+            .get(&format!("{name}:{tag}"))
+            .and_then(|variants| variants.get(&node.spec.arch))
+            .cloned())
     }
 
     /// Marks nodes whose heartbeats stopped for the grace period NotReady; runs until `stop`.
