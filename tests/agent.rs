@@ -370,18 +370,7 @@ fn busybox_image(dir: &std::path::Path) -> std::path::PathBuf {
         "served from an imported image\n",
     )
     .unwrap();
-    let tarball = dir.join("bb.tar.gz");
-    let ok = std::process::Command::new("tar")
-        .arg("-czf")
-        .arg(&tarball)
-        .arg("-C")
-        .arg(&root)
-        .arg(".")
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "tar failed");
-    tarball
+    common::tarball(&root, &dir.join("bb.tar.gz"))
 }
 
 #[test]

@@ -312,18 +312,7 @@ fn variant(dir: &std::path::Path, arch: &str) -> std::path::PathBuf {
     let root = dir.join(arch);
     std::fs::create_dir_all(&root).unwrap();
     std::fs::write(root.join("arch"), arch).unwrap();
-    let tarball = dir.join(format!("{arch}.tar.gz"));
-    let ok = std::process::Command::new("tar")
-        .arg("-czf")
-        .arg(&tarball)
-        .arg("-C")
-        .arg(&root)
-        .arg(".")
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "tar failed");
-    tarball
+    common::tarball(&root, &dir.join(format!("{arch}.tar.gz")))
 }
 
 /// Container app-0 as listed (`null` before it exists).

@@ -377,3 +377,18 @@ pub fn http_get(url: &str) -> Option<String> {
         .into_string()
         .ok()
 }
+
+/// Packs the directory `root` into the gzipped tarball `to` (an image to import).
+pub fn tarball(root: &Path, to: &Path) -> PathBuf {
+    let ok = Command::new("tar")
+        .arg("-czf")
+        .arg(to)
+        .arg("-C")
+        .arg(root)
+        .arg(".")
+        .status()
+        .expect("run tar")
+        .success();
+    assert!(ok, "tar failed");
+    to.to_owned()
+}
