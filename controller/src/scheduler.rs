@@ -186,6 +186,11 @@ pub fn plan_with(
         .map(|r| (r.metadata.name.as_str(), r))
         .collect();
     let mut board = Board::new(nodes);
+    // Which boards a rebalance may move onto: Ready for the settle period (judged once).
+    let settled: Vec<bool> = nodes
+        .iter()
+        .map(|n| is_ready(n) && in_phase_for(n, now) >= settings.settle_secs)
+        .collect();
     let mut existing: HashMap<&str, &Container> = HashMap::new();
     for c in containers {
         existing.insert(c.metadata.name.as_str(), c);
@@ -272,7 +277,7 @@ pub fn plan_with(
             drain(role, &mut mine, &mut placer, &mut board);
             if rebalancing == 0
                 && role.spec.placement.strategy == Strategy::Spread
-                && rebalance(role, &mut mine, &mut placer, &mut board, now, settings)
+                && rebalance(role, &mut mine, &mut placer, &mut board, &settled)
             {
                 rebalancing += 1;
             }
@@ -369,8 +374,7 @@ fn rebalance(
     mine: &mut [(Container, Change)],
     placer: &mut Placer<'_>,
     board: &mut Board<'_>,
-    now: i64,
-    settings: &Settings,
+    settled: &[bool],
 ) -> bool {
     let calm = mine.iter().all(|(c, change)| {
         *change == Change::None
@@ -391,11 +395,11 @@ fn rebalance(
     else {
         return false;
     };
-    let settled = |j: usize| {
-        let node = &board.nodes[j];
-        is_ready(node) && in_phase_for(node, now) >= settings.settle_secs
-    };
-    let Ok(target) = placer.place(board, settled) else {
+    // A move needs a donor with at least two more than the target will have.
+    if most < 2 {
+        return false;
+    }
+    let Ok(target) = placer.place(board, |j| settled[j]) else {
         return false;
     };
     if board.count(name, target) + 2 > most {

@@ -152,6 +152,23 @@ fn record_decision(events: &Events, before: Option<&Container>, after: &Containe
             }
         }
         Some(node) => {
+            let target = after.spec.handoff.as_ref();
+            let before_target = before
+                .and_then(|b| b.spec.handoff.as_ref())
+                .map(|h| &h.node);
+            if let Some(h) = target.filter(|h| Some(&h.node) != before_target) {
+                // A move starts: the new copy is placed; the switch is recorded when it is
+                // Ready (Drained or Rebalanced).
+                events.record(
+                    EventKind::Placed,
+                    object.clone(),
+                    Some(&h.node),
+                    format!(
+                        "{name}: a new copy on {} before the one on {node} stops ({})",
+                        h.node, h.reason
+                    ),
+                );
+            }
             if status.map(|s| s.phase) == Some(ContainerPhase::Lost) && was != status {
                 let message = message.unwrap_or_else(|| format!("node {node} is not ready"));
                 events.record(EventKind::Lost, object, Some(node), message);
@@ -233,6 +250,16 @@ mod tests {
             "moved to b2",
         );
         record_decision(&events, Some(&lost), &moved);
+        // A drain starts a move; the same plan again records nothing new.
+        let mut moving = moved.clone();
+        moving.spec.handoff = Some(texu_api::Handoff {
+            node: "b3".into(),
+            reason: crate::scheduler::DRAIN.into(),
+            image_digest: None,
+            status: None,
+        });
+        record_decision(&events, Some(&moved), &moving);
+        record_decision(&events, Some(&moving), &moving);
         let c = || "container/app-0".to_string();
         assert_eq!(
             kinds(&events),
@@ -250,6 +277,15 @@ mod tests {
                     c(),
                     Some("b2".into()),
                     "moved to b2".into()
+                ),
+                (
+                    EventKind::Placed,
+                    c(),
+                    Some("b3".into()),
+                    format!(
+                        "app-0: a new copy on b3 before the one on b2 stops ({})",
+                        crate::scheduler::DRAIN
+                    )
                 ),
             ]
         );
