@@ -494,3 +494,28 @@ fn imported_images_are_verified_cached_and_unpacked_and_a_bad_digest_is_refused(
         "the bad download is not kept: {leftovers:?}"
     );
 }
+
+#[test]
+fn a_container_turning_ready_is_reported_at_once_not_at_the_next_heartbeat() {
+    common::require_root_and_lxc();
+    // Heartbeats every 60 s, and the controller allows 180 s of silence: a Ready status can
+    // reach the controller within the 30 s waited here only by a prompt heartbeat.
+    let c = ControllerProcess::start_with(None, &["--node-grace", "180s"]);
+    let _agent = AgentProcess::start_with(&c, "board-f", 246, &["--heartbeat", "60s"]);
+    apply_yaml(
+        &c,
+        "apiVersion: texu.io/v1\nkind: Role\nmetadata:\n  name: prompt\nspec:\n  image: host\n  \
+         command: [/bin/busybox, httpd, -f, -p, \"8080\", -h, /etc]\n  ports:\n  - {name: http, port: 8080}\n  \
+         health:\n    readiness:\n      http: {path: /hostname, port: http}\n      periodSeconds: 0.2\n",
+    );
+    let all = wait_ready(&c, &["prompt-0"], Duration::from_secs(30));
+    assert_eq!(all["prompt-0"]["spec"]["node"], "board-f");
+    // The prompt heartbeats are not learned as the link's rhythm: the board stays Ready.
+    let nodes = c.get_json(&["nodes"]);
+    let node = nodes["items"]
+        .as_array()
+        .and_then(|n| n.iter().find(|n| n["metadata"]["name"] == "board-f"))
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(node["status"]["phase"], "Ready", "{node}");
+}

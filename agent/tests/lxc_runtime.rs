@@ -104,6 +104,7 @@ impl Drop for Board {
             }
         }
         self.rt.remove_cgroup_dirs();
+        lxc::remove_lock_dir(&self.lxcpath);
     }
 }
 
@@ -302,6 +303,11 @@ async fn the_template_runs_once_per_board_and_each_container_has_its_own_copy() 
         base.join("rootfs/bin/busybox").exists(),
         "the base stays for the next create"
     );
+    // liblxc's lock files for this LXC path go with it.
+    let locks = Path::new("/run/lxc/lock").join(b.lxcpath.strip_prefix("/").unwrap());
+    assert!(locks.exists(), "liblxc keeps locks in {}", locks.display());
+    drop(b);
+    assert!(!locks.exists(), "{} left behind", locks.display());
 }
 
 #[tokio::test(flavor = "multi_thread")]

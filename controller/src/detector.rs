@@ -26,7 +26,10 @@ const MIN_STD_SECS: f64 = 0.1;
 #[derive(Debug, Clone)]
 pub struct Detector {
     intervals: VecDeque<f64>,
+    /// The last heartbeat of any kind: silence is counted from it.
     last: Option<f64>,
+    /// The last heartbeat of the rhythm: intervals are counted from it.
+    last_rhythm: Option<f64>,
     grace: f64,
 }
 
@@ -39,6 +42,7 @@ impl Detector {
         Detector {
             intervals: [prior * 0.5, prior * 1.5].into_iter().collect(),
             last: None,
+            last_rhythm: None,
             grace,
         }
     }
@@ -47,8 +51,8 @@ impl Detector {
     /// was judged an outage is not learned as rhythm: a board back from a partition is watched
     /// as closely as before it.
     pub fn beat(&mut self, now: f64) {
-        if let Some(last) = self.last {
-            let interval = now - last;
+        if let (Some(last), Some(from)) = (self.last, self.last_rhythm) {
+            let interval = now - from;
             if interval > 0.0 && !self.is_dead(now, last) {
                 if self.intervals.len() == WINDOW {
                     self.intervals.pop_front();
@@ -56,6 +60,13 @@ impl Detector {
                 self.intervals.push_back(interval);
             }
         }
+        self.last = Some(now);
+        self.last_rhythm = Some(now);
+    }
+
+    /// Records a heartbeat sent out of rhythm (early, with news): the board is alive at `now`,
+    /// but the gap is not learned, and the next interval is measured from the last rhythmic one.
+    pub fn touch(&mut self, now: f64) {
         self.last = Some(now);
     }
 
@@ -130,6 +141,23 @@ impl Detector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_early_beat_out_of_rhythm_keeps_the_board_alive_without_teaching_a_faster_rhythm() {
+        // A window full of 0.5 s gaps: more of them change nothing.
+        let (mut d, mut t) = fed([0.5; WINDOW]);
+        let learned = d.mean_std();
+        // A beat 0.1 s after each regular one.
+        for _ in 0..20 {
+            d.touch(t + 0.1);
+            t += 0.5;
+            d.beat(t);
+        }
+        assert_eq!(d.mean_std(), learned, "touches changed the learned rhythm");
+        // It counts as a sign of life: silence is measured from it.
+        d.touch(t + 0.4);
+        assert!((d.silence(t + 1.0, 0.0) - 0.6).abs() < 1e-9);
+    }
 
     const GRACE: Duration = Duration::from_secs(2);
 

@@ -65,6 +65,10 @@ pub struct Heartbeat {
     pub labels: std::collections::BTreeMap<String, String>,
     #[serde(default)]
     pub containers: Vec<ReportedContainer>,
+    /// Sent out of rhythm, as soon as a container's status changed: a sign of life, but not a
+    /// beat whose gap the failure detector learns.
+    #[serde(default)]
+    pub prompt: bool,
 }
 
 /// Node bookkeeping shared by the API and the readiness monitor.
@@ -242,12 +246,17 @@ impl Nodes {
     /// Takes a heartbeat: marks the node seen, and writes node and container status that changed.
     pub async fn heartbeat(&self, name: &str, beat: Heartbeat) -> Result<(), ObjectError> {
         let now = self.epoch.elapsed().as_secs_f64();
-        self.detectors
-            .lock()
-            .await
-            .entry(name.to_string())
-            .or_insert_with(|| Detector::new(self.grace))
-            .beat(now);
+        {
+            let mut detectors = self.detectors.lock().await;
+            let detector = detectors
+                .entry(name.to_string())
+                .or_insert_with(|| Detector::new(self.grace));
+            if beat.prompt {
+                detector.touch(now);
+            } else {
+                detector.beat(now);
+            }
+        }
         let Some(mut node) = self.objects.get::<Node>(name).await? else {
             return Err(ObjectError::NotFound {
                 kind: "node",

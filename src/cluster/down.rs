@@ -128,6 +128,7 @@ pub fn remove_leftovers(name: &str) -> Result<DownReport> {
     for (_, lxc_path) in board_lxc_paths(&dir) {
         if let Ok(runtime) = texu_agent::runtime::LxcRuntime::new(&lxc_path) {
             runtime.remove_cgroup_dirs();
+            texu_agent::lxc::remove_lock_dir(runtime.lxcpath());
         }
     }
     if dir.exists() {

@@ -246,6 +246,8 @@ pub struct AgentProcess {
     pub metrics_addr: String,
     server: String,
     join_token: String,
+    /// More `texu agent` arguments.
+    extra_args: Vec<String>,
     _tmp: tempfile::TempDir,
 }
 
@@ -253,6 +255,11 @@ impl AgentProcess {
     /// Starts an agent named `name` for controller `c`; `net` picks its subnet 198.19.NET.0/24
     /// and bridge name, so tests running at once never share them.
     pub fn start(c: &ControllerProcess, name: &str, net: u8) -> AgentProcess {
+        Self::start_with(c, name, net, &[])
+    }
+
+    /// [`AgentProcess::start`] with more `texu agent` arguments.
+    pub fn start_with(c: &ControllerProcess, name: &str, net: u8, args: &[&str]) -> AgentProcess {
         require_root_and_lxc();
         let tmp = tempfile::tempdir().expect("temp dir");
         let mut agent = AgentProcess {
@@ -264,6 +271,7 @@ impl AgentProcess {
             metrics_addr: format!("127.0.0.1:{}", 19000 + u16::from(net)),
             server: c.server.clone(),
             join_token: c.join_token(),
+            extra_args: args.iter().map(|a| a.to_string()).collect(),
             _tmp: tmp,
         };
         agent.spawn();
@@ -280,6 +288,7 @@ impl AgentProcess {
             .args(["--join-token", &self.join_token])
             .args(["--bridge", &self.bridge, "--subnet", &self.subnet])
             .args(["--metrics-listen", &self.metrics_addr])
+            .args(&self.extra_args)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -365,6 +374,7 @@ impl Drop for AgentProcess {
         let _ = Command::new("ip")
             .args(["link", "del", &self.bridge])
             .output();
+        texu_agent::lxc::remove_lock_dir(&self.lxc_path());
     }
 }
 

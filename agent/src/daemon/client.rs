@@ -41,6 +41,8 @@ struct Heartbeat<'a> {
     spec: &'a NodeSpec,
     labels: &'a std::collections::BTreeMap<String, String>,
     containers: &'a [Reported],
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    prompt: bool,
 }
 
 #[derive(Deserialize)]
@@ -109,11 +111,13 @@ impl Client {
         spec: &NodeSpec,
         labels: &std::collections::BTreeMap<String, String>,
         containers: &[Reported],
+        prompt: bool,
     ) -> Result<()> {
         let body = serde_json::to_value(Heartbeat {
             spec,
             labels,
             containers,
+            prompt,
         })
         .map_err(|e| ClientError::Decode(e.to_string()))?;
         let _: serde_json::Value = self.send_within(

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use texu_api::{Container, NodeSpec};
-use tokio::sync::{mpsc, watch, Mutex};
+use tokio::sync::{mpsc, watch, Mutex, Notify};
 
 use crate::runtime::Runtime;
 use client::{Client, ClientError, Reported};
@@ -202,11 +202,13 @@ pub async fn run(
         desired_tx,
         stop.clone(),
     );
+    let changed = Arc::new(Notify::new());
     let heartbeat = tokio::spawn(heartbeat_loop(
         client.clone(),
         credential.clone(),
         config.clone(),
         statuses.clone(),
+        changed.clone(),
         contact.clone(),
         stop.clone(),
     ));
@@ -218,6 +220,7 @@ pub async fn run(
         credential.clone(),
         contact,
     )?;
+    reconciler.notify_changes(changed);
     reconciler.run(desired_rx, statuses, stop).await;
     let _ = heartbeat.await;
     Ok(())
@@ -326,17 +329,26 @@ fn jitter(max: Duration) -> Duration {
     max.mul_f64((x >> 11) as f64 / (1u64 << 53) as f64)
 }
 
-/// Sends a heartbeat every period with the latest container statuses; never gives up.
+/// How long a prompt heartbeat waits for more changes of the same burst, and how close the
+/// regular one may be due for a prompt one to be left to it.
+const PROMPT_GATHER: Duration = Duration::from_millis(50);
+
+/// Sends a heartbeat every period with the latest container statuses, and a prompt one as soon
+/// as a container's phase changed (a replacement is seen Ready without waiting for the period);
+/// never gives up.
 async fn heartbeat_loop(
     client: Client,
     credential: String,
     config: Config,
     statuses: Arc<Mutex<Vec<Reported>>>,
+    changed: Arc<Notify>,
     contact: Arc<Contact>,
     mut stop: watch::Receiver<bool>,
 ) {
     let spec = node_spec(&config);
     let mut failures = 0u32;
+    let mut prompt = false;
+    let mut next_regular = tokio::time::Instant::now();
     loop {
         let containers = statuses.lock().await.clone();
         let (c, cred, name, labels, spec2) = (
@@ -355,7 +367,7 @@ async fn heartbeat_loop(
         }
         let started = tokio::time::Instant::now();
         let result = tokio::task::spawn_blocking(move || {
-            c.heartbeat(&cred, &name, &spec2, &labels, &containers)
+            c.heartbeat(&cred, &name, &spec2, &labels, &containers, prompt)
         })
         .await;
         let delay = match result {
@@ -384,9 +396,26 @@ async fn heartbeat_loop(
                 config.heartbeat
             }
         };
-        tokio::select! {
+        // A prompt beat leaves the rhythm alone: the controller learns the link's usual delay
+        // from the regular ones.
+        if !prompt {
+            next_regular = tokio::time::Instant::now() + delay;
+        }
+        let news = tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
-            _ = tokio::time::sleep(delay) => {}
+            _ = tokio::time::sleep_until(next_regular) => false,
+            // While failing, the regular beat's backoff decides.
+            _ = changed.notified(), if failures == 0 => true,
+        };
+        prompt = false;
+        if news {
+            // Gather the rest of the burst; leave it to the regular beat if that is due anyway.
+            tokio::time::sleep(PROMPT_GATHER).await;
+            if next_regular <= tokio::time::Instant::now() + PROMPT_GATHER {
+                tokio::time::sleep_until(next_regular).await;
+            } else {
+                prompt = true;
+            }
         }
     }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use texu_api::{Container, ContainerPhase, ContainerStatus, ImageRef, RoleSpec};
-use tokio::sync::{mpsc, watch, Mutex};
+use tokio::sync::{mpsc, watch, Mutex, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -106,6 +106,8 @@ pub struct Reconciler {
     /// Containers moved or scaled away that still serve until the deadline.
     leaving: HashMap<String, Instant>,
     slots: HashMap<String, Slot>,
+    /// Told when a container's phase changes, so a heartbeat carries it at once.
+    changed: Arc<Notify>,
 }
 
 impl Reconciler {
@@ -145,7 +147,13 @@ impl Reconciler {
             contact,
             leaving: HashMap::new(),
             slots: HashMap::new(),
+            changed: Arc::new(Notify::new()),
         })
+    }
+
+    /// Notifies `changed` whenever a reported container's phase changes.
+    pub fn notify_changes(&mut self, changed: Arc<Notify>) {
+        self.changed = changed;
     }
 
     /// Reconciles on every change and every tick until `stop`.
@@ -175,7 +183,15 @@ impl Reconciler {
             let started = std::time::Instant::now();
             self.pass().await;
             crate::metrics::reconciled(started.elapsed(), &self.phases());
-            *statuses.lock().await = self.report();
+            let report = self.report();
+            let mut published = statuses.lock().await;
+            let phases = |r: &[Reported]| -> Vec<(String, ContainerPhase)> {
+                r.iter().map(|x| (x.name.clone(), x.status.phase)).collect()
+            };
+            if phases(&published) != phases(&report) {
+                self.changed.notify_one();
+            }
+            *published = report;
         }
         for slot in self.slots.values() {
             if let Some((cancel, _)) = &slot.probes {

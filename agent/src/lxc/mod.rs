@@ -625,6 +625,32 @@ pub fn list_defined(lxcpath: &Path) -> Result<Vec<String>> {
     Ok(out)
 }
 
+/// Removes liblxc's lock files for an LXC path that is going away: liblxc makes one under
+/// `/run/lxc/lock/<lxcpath>/` (as root) for every container it touches and never removes them.
+/// Best effort; does nothing for a relative path or `/`.
+pub fn remove_lock_dir(lxcpath: &Path) {
+    let Ok(relative) = lxcpath.strip_prefix("/") else {
+        return;
+    };
+    if relative.as_os_str().is_empty()
+        || relative
+            .components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+    {
+        return;
+    }
+    let dir = Path::new("/run/lxc/lock").join(relative);
+    let _ = std::fs::remove_dir_all(&dir);
+    // And the parents liblxc made for it, while empty (`remove_dir` leaves a non-empty one).
+    let mut parent = dir.parent();
+    while let Some(p) = parent.filter(|p| *p != Path::new("/run/lxc/lock")) {
+        if std::fs::remove_dir(p).is_err() {
+            break;
+        }
+        parent = p.parent();
+    }
+}
+
 /// liblxc's version string (e.g. "5.0.2").
 pub fn version() -> String {
     // SAFETY: returns a static C string.
