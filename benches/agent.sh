@@ -90,6 +90,8 @@ teardown() {
 		ip link del "$BRIDGE" || say "could not delete bridge $BRIDGE"
 	fi
 	rm -rf "$WORK"
+	# liblxc's lock files for the LXC path (it never removes them).
+	rm -rf "/run/lxc/lock$WORK"
 }
 
 cleanup() {

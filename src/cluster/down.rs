@@ -125,10 +125,11 @@ pub fn remove_leftovers(name: &str) -> Result<DownReport> {
         report.links.push(link);
     }
 
+    let mut lxc_paths = Vec::new();
     for (_, lxc_path) in board_lxc_paths(&dir) {
         if let Ok(runtime) = texu_agent::runtime::LxcRuntime::new(&lxc_path) {
             runtime.remove_cgroup_dirs();
-            texu_agent::lxc::remove_lock_dir(runtime.lxcpath());
+            lxc_paths.push(runtime.lxcpath().to_owned());
         }
     }
     if dir.exists() {
@@ -139,6 +140,10 @@ pub fn remove_leftovers(name: &str) -> Result<DownReport> {
             source,
         })?;
         report.dir = Some(dir);
+    }
+    // Last, as the containers' monitors take their locks until they are gone.
+    for lxc_path in lxc_paths {
+        texu_agent::lxc::remove_lock_dir(&lxc_path);
     }
     Ok(report)
 }
