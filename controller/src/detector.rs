@@ -51,9 +51,9 @@ impl Detector {
     /// was judged an outage is not learned as rhythm: a board back from a partition is watched
     /// as closely as before it.
     pub fn beat(&mut self, now: f64) {
-        if let (Some(last), Some(from)) = (self.last, self.last_rhythm) {
+        if let Some(from) = self.last_rhythm {
             let interval = now - from;
-            if interval > 0.0 && !self.is_dead(now, last) {
+            if interval > 0.0 && !self.judged_dead(interval) {
                 if self.intervals.len() == WINDOW {
                     self.intervals.pop_front();
                 }
@@ -108,11 +108,12 @@ impl Detector {
     /// its learned rhythm makes a heartbeat this late too unlikely, or it passed the ceiling.
     /// A board never heard from is judged by `since` (e.g. the controller's start).
     pub fn is_dead(&self, now: f64, since: f64) -> bool {
-        let silence = self.silence(now, since);
-        if silence < self.grace {
-            return false;
-        }
-        silence >= self.ceiling() || self.phi(silence) >= THRESHOLD
+        self.judged_dead(self.silence(now, since))
+    }
+
+    /// Whether `silence` seconds without a heartbeat mean the board is dead.
+    fn judged_dead(&self, silence: f64) -> bool {
+        silence >= self.grace && (silence >= self.ceiling() || self.phi(silence) >= THRESHOLD)
     }
 
     /// Seconds since the last heartbeat (or since `since` if none came).
@@ -157,6 +158,11 @@ mod tests {
         // It counts as a sign of life: silence is measured from it.
         d.touch(t + 0.4);
         assert!((d.silence(t + 1.0, 0.0) - 0.6).abs() < 1e-9);
+        // Back after an outage with a prompt beat first: the outage is still not learned.
+        t += 30.0;
+        d.touch(t);
+        d.beat(t + 0.3);
+        assert_eq!(d.mean_std(), learned, "an outage was learned as rhythm");
     }
 
     const GRACE: Duration = Duration::from_secs(2);
