@@ -108,6 +108,9 @@ pub struct Reconciler {
     slots: HashMap<String, Slot>,
     /// Told when a container's phase changes, so a heartbeat carries it at once.
     changed: Arc<Notify>,
+    /// Told by probe watchers when a verdict (ready, liveness failed) changes: a pass runs at
+    /// once rather than at the next tick.
+    verdicts: Arc<Notify>,
 }
 
 impl Reconciler {
@@ -148,6 +151,7 @@ impl Reconciler {
             leaving: HashMap::new(),
             slots: HashMap::new(),
             changed: Arc::new(Notify::new()),
+            verdicts: Arc::new(Notify::new()),
         })
     }
 
@@ -169,6 +173,7 @@ impl Reconciler {
             tokio::select! {
                 _ = stop.wait_for(|s| *s) => break,
                 _ = tick.tick() => {}
+                _ = self.verdicts.notified() => {}
                 msg = desired.recv() => match msg {
                     Some(msg) => {
                         self.apply(msg);
@@ -717,6 +722,11 @@ impl Reconciler {
             Ok(runner) => {
                 let rx = runner.subscribe();
                 let cancel = CancellationToken::new();
+                tokio::spawn(forward_verdicts(
+                    runner.subscribe(),
+                    self.verdicts.clone(),
+                    cancel.clone(),
+                ));
                 runner.spawn(cancel.clone());
                 slot.probes = Some((cancel, rx));
             }
@@ -889,6 +899,32 @@ impl Reconciler {
     }
 }
 
+/// Wakes the reconciler when a probe's verdict changes (not on every probe: the text of the
+/// last result changes each time), until `cancel`.
+async fn forward_verdicts(
+    mut rx: watch::Receiver<ProbeReport>,
+    wake: Arc<Notify>,
+    cancel: CancellationToken,
+) {
+    let verdict = |r: &ProbeReport| (r.ready, r.liveness_failed);
+    let mut last = verdict(&rx.borrow());
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let now = verdict(&rx.borrow_and_update());
+                if now != last {
+                    last = now;
+                    wake.notify_one();
+                }
+            }
+        }
+    }
+}
+
 /// An error and its causes on one line: `a: b: c`.
 fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
@@ -916,5 +952,46 @@ fn write_record(path: &Path, record: &Record) {
         .and_then(|_| std::fs::rename(&tmp, path));
     if let Err(e) = result {
         tracing::warn!(path = %path.display(), error = %e, "cannot save container record");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn only_a_changed_verdict_wakes_the_reconciler() {
+        let report = |ready: bool, text: &str| ProbeReport {
+            ready,
+            liveness_failed: false,
+            last_probe: text.into(),
+        };
+        let (tx, rx) = watch::channel(report(false, ""));
+        let wake = Arc::new(Notify::new());
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(forward_verdicts(rx, wake.clone(), cancel.clone()));
+        // A wake is waited for up to 5 s; its absence is checked for 200 ms.
+        let woken = |limit: u64| {
+            let wake = wake.clone();
+            async move {
+                tokio::time::timeout(Duration::from_millis(limit), wake.notified())
+                    .await
+                    .is_ok()
+            }
+        };
+        // A new result with the same verdict: no wake.
+        tx.send(report(false, "readiness failed: connection refused"))
+            .unwrap();
+        assert!(!woken(200).await, "woken by a result with the same verdict");
+        // Ready: a wake.
+        tx.send(report(true, "HTTP 200")).unwrap();
+        assert!(
+            woken(5000).await,
+            "not woken when the container turned ready"
+        );
+        tx.send(report(true, "HTTP 200 again")).unwrap();
+        assert!(!woken(200).await);
+        cancel.cancel();
+        task.await.unwrap();
     }
 }
