@@ -16,6 +16,8 @@ use std::time::Duration;
 
 /// How many intervals it remembers.
 pub const WINDOW: usize = 64;
+/// How many learned intervals it takes before the two assumed ones are dropped.
+const LEARNED_ENOUGH: usize = 8;
 /// Suspicion at which a board is judged dead (1e-8 chance that a heartbeat still comes).
 pub const THRESHOLD: f64 = 8.0;
 /// The smallest standard deviation it assumes, so a very steady link does not make the first
@@ -26,6 +28,8 @@ const MIN_STD_SECS: f64 = 0.1;
 #[derive(Debug, Clone)]
 pub struct Detector {
     intervals: VecDeque<f64>,
+    /// Two assumed intervals, counted until [`LEARNED_ENOUGH`] real ones are in.
+    prior: [f64; 2],
     /// The last heartbeat of any kind: silence is counted from it.
     last: Option<f64>,
     /// The last heartbeat of the rhythm: intervals are counted from it.
@@ -35,12 +39,15 @@ pub struct Detector {
 
 impl Detector {
     /// A detector for a link expected to beat well within `grace`. It starts with two assumed
-    /// intervals around `grace / 2`, so the first heartbeats are judged gently while it learns.
+    /// intervals around `grace / 2`, so the first heartbeats are judged gently while it learns;
+    /// once it has learned [`LEARNED_ENOUGH`] of its own they no longer count (they would make a
+    /// young board's verdict up to a second slower).
     pub fn new(grace: Duration) -> Self {
         let grace = grace.as_secs_f64();
         let prior = grace / 2.0;
         Detector {
-            intervals: [prior * 0.5, prior * 1.5].into_iter().collect(),
+            intervals: VecDeque::with_capacity(WINDOW),
+            prior: [prior * 0.5, prior * 1.5],
             last: None,
             last_rhythm: None,
             grace,
@@ -76,14 +83,15 @@ impl Detector {
     }
 
     fn mean_std(&self) -> (f64, f64) {
-        let n = self.intervals.len() as f64;
-        let mean = self.intervals.iter().sum::<f64>() / n;
-        let var = self
-            .intervals
-            .iter()
-            .map(|i| (i - mean) * (i - mean))
-            .sum::<f64>()
-            / n;
+        let prior: &[f64] = if self.intervals.len() < LEARNED_ENOUGH {
+            &self.prior
+        } else {
+            &[]
+        };
+        let all = || self.intervals.iter().chain(prior);
+        let n = (self.intervals.len() + prior.len()) as f64;
+        let mean = all().sum::<f64>() / n;
+        let var = all().map(|i| (i - mean) * (i - mean)).sum::<f64>() / n;
         (mean, var.sqrt().max(MIN_STD_SECS))
     }
 
@@ -142,6 +150,18 @@ impl Detector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_board_is_judged_gently_and_a_young_steady_one_at_the_grace_period() {
+        let (new, _) = fed([0.5; 2]);
+        assert!(new.deadline() > 2.2, "deadline {}", new.deadline());
+        let (young, _) = fed([0.5; LEARNED_ENOUGH]);
+        assert!(
+            (young.deadline() - 2.0).abs() < 1e-9,
+            "deadline {}",
+            young.deadline()
+        );
+    }
 
     #[test]
     fn an_early_beat_out_of_rhythm_keeps_the_board_alive_without_teaching_a_faster_rhythm() {
