@@ -170,6 +170,20 @@ async fn exec_ok(rt: &LxcRuntime, name: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// This process's cgroups once no start is moving it: other tests in this process start
+/// containers at the same time, and each start puts the whole process in its container's
+/// monitor cgroup until it moves it back.
+fn settled_cgroups() -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        if !now.contains(".monitor") || Instant::now() >= deadline {
+            return now;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn busybox_template_container_runs_and_stops() {
     let b = Board::new();
@@ -181,16 +195,13 @@ async fn busybox_template_container_runs_and_stops() {
     assert_eq!(st.phase, Phase::Created);
     assert_eq!(b.rt.list().await.unwrap(), vec![name.clone()]);
 
-    let own_cgroups = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let own_cgroups = settled_cgroups();
     let t = Instant::now();
     b.rt.start(&name).await.expect("start");
     eprintln!("busybox container started in {:?}", t.elapsed());
     // liblxc moves the caller into the new container's monitor cgroup; the runtime moves it
     // back.
-    assert_eq!(
-        std::fs::read_to_string("/proc/self/cgroup").unwrap(),
-        own_cgroups
-    );
+    assert_eq!(settled_cgroups(), own_cgroups);
     let st = b.rt.state(&name).await.unwrap().expect("defined");
     assert_eq!(st.phase, Phase::Running);
     assert!(st.monitor_reachable);
