@@ -523,12 +523,8 @@ mod tests {
                 ordinal: 2,
                 node: Some("board1".into()),
                 generation: 1,
-                desired: DesiredState::Running,
-                template: None,
-                image_digest: None,
                 replaces: replaces.map(str::to_owned),
-                moved_from: None,
-                handoff: None,
+                ..Default::default()
             },
         )
     }

@@ -910,12 +910,8 @@ fn render_files(
             ordinal: 0,
             node: Some("board1".into()),
             generation: 1,
-            desired: DesiredState::Running,
-            template: None,
-            image_digest: None,
             replaces: replaces.map(str::to_owned),
-            moved_from: None,
-            handoff: None,
+            ..Default::default()
         },
     );
     files::prepare(data, "board1", &c, &role, spec).expect("render files");

@@ -36,7 +36,7 @@ impl Container {
 }
 
 /// Which role a container belongs to, where it runs and whether it should run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ContainerSpec {
     /// The role's name.

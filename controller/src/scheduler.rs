@@ -258,14 +258,9 @@ pub fn plan_with(
                         ContainerSpec {
                             role: role.metadata.name.clone(),
                             ordinal,
-                            node: None,
                             generation: role.metadata.generation,
-                            desired: Default::default(),
                             template: Some(role.spec.clone()),
-                            image_digest: None,
-                            replaces: None,
-                            moved_from: None,
-                            handoff: None,
+                            ..Default::default()
                         },
                     );
                     placer.bind(&mut container, &mut board);
@@ -1317,12 +1312,8 @@ mod tests {
                 ordinal: 0,
                 node: Some("a".into()),
                 generation: 1,
-                desired: Default::default(),
                 template: Some(db.spec.clone()),
-                image_digest: None,
-                replaces: None,
-                moved_from: None,
-                handoff: None,
+                ..Default::default()
             },
         );
         member.status = Some(ContainerStatus {

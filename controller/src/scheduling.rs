@@ -215,12 +215,7 @@ mod tests {
                 ordinal: 0,
                 node: node.map(str::to_string),
                 generation: 1,
-                desired: Default::default(),
-                template: None,
-                image_digest: None,
-                replaces: None,
-                moved_from: None,
-                handoff: None,
+                ..Default::default()
             },
         );
         c.status = Some(ContainerStatus {

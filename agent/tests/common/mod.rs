@@ -89,12 +89,8 @@ pub fn container(name: &str, ordinal: i64, role: RoleSpec) -> Container {
             ordinal,
             node: Some("board1".into()),
             generation: 1,
-            desired: DesiredState::Running,
             template: Some(role),
-            image_digest: None,
-            replaces: None,
-            moved_from: None,
-            handoff: None,
+            ..Default::default()
         },
     )
 }
