@@ -367,7 +367,7 @@ mod tests {
     use super::*;
     use crate::runtime::{Image, NetConfig};
     use std::os::unix::fs::PermissionsExt;
-    use texu_api::{ContainerSpec as ApiSpec, DesiredState, Quantity};
+    use texu_api::{ContainerSpec as ApiSpec, Quantity};
 
     fn file(path: &str, template: &str) -> FileTemplate {
         FileTemplate {

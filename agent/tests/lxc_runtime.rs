@@ -24,7 +24,7 @@ use texu_agent::runtime::{
     ContainerSpec, ExitReason, FileTargetError, Image, LxcRuntime, NetConfig, Phase, Runtime,
     RuntimeError, Volume,
 };
-use texu_api::{Container, DesiredState, FileTemplate, RoleSpec};
+use texu_api::{Container, FileTemplate, RoleSpec};
 
 /// Fails (never skips) when the board cannot run these tests.
 fn require_lxc() {

@@ -10,7 +10,7 @@ use texu_agent::daemon::client::{Client, Reported};
 use texu_agent::daemon::contact::Contact;
 use texu_agent::daemon::{Config, Desired, Reconciler};
 use texu_agent::runtime::{FakeRuntime, Phase, Runtime};
-use texu_api::{Container, DesiredState, RoleSpec};
+use texu_api::{Container, RoleSpec};
 use tokio::sync::{mpsc, watch, Mutex};
 use tokio::task::JoinHandle;
 
