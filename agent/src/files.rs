@@ -93,7 +93,7 @@ impl FileContext {
             ordinal: c.spec.ordinal,
             node: node.to_owned(),
             address: address.map(|a| a.to_string()),
-            replaces: c.spec.replaces.clone(),
+            replaces: c.spec.replaces.map(|a| a.to_string()),
             memory_limit: resources.memory.as_ref().and_then(|q| q.bytes().ok()),
             cpu_limit_millis: resources.cpu.as_ref().and_then(|q| q.cpu_millis().ok()),
             env: template.env.clone(),
@@ -523,7 +523,7 @@ mod tests {
                 ordinal: 2,
                 node: Some("board1".into()),
                 generation: 1,
-                replaces: replaces.map(str::to_owned),
+                replaces: replaces.map(|a| a.parse().unwrap()),
                 ..Default::default()
             },
         )

@@ -64,7 +64,7 @@ pub struct ContainerSpec {
     /// as `replaces` on its first boot on the new board only (Cassandra's
     /// `replace_address_first_boot`); the controller clears it once the member is Ready.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub replaces: Option<String>,
+    pub replaces: Option<std::net::Ipv4Addr>,
     /// The board a failover moved it from, while that board is away: with `keep: original`
     /// the copy still running there wins when it comes back.
     #[serde(default, skip_serializing_if = "Option::is_none")]

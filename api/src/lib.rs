@@ -57,7 +57,10 @@ pub use manifest::{
 };
 pub use meta::ObjectMeta;
 pub use names::{validate_env_key, validate_label_key, validate_label_value, validate_name};
-pub use node::{Node, NodePhase, NodeSpec, NodeStatus};
+pub use node::{
+    validate_node_facts, validate_node_labels, Node, NodePhase, NodeSpec, NodeStatus,
+    MAX_NODE_LABELS,
+};
 pub use quantity::{Quantity, QuantityError};
 pub use role::{
     Disconnect, ExecProbe, FileTemplate, Health, HttpProbe, Keep, Placement, Port, PortRef, Probe,

@@ -2,25 +2,32 @@
 //!
 //! Heartbeats live in memory; the store is written only when something a user can see changes
 //! (a node becomes Ready or NotReady, a container's status changes), so an idle cluster writes
-//! close to nothing.
+//! close to nothing. What a board says about itself (facts, requested labels, its container
+//! count) is checked, and written at most once per [`FACTS_WRITE_INTERVAL`], so a board that
+//! changes them every beat cannot make the store grow with every beat.
+
+mod joins;
+mod throttle;
+
+pub use joins::{Joiner, NodeError};
+pub use throttle::JoinThrottle;
 
 use std::collections::HashMap;
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use texu_api::{
-    Cidr, Container, ContainerPhase, ContainerStatus, EventKind, ImageRef, Keep, Kind, Node,
-    NodePhase, NodeSpec, NodeStatus, Role,
+    Cidr, Container, ContainerPhase, ContainerStatus, EventKind, ImageRef, Keep, Node, NodePhase,
+    NodeSpec, NodeStatus, Role,
 };
 use tokio::sync::Mutex;
 
-use crate::auth::Token;
 use crate::clock;
 use crate::detector::Detector;
-use crate::objects::{object_key, ObjectError, Objects};
-use crate::store::Txn;
+use crate::objects::{ObjectError, Objects};
 
 /// Where per-node credential hashes are kept.
 const CREDENTIAL_PREFIX: &str = "/texu/v1/credentials/";
@@ -42,7 +49,14 @@ pub struct JoinResponse {
     pub name: String,
     pub credential: String,
     pub subnet: Option<String>,
+    /// The cluster's container range: agents route only to subnets inside it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_cidr: Option<String>,
 }
+
+/// A board's facts and requested labels reach the store at most this often; a change of
+/// readiness is written at once.
+pub const FACTS_WRITE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Where subnet claims live: one key per subnet, naming its node, so two joins never share.
 const SUBNET_PREFIX: &str = "/texu/v1/subnets/";
@@ -80,10 +94,35 @@ pub struct Nodes {
     detectors: Mutex<HashMap<String, Detector>>,
     epoch: Instant,
     grace: Duration,
+    /// When each board's node object was last written from a heartbeat.
+    written: Mutex<HashMap<String, tokio::time::Instant>>,
+    /// Failed joins per source address.
+    throttle: JoinThrottle,
 }
 
 fn hash(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// The address a board reports for one of its containers, kept only when it is an IPv4
+/// address inside the board's own subnet (the one its agent assigned), written in canonical
+/// form. Anything else is dropped: it would reach other boards' templates via `replaces`.
+fn own_address(node: &str, subnet: Option<Cidr>, reported: &ReportedContainer) -> Option<String> {
+    let text = reported.status.address.as_deref()?;
+    let valid = text
+        .parse::<Ipv4Addr>()
+        .ok()
+        .filter(|ip| subnet.is_some_and(|s| s.contains(*ip)));
+    if valid.is_none() {
+        tracing::warn!(
+            node,
+            container = %reported.name,
+            address = ?text.chars().take(64).collect::<String>(),
+            subnet = ?subnet.map(|s| s.to_string()),
+            "reported container address is not in the board's subnet; dropped"
+        );
+    }
+    valid.map(|ip| ip.to_string())
 }
 
 impl Nodes {
@@ -95,156 +134,26 @@ impl Nodes {
             detectors: Mutex::new(HashMap::new()),
             epoch: Instant::now(),
             grace,
+            written: Mutex::new(HashMap::new()),
+            throttle: JoinThrottle::default(),
         }
     }
 
-    /// Admits a board: stores its Node (keeping a cordon and subnet it had) and returns a fresh
-    /// credential, replacing any earlier one for that name.
-    pub async fn join(&self, req: JoinRequest) -> Result<JoinResponse, ObjectError> {
-        for _ in 0..64 {
-            if let Some(answer) = self.try_join(&req).await? {
-                tracing::info!(node = %req.name, subnet = ?answer.subnet, "node joined");
-                return Ok(answer);
-            }
-        }
-        Err(ObjectError::Conflict {
-            kind: "node",
-            name: req.name.clone(),
-        })
-    }
-
-    /// One attempt: `None` when another writer got in the way.
-    async fn try_join(&self, req: &JoinRequest) -> Result<Option<JoinResponse>, ObjectError> {
-        let store = self.objects.store();
-        let credential = Token::generate(&format!("texu-node-{}-", req.name));
-        let key = object_key(Kind::Node, &req.name);
-        let existing = store.get(&key).await?;
-        let old: Option<Node> = match &existing {
-            Some(kv) => serde_json::from_slice(&kv.value).ok(),
-            None => None,
-        };
-        let mut node = Node::new(req.name.clone(), req.spec.clone());
-        node.metadata.labels = req.labels.clone();
-        let mut txn = Txn::new().when_mod_revision(
-            key.clone(),
-            existing.as_ref().map_or(0, |kv| kv.mod_revision),
-        );
-        // The same subnet back on rejoin; otherwise the one asked for if free, else the lowest free.
-        let kept = old.as_ref().and_then(|o| o.spec.subnet.clone());
-        let subnet = match kept {
-            Some(s) => s,
-            None => {
-                let claims = store.range(SUBNET_PREFIX).await?;
-                let taken: Vec<Cidr> = claims
-                    .kvs
-                    .iter()
-                    .filter_map(|kv| kv.key.strip_prefix(SUBNET_PREFIX))
-                    .filter_map(|k| Cidr::parse(&k.replace('_', "/")).ok())
-                    .collect();
-                let wanted = req.spec.subnet.as_deref().and_then(|s| Cidr::parse(s).ok());
-                let free = |c: &Cidr| !taken.iter().any(|t| t.overlaps(c));
-                let chosen = match wanted {
-                    Some(w) if free(&w) => w,
-                    _ => self
-                        .cluster_cidr
-                        .subnets(24.max(self.cluster_cidr.prefix_len))
-                        .find(|c| free(c))
-                        .ok_or_else(|| ObjectError::Exhausted {
-                            what: format!("container subnets in {}", self.cluster_cidr),
-                        })?,
-                };
-                let claim = format!("{SUBNET_PREFIX}{}", chosen.to_string().replace('/', "_"));
-                txn = txn
-                    .when_mod_revision(claim.clone(), 0)
-                    .put(claim, req.name.clone());
-                chosen.to_string()
-            }
-        };
-        node.spec.subnet = Some(subnet.clone());
-        if let Some(old) = old {
-            node.metadata.created = old.metadata.created;
-            node.spec.unschedulable = old.spec.unschedulable;
-            node.status = old.status;
-        } else {
-            node.metadata.created = Some(clock::now_rfc3339());
-        }
-        node.metadata.revision = 0;
-        let value = serde_json::to_vec(&node).map_err(|source| ObjectError::Encode {
-            name: req.name.clone(),
-            source,
-        })?;
-        let txn = txn.put(key, value).put(
-            format!("{CREDENTIAL_PREFIX}{}", req.name),
-            hash(credential.secret()),
-        );
-        if !store.txn(txn).await?.succeeded {
-            return Ok(None);
-        }
-        Ok(Some(JoinResponse {
-            name: req.name.clone(),
-            credential: credential.secret().to_string(),
-            subnet: Some(subnet),
-        }))
-    }
-
-    /// Removes a board from the cluster: its node, credential and subnet claim. Its containers
-    /// lose their node and are placed elsewhere; other boards drop their routes to it.
-    pub async fn remove(&self, name: &str) -> Result<bool, ObjectError> {
-        let store = self.objects.store();
-        let Some(node) = self.objects.get::<Node>(name).await? else {
-            return Ok(false);
-        };
-        let mut txn = Txn::new()
-            .when_mod_revision(object_key(Kind::Node, name), node.metadata.revision)
-            .delete(object_key(Kind::Node, name))
-            .delete(format!("{CREDENTIAL_PREFIX}{name}"));
-        if let Some(subnet) = &node.spec.subnet {
-            txn = txn.delete(format!("{SUBNET_PREFIX}{}", subnet.replace('/', "_")));
-        }
-        if !store.txn(txn).await?.succeeded {
-            return Err(ObjectError::Stale {
-                kind: "node",
-                name: name.to_string(),
-            });
-        }
-        self.detectors.lock().await.remove(name);
-        let (containers, _) = self.objects.list::<Container>().await?;
-        for mut c in containers
-            .into_iter()
-            .filter(|c| c.spec.node.as_deref() == Some(name))
-        {
-            c.spec.node = None;
-            c.status = None;
-            let _ = self.objects.replace(&c).await;
-        }
-        tracing::info!(node = name, "node removed from the cluster");
-        Ok(true)
-    }
-
-    /// The node a credential belongs to, if any. Credentials look like `texu-node-NAME-HEX`.
-    pub async fn authenticate(&self, presented: &str) -> Result<Option<String>, ObjectError> {
-        let Some(rest) = presented.strip_prefix("texu-node-") else {
-            return Ok(None);
-        };
-        let Some((name, _)) = rest.rsplit_once('-') else {
-            return Ok(None);
-        };
-        if texu_api::validate_name(name).is_err() {
-            return Ok(None);
-        }
-        let stored = self
-            .objects
-            .store()
-            .get(&format!("{CREDENTIAL_PREFIX}{name}"))
-            .await?;
-        let ok = stored.is_some_and(|kv| {
-            Token::from_secret(hash(presented)).matches(&String::from_utf8_lossy(&kv.value))
-        });
-        Ok(ok.then(|| name.to_string()))
+    /// Failed joins per source address, for the join route.
+    pub fn throttle(&self) -> &JoinThrottle {
+        &self.throttle
     }
 
     /// Takes a heartbeat: marks the node seen, and writes node and container status that changed.
-    pub async fn heartbeat(&self, name: &str, beat: Heartbeat) -> Result<(), ObjectError> {
+    /// Facts that fail [`texu_api::validate_node_facts`] refuse the whole heartbeat.
+    pub async fn heartbeat(&self, name: &str, beat: Heartbeat) -> Result<(), NodeError> {
+        let errors = texu_api::validate_node_facts(&beat.spec, &beat.labels);
+        if !errors.is_empty() {
+            return Err(NodeError::Invalid {
+                name: name.to_string(),
+                errors,
+            });
+        }
         let now = self.epoch.elapsed().as_secs_f64();
         {
             let mut detectors = self.detectors.lock().await;
@@ -261,33 +170,40 @@ impl Nodes {
             return Err(ObjectError::NotFound {
                 kind: "node",
                 name: name.to_string(),
-            });
+            }
+            .into());
         };
+        let subnet = node
+            .spec
+            .subnet
+            .as_deref()
+            .and_then(|s| Cidr::parse(s).ok());
         let was_ready = node.status.as_ref().map(|s| s.phase) == Some(NodePhase::Ready);
         let mut next = node.clone();
         next.spec.address = beat.spec.address;
         next.spec.arch = beat.spec.arch;
         next.spec.cpus = beat.spec.cpus;
         next.spec.memory_bytes = beat.spec.memory_bytes;
-        next.metadata.labels = beat.labels;
         let count = beat.containers.len() as i64;
         let status = next.status.get_or_insert_with(NodeStatus::default);
         status.phase = NodePhase::Ready;
         status.containers = count;
         status.message = None;
+        status.requested_labels = beat.labels;
         if !was_ready {
             status.since = Some(clock::now_rfc3339());
         }
-        if !was_ready
-            || next.spec != node.spec
-            || next.metadata.labels != node.metadata.labels
-            || node.status.as_ref().map(|s| s.containers) != Some(count)
-        {
+        let said_more = next.spec != node.spec || next.status != node.status;
+        if !was_ready || (said_more && self.facts_write_due(name).await) {
             if let Some(s) = next.status.as_mut() {
                 s.last_heartbeat = Some(clock::now_rfc3339());
             }
             node = next;
             self.objects.replace(&node).await?;
+            self.written
+                .lock()
+                .await
+                .insert(name.to_string(), tokio::time::Instant::now());
             if !was_ready {
                 tracing::info!(node = name, "node is Ready");
                 self.objects.events().record(
@@ -306,7 +222,8 @@ impl Nodes {
                 .collect();
             tracing::info!(node = name, containers = ?names, "heartbeat from a board that was not Ready");
         }
-        for reported in beat.containers {
+        for mut reported in beat.containers {
+            reported.status.address = own_address(name, subnet, &reported);
             // A conflict means someone changed it meanwhile: read it again and retry, as the
             // decisions of a returning board's first heartbeat are taken only once.
             for _ in 0..4 {
@@ -325,12 +242,20 @@ impl Nodes {
                 };
                 match self.objects.replace(&next).await {
                     Err(ObjectError::Stale { .. }) => continue,
-                    Err(e) => return Err(e),
+                    Err(e) => return Err(e.into()),
                     Ok(_) => break,
                 }
             }
         }
         Ok(())
+    }
+
+    /// True when a board's facts may be written again (see [`FACTS_WRITE_INTERVAL`]).
+    async fn facts_write_due(&self, name: &str) -> bool {
+        let written = self.written.lock().await;
+        written
+            .get(name)
+            .is_none_or(|at| at.elapsed() >= FACTS_WRITE_INTERVAL)
     }
 
     /// What one reported container status changes, if anything:

@@ -552,7 +552,12 @@ pub fn replace(
         .place(&board, |i| i == j)
         .map_err(|why| format!("{name} cannot run on {target}: {why}"))?;
     let old = c.spec.node.clone().unwrap_or_default();
-    c.spec.replaces = c.status.as_ref().and_then(|s| s.address.clone());
+    // Only ever an address: a board's report is a string, and templates put it in scripts.
+    c.spec.replaces = c
+        .status
+        .as_ref()
+        .and_then(|s| s.address.as_deref())
+        .and_then(|a| a.parse().ok());
     c.spec.node = Some(target.to_string());
     c.spec.image_digest = placer.digest_for(&nodes[j]);
     c.spec.moved_from = None;
@@ -564,7 +569,6 @@ pub fn replace(
             "replacing the member on {old}{}",
             c.spec
                 .replaces
-                .as_deref()
                 .map(|a| format!(" (replaces {a})"))
                 .unwrap_or_default()
         )),
@@ -1324,7 +1328,7 @@ mod tests {
         let cs = vec![member];
         let moved = replace(&db, &nodes, &cs, &Catalog::new(), "db-0", "b").unwrap();
         assert_eq!(moved.spec.node.as_deref(), Some("b"));
-        assert_eq!(moved.spec.replaces.as_deref(), Some("198.19.1.5"));
+        assert_eq!(moved.spec.replaces, Some("198.19.1.5".parse().unwrap()));
         assert_eq!(
             moved.status.as_ref().unwrap().reason.as_deref(),
             Some("Replacing")

@@ -87,20 +87,22 @@ impl Client {
         }
     }
 
-    /// Joins the cluster with the join token; returns the node's own credential.
+    /// Joins the cluster with the join token; returns the node's own credential and the
+    /// cluster's container range, when the controller says it.
     pub fn join(
         &self,
         join_token: &str,
         name: &str,
         labels: &std::collections::BTreeMap<String, String>,
         spec: &NodeSpec,
-    ) -> Result<String> {
+    ) -> Result<(String, Option<String>)> {
         let body = serde_json::json!({ "name": name, "labels": labels, "spec": spec });
         let v: serde_json::Value = self.send("POST", "/v1/join", join_token, Some(body))?;
-        v["credential"]
+        let credential = v["credential"]
             .as_str()
             .map(str::to_string)
-            .ok_or_else(|| ClientError::Decode("join answer has no credential".into()))
+            .ok_or_else(|| ClientError::Decode("join answer has no credential".into()))?;
+        Ok((credential, v["clusterCidr"].as_str().map(str::to_string)))
     }
 
     /// Sends a heartbeat with the status of every container.

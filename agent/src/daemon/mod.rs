@@ -68,6 +68,9 @@ pub enum AgentError {
 
 /// File holding the node's credential inside the data dir (mode 0600).
 pub const CREDENTIAL_FILE: &str = "node.credential";
+/// File holding the cluster's container range, as the join answer gave it: routes go only to
+/// subnets inside it.
+pub const CLUSTER_CIDR_FILE: &str = "cluster.cidr";
 
 /// A change seen by the watcher thread.
 #[derive(Debug)]
@@ -122,7 +125,14 @@ pub async fn credential(config: &Config, client: &Client) -> Result<String, Agen
                 .await
                 .unwrap_or_else(|e| Err(ClientError::Decode(format!("join task failed: {e}"))));
         match result {
-            Ok(credential) => {
+            Ok((credential, cluster_cidr)) => {
+                if let Some(cidr) = cluster_cidr {
+                    let cidr_path = config.data_dir.join(CLUSTER_CIDR_FILE);
+                    write_private(&cidr_path, &cidr).map_err(|source| AgentError::DataDir {
+                        path: cidr_path,
+                        source,
+                    })?;
+                }
                 write_private(&path, &credential).map_err(|source| AgentError::DataDir {
                     path: path.clone(),
                     source,
@@ -177,11 +187,14 @@ pub async fn run(
             let subnet = assigned_subnet(&client, &credential, &config.name).await;
             network::ensure_bridge(bridge, subnet)?;
             tracing::info!(%bridge, %subnet, "container network ready");
+            let cluster = std::fs::read_to_string(config.data_dir.join(CLUSTER_CIDR_FILE))
+                .ok()
+                .and_then(|t| network::Subnet::parse(t.trim()).ok());
             tokio::spawn(routes::run(
                 client.clone(),
                 credential.clone(),
                 config.name.clone(),
-                subnet,
+                routes::Bounds::new(subnet, cluster),
                 stop.clone(),
             ));
             Some((bridge.clone(), subnet))

@@ -26,7 +26,7 @@ pub use error::ApiError;
 use crate::auth::Token;
 use crate::images::{self, ImageError, ImageStore};
 use crate::metrics::Metrics;
-use crate::nodes::{Heartbeat, JoinRequest, Nodes};
+use crate::nodes::{Heartbeat, JoinRequest, Joiner, NodeError, Nodes};
 use crate::objects::{Object, Objects};
 
 /// Request bodies above this size are refused with 413.
@@ -44,6 +44,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/nodes/{name}/cordon"),
     ("POST", "/v1/nodes/{name}/uncordon"),
     ("POST", "/v1/nodes/{name}/drain"),
+    ("POST", "/v1/nodes/{name}/labels"),
     ("POST", "/v1/containers/{name}/replace"),
     ("GET", "/v1/containers"),
     ("GET", "/v1/containers/{name}"),
@@ -85,9 +86,15 @@ pub fn routes(
         .and(warp::path::full())
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
         .and(warp::header::headers_cloned())
+        .and(warp::addr::remote())
         .and(warp::body::stream())
         .then(
-            move |method, path: warp::path::FullPath, query: String, headers, body| {
+            move |method,
+                  path: warp::path::FullPath,
+                  query: String,
+                  headers,
+                  remote: Option<std::net::SocketAddr>,
+                  body| {
                 let state = state.clone();
                 async move {
                     let request = Request {
@@ -95,6 +102,7 @@ pub fn routes(
                         path: path.as_str().to_string(),
                         query: parse_query(&query),
                         headers,
+                        remote: remote.map(|a| a.ip()),
                     };
                     handle(state, request, Box::pin(body)).await
                 }
@@ -108,6 +116,9 @@ pub struct Request {
     pub path: String,
     pub query: HashMap<String, String>,
     pub headers: warp::http::HeaderMap,
+    /// The client's address, when the server knows it (repeated bad joins are slowed down
+    /// per address).
+    pub remote: Option<std::net::IpAddr>,
 }
 
 /// Answers one request and records it in the metrics.
@@ -196,6 +207,10 @@ where
         ["nodes", name, "status"] => (
             "/v1/nodes/{name}/status",
             heartbeat(state, req, name, body).await,
+        ),
+        ["nodes", name, "labels"] => (
+            "/v1/nodes/{name}/labels",
+            label_node(state, req, name, body).await,
         ),
         ["nodes", name, verb @ ("cordon" | "uncordon" | "drain")] => {
             let (route, mode) = match *verb {
@@ -387,7 +402,6 @@ async fn replace(state: &ApiState, req: &Request, name: &str) -> Answer {
                     "{name} moves from {from} to {target}{}",
                     next.spec
                         .replaces
-                        .as_deref()
                         .map(|a| format!(", replacing {a}"))
                         .unwrap_or_default()
                 );
@@ -526,22 +540,83 @@ async fn blob(state: &ApiState, req: &Request, digest: &str) -> Answer {
     Ok(response)
 }
 
+/// `POST /v1/join`: a new board with the join token, or an explicit re-join with the node's
+/// own credential or the admin token. Repeated failures from one address get 429.
 async fn join<S, B>(state: &ApiState, req: &Request, body: S) -> Answer
 where
     S: Stream<Item = Result<B, warp::Error>> + Unpin + Send,
     B: Buf,
 {
-    if !state.join_token.matches(bearer(req)?) {
-        return Err(ApiError::unauthorized("invalid join token"));
+    let from = req.remote;
+    if let Some(wait) = from.and_then(|ip| state.nodes.throttle().wait(ip)) {
+        return Ok(too_many_joins(wait));
     }
+    let answer = join_once(state, req, body).await;
+    if let Some(ip) = from {
+        match &answer {
+            Ok(_) => state.nodes.throttle().succeed(ip),
+            Err(e) if matches!(e.status, StatusCode::UNAUTHORIZED | StatusCode::CONFLICT) => {
+                let penalty = state.nodes.throttle().fail(ip);
+                if !penalty.is_zero() {
+                    tracing::warn!(%ip, ?penalty, "repeated bad joins: address shut out");
+                }
+            }
+            Err(_) => {}
+        }
+    }
+    answer
+}
+
+async fn join_once<S, B>(state: &ApiState, req: &Request, body: S) -> Answer
+where
+    S: Stream<Item = Result<B, warp::Error>> + Unpin + Send,
+    B: Buf,
+{
+    let presented = bearer(req)?;
+    let who = if state.join_token.matches(presented) {
+        Joiner::JoinToken
+    } else if state.admin_token.matches(presented) {
+        Joiner::Admin
+    } else if let Some(node) = state.nodes.authenticate(presented).await? {
+        Joiner::Node(node)
+    } else {
+        return Err(ApiError::unauthorized("invalid join token"));
+    };
     only(req, &[Method::POST])?;
     let bytes = read_body(req, body).await?;
     let join: JoinRequest = serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::bad_request(format!("request body is not a valid join request: {e}"))
     })?;
     valid_name(&join.name)?;
-    let answer = state.nodes.join(join).await?;
+    let answer = state.nodes.join(join, who).await.map_err(node_error)?;
     Ok(json(StatusCode::OK, &answer))
+}
+
+/// 429 with `Retry-After` in whole seconds.
+fn too_many_joins(wait: std::time::Duration) -> Response {
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    let mut response = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        format!("too many failed joins from this address; retry in {secs}s"),
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
+    response
+}
+
+/// The API's answer to a refused join, heartbeat or label change.
+fn node_error(e: NodeError) -> ApiError {
+    match e {
+        NodeError::Object(o) => o.into(),
+        NodeError::NameTaken { .. } => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+        NodeError::OtherNode { .. } => ApiError::new(StatusCode::FORBIDDEN, e.to_string()),
+        NodeError::SubnetOutside { .. } => ApiError::unprocessable(e.to_string(), Vec::new()),
+        NodeError::Invalid { ref errors, .. } => {
+            ApiError::unprocessable(e.to_string(), errors.clone())
+        }
+    }
 }
 
 async fn heartbeat<S, B>(state: &ApiState, req: &Request, name: &str, body: S) -> Answer
@@ -555,8 +630,43 @@ where
     let beat: Heartbeat = serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::bad_request(format!("request body is not a valid heartbeat: {e}"))
     })?;
-    state.nodes.heartbeat(name, beat).await?;
+    state
+        .nodes
+        .heartbeat(name, beat)
+        .await
+        .map_err(node_error)?;
     Ok(json(StatusCode::OK, &serde_json::json!({ "result": "ok" })))
+}
+
+/// `texu label node NODE k=v k-`: admin labels, the ones placement uses. The body is
+/// `{"labels": {"k": "v", "gone": null}}`: a string sets a label, `null` removes it.
+async fn label_node<S, B>(state: &ApiState, req: &Request, name: &str, body: S) -> Answer
+where
+    S: Stream<Item = Result<B, warp::Error>> + Unpin + Send,
+    B: Buf,
+{
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Changes {
+        labels: std::collections::BTreeMap<String, Option<String>>,
+    }
+    only(req, &[Method::POST])?;
+    valid_name(name)?;
+    let bytes = read_body(req, body).await?;
+    let changes: Changes = serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::bad_request(format!(
+            "request body is not a label change ({{\"labels\": {{\"k\": \"v\", \"gone\": null}}}}): {e}"
+        ))
+    })?;
+    let node = state
+        .nodes
+        .label(name, &changes.labels)
+        .await
+        .map_err(node_error)?;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "result": "labelled", "name": name, "object": node }),
+    ))
 }
 
 fn only(req: &Request, allowed: &[Method]) -> Result<(), ApiError> {

@@ -60,6 +60,7 @@ async fn call(
         path: path.to_string(),
         query: parse_query(query),
         headers,
+        remote: None,
     };
     let chunks: Vec<Result<bytes::Bytes, warp::Error>> =
         vec![Ok(bytes::Bytes::copy_from_slice(body))];
@@ -211,19 +212,22 @@ async fn events_list_after_a_seq_for_admins_only() {
     let joined = f
         .state
         .nodes
-        .join(crate::nodes::JoinRequest {
-            name: "board1".into(),
-            labels: Default::default(),
-            spec: texu_api::NodeSpec {
-                address: "198.18.0.2".into(),
-                arch: texu_api::Arch::Amd64,
-                cpus: 1,
-                memory_bytes: 1 << 30,
-                subnet: None,
-                unschedulable: false,
-                draining: false,
+        .join(
+            crate::nodes::JoinRequest {
+                name: "board1".into(),
+                labels: Default::default(),
+                spec: texu_api::NodeSpec {
+                    address: "198.18.0.2".into(),
+                    arch: texu_api::Arch::Amd64,
+                    cpus: 1,
+                    memory_bytes: 1 << 30,
+                    subnet: None,
+                    unschedulable: false,
+                    draining: false,
+                },
             },
-        })
+            crate::nodes::Joiner::JoinToken,
+        )
         .await
         .unwrap();
     let (s, _) = call(&f, Method::GET, "/v1/events", Some(&joined.credential), b"").await;
@@ -273,6 +277,7 @@ async fn events_watch_sends_the_backlog_then_new_events_and_ends_on_shutdown() {
         path: "/v1/events".into(),
         query: parse_query("watch=true&after=1"),
         headers,
+        remote: None,
     };
     let empty: Vec<Result<bytes::Bytes, warp::Error>> = Vec::new();
     let response = handle(f.state.clone(), req, stream::iter(empty)).await;
