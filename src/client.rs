@@ -85,6 +85,16 @@ impl Client {
         self.call(self.request("POST", path).send_string(""))
     }
 
+    /// POSTs a JSON body and decodes the JSON answer.
+    pub fn post_json<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
+        let body = serde_json::to_string(body)?;
+        self.call(
+            self.request("POST", path)
+                .set("Content-Type", "application/json")
+                .send_string(&body),
+        )
+    }
+
     /// DELETEs a path and decodes the JSON answer.
     pub fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         self.call(self.request("DELETE", path).call())

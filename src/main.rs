@@ -59,6 +59,8 @@ enum Command {
     Drain(cmd::drain::DrainArgs),
     /// Move one member (e.g. of a stateful role whose board died) to another board.
     Replace(cmd::drain::ReplaceArgs),
+    /// Set (k=v) or remove (k-) a node's labels, the ones placement uses (admins only).
+    Label(cmd::label::Args),
     /// A one-screen summary of the cluster.
     Status,
     /// The controller's recent decisions: placed, unschedulable, lost, node not ready...
@@ -89,6 +91,7 @@ fn main() -> ExitCode {
         Command::Uncordon { ref node } => client().and_then(|c| cmd::cordon(&c, node, false)),
         Command::Drain(ref args) => client().and_then(|c| cmd::drain::drain(&c, args)),
         Command::Replace(ref args) => client().and_then(|c| cmd::drain::replace(&c, args)),
+        Command::Label(ref args) => client().and_then(|c| cmd::label::run(&c, args)),
         Command::Status => client().and_then(|c| cmd::status::run(&c)),
         Command::Events(ref args) => client().and_then(|c| cmd::events::run(&c, args)),
         Command::Demo(ref args) => cmd::demo::run(args),
@@ -97,7 +100,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", output::escape_text(&format!("{e:#}")));
             ExitCode::FAILURE
         }
     }

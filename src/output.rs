@@ -1,9 +1,49 @@
-//! Terminal output: aligned tables, ages, byte sizes.
+//! Terminal output: aligned tables, ages, byte sizes, and escaping of control characters.
+//!
+//! Much of what the CLI prints was said by a board (labels, addresses, messages), so every
+//! control character (C0, DEL, C1) is shown escaped, `\x1b` for ESC: a board must not be able
+//! to move the cursor, retitle or clear an admin's terminal.
 
+use std::borrow::Cow;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Prints rows as left-aligned columns separated by three spaces, like kubectl.
+/// `text` with every control character escaped (`\x1b`, `\x7f`, `\u{9b}`), newlines included:
+/// for one table cell or one line.
+pub fn escape(text: &str) -> Cow<'_, str> {
+    escape_except(text, false)
+}
+
+/// Like [`escape`] but keeps newlines: for a whole block of output.
+pub fn escape_text(text: &str) -> Cow<'_, str> {
+    escape_except(text, true)
+}
+
+fn escape_except(text: &str, keep_newlines: bool) -> Cow<'_, str> {
+    let unsafe_char = |c: char| c.is_control() && !(keep_newlines && c == '\n');
+    if !text.chars().any(unsafe_char) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if !unsafe_char(c) {
+            out.push(c);
+        } else if (c as u32) < 0x80 {
+            out.push_str(&format!("\\x{:02x}", c as u32));
+        } else {
+            out.push_str(&format!("\\u{{{:x}}}", c as u32));
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Prints rows as left-aligned columns separated by three spaces, like kubectl; cells are
+/// [`escape`]d.
 pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| row.iter().map(|c| escape(c).into_owned()).collect())
+        .collect();
+    let rows = &rows;
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (i, cell) in row.iter().enumerate() {
@@ -86,6 +126,19 @@ mod tests {
             ],
         );
         assert_eq!(t, "NAME        READY\napp         3/3\ncassandra   0/3\n");
+    }
+
+    #[test]
+    fn control_characters_are_escaped() {
+        assert!(matches!(escape("site=home"), Cow::Borrowed(_)));
+        assert_eq!(escape("a\u{1b}]0;owned\u{7}b"), "a\\x1b]0;owned\\x07b");
+        assert_eq!(
+            escape("\u{1b}[2J\u{7f}\u{9b}x\n"),
+            "\\x1b[2J\\x7f\\u{9b}x\\x0a"
+        );
+        assert_eq!(escape_text("one\u{1b}\ntwo\n"), "one\\x1b\ntwo\n");
+        let t = table(&["NAME"], &[vec!["x\u{1b}[2J".into()]]);
+        assert_eq!(t, "NAME\nx\\x1b[2J\n");
     }
 
     #[test]

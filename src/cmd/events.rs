@@ -48,7 +48,9 @@ pub fn run(client: &Client, args: &Args) -> Result<ExitCode> {
     if !args.watch {
         match args.output {
             Some(Format::Json) => println!("{}", serde_json::to_string_pretty(&list)?),
-            Some(Format::Yaml) => print!("{}", serde_yaml_ng::to_string(&list)?),
+            Some(Format::Yaml) => {
+                print!("{}", output::escape_text(&serde_yaml_ng::to_string(&list)?))
+            }
             None if items.is_empty() => eprintln!("No events found."),
             None => {
                 let rows: Vec<Vec<String>> = items.iter().map(row).collect();
@@ -92,8 +94,12 @@ fn print_one(
 ) -> Result<()> {
     match format {
         Some(Format::Json) => writeln!(out, "{}", serde_json::to_string(event)?)?,
-        Some(Format::Yaml) => write!(out, "---\n{}", serde_yaml_ng::to_string(event)?)?,
-        None => writeln!(out, "{}", line(widths, &row(event)))?,
+        Some(Format::Yaml) => write!(
+            out,
+            "---\n{}",
+            output::escape_text(&serde_yaml_ng::to_string(event)?)
+        )?,
+        None => writeln!(out, "{}", output::escape(&line(widths, &row(event))))?,
     }
     Ok(())
 }

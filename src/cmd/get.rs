@@ -110,7 +110,7 @@ pub fn run(client: &Client, args: &Args) -> Result<ExitCode> {
     }
     match args.output {
         Some(Format::Json) => println!("{}", serde_json::to_string_pretty(&list)?),
-        Some(Format::Yaml) => print!("{}", serde_yaml_ng::to_string(&list)?),
+        Some(Format::Yaml) => print!("{}", output::escape_text(&serde_yaml_ng::to_string(&list)?)),
         _ => {
             let items = list["items"].as_array().cloned().unwrap_or_default();
             return print_objects(client, resource, items, args.output, true);
@@ -128,7 +128,10 @@ fn print_objects(
 ) -> Result<ExitCode> {
     match format {
         Some(Format::Json) => println!("{}", serde_json::to_string_pretty(&items[0])?),
-        Some(Format::Yaml) => print!("{}", serde_yaml_ng::to_string(&items[0])?),
+        Some(Format::Yaml) => print!(
+            "{}",
+            output::escape_text(&serde_yaml_ng::to_string(&items[0])?)
+        ),
         _ if items.is_empty() && is_list => {
             eprintln!("No {} found.", resource.path().trim_start_matches("/v1/"))
         }
@@ -187,7 +190,7 @@ fn watch(client: &Client, resource: Resource, path: &str, list: &Value) -> Resul
                 ));
             }
         }
-        println!("{out}");
+        println!("{}", output::escape(&out));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -278,7 +281,7 @@ pub fn render(resource: Resource, items: &[Value], containers: &[Value], wide: b
         Resource::Nodes => {
             let mut header = vec!["NAME", "STATUS", "ARCH", "CPUS", "MEMORY", "AGE"];
             if wide {
-                header.extend(["ADDRESS", "SUBNET", "LABELS"]);
+                header.extend(["ADDRESS", "SUBNET", "LABELS", "REQUESTED"]);
             }
             let rows: Vec<Vec<String>> = items
                 .iter()
@@ -304,6 +307,7 @@ pub fn render(resource: Resource, items: &[Value], containers: &[Value], wide: b
                         row.push(s(n, "/spec/address"));
                         row.push(s(n, "/spec/subnet"));
                         row.push(labels(n));
+                        row.push(requested(n));
                     }
                     row
                 })
@@ -354,23 +358,59 @@ fn labels(o: &Value) -> String {
     }
 }
 
+/// The labels a board asks for that an admin has not given it (`texu label node` accepts
+/// them), as `k=v,...`; `-` when none.
+fn requested(o: &Value) -> String {
+    let given = o.pointer("/metadata/labels").and_then(Value::as_object);
+    let pending: Vec<String> = o
+        .pointer("/status/requestedLabels")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .filter(|(k, v)| given.and_then(|g| g.get(*k)) != Some(*v))
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+        .collect();
+    if pending.is_empty() {
+        "-".into()
+    } else {
+        pending.join(",")
+    }
+}
+
 /// Runs `texu describe`.
 pub fn describe(client: &Client, args: &DescribeArgs) -> Result<ExitCode> {
     let resource = Resource::parse(&args.kind)?;
     let name = &args.name;
     texu_api::validate_name(name).map_err(|why| anyhow::anyhow!("invalid name {name:?}: {why}"))?;
     let object: Value = client.get(&format!("{}/{name}", resource.path()))?;
-    println!("Kind:         {}", s(&object, "/kind"));
-    println!("Name:         {name}");
-    println!("Labels:       {}", labels(&object));
-    println!("Created:      {}", s(&object, "/metadata/created"));
-    println!("Generation:   {}", s(&object, "/metadata/generation"));
-    println!("Revision:     {}", s(&object, "/metadata/revision"));
-    println!("Spec:");
-    print_indented(&object["spec"]);
+    let mut out = String::new();
+    let mut say = |line: String| {
+        out.push_str(&line);
+        out.push('\n');
+    };
+    say(format!("Kind:         {}", s(&object, "/kind")));
+    say(format!("Name:         {name}"));
+    say(format!("Labels:       {}", labels(&object)));
+    if resource == Resource::Nodes {
+        say(format!(
+            "Requested:    {} (labels the board asks for; texu label node {name} k=v accepts one)",
+            requested(&object)
+        ));
+    }
+    say(format!("Created:      {}", s(&object, "/metadata/created")));
+    say(format!(
+        "Generation:   {}",
+        s(&object, "/metadata/generation")
+    ));
+    say(format!(
+        "Revision:     {}",
+        s(&object, "/metadata/revision")
+    ));
+    say("Spec:".into());
+    indented(&object["spec"], &mut say);
     if let Some(status) = object.get("status").filter(|s| !s.is_null()) {
-        println!("Status:");
-        print_indented(status);
+        say("Status:".into());
+        indented(status, &mut say);
     }
     let related = match resource {
         Resource::Roles => Some(format!("/v1/containers?role={name}")),
@@ -380,22 +420,23 @@ pub fn describe(client: &Client, args: &DescribeArgs) -> Result<ExitCode> {
     if let Some(path) = related {
         let list: Value = client.get(&path)?;
         let items = list["items"].as_array().cloned().unwrap_or_default();
-        println!("Containers:");
+        say("Containers:".into());
         if items.is_empty() {
-            println!("  <none>");
+            say("  <none>".into());
         } else {
             for line in render(Resource::Containers, &items, &[], true).lines() {
-                println!("  {line}");
+                say(format!("  {line}"));
             }
         }
     }
+    print!("{}", output::escape_text(&out));
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_indented(value: &Value) {
+fn indented(value: &Value, say: &mut impl FnMut(String)) {
     let text = serde_yaml_ng::to_string(value).unwrap_or_default();
     for line in text.lines() {
-        println!("  {line}");
+        say(format!("  {line}"));
     }
 }
 

@@ -9,6 +9,7 @@ pub mod drain;
 pub mod events;
 pub mod get;
 pub mod image;
+pub mod label;
 pub mod status;
 
 use std::process::ExitCode;

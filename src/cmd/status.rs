@@ -19,7 +19,10 @@ pub fn run(client: &Client) -> Result<ExitCode> {
         items("/v1/roles")?,
         items("/v1/containers")?,
     );
-    print!("{}", render(client.server(), &nodes, &roles, &containers));
+    print!(
+        "{}",
+        crate::output::escape_text(&render(client.server(), &nodes, &roles, &containers))
+    );
     Ok(ExitCode::SUCCESS)
 }
 
