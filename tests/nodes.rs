@@ -170,16 +170,16 @@ fn boards_join_see_only_their_own_containers_and_go_not_ready_when_silent() {
 
     // Its own container status, reported in a heartbeat, shows in the API.
     let report = json!([{ "name": on_a[0], "generation": 1,
-        "status": { "phase": "Ready", "address": "198.19.1.5", "restarts": 1 } }]);
+        "status": { "phase": "Ready", "address": "198.19.0.5", "restarts": 1 } }]);
     assert_eq!(beat(&c, "board-a", &a, report), 200);
     let mine = c.get_json(&["containers", &on_a[0]]);
     assert_eq!(mine["status"]["phase"], "Ready");
-    assert_eq!(mine["status"]["address"], "198.19.1.5");
+    assert_eq!(mine["status"]["address"], "198.19.0.5");
     let wide = c.texu_ok(&["get", "containers", "-o", "wide"]);
     assert!(
         wide.lines().any(|l| l.contains(&on_a[0])
             && l.contains("board-a")
-            && l.contains("198.19.1.5")
+            && l.contains("198.19.0.5")
             && l.contains("Ready")),
         "{wide}"
     );
@@ -291,8 +291,15 @@ fn subnets_are_assigned_kept_on_rejoin_and_freed_when_a_board_is_removed() {
             .contains("no free container subnets"),
         "{v}"
     );
-    // Rejoining keeps the subnet.
-    join(&c, "board-a", "198.18.0.2");
+    // Rejoining (with its own credential) keeps the subnet.
+    let (code, v) = call(
+        "POST",
+        &format!("{}/v1/join", c.server),
+        &a,
+        Some(&json!({ "name": "board-a", "spec": spec("198.18.0.2") })),
+    );
+    assert_eq!(code, 200, "{v}");
+    let a = v["credential"].as_str().unwrap().to_string();
     assert_eq!(subnet_of("board-a"), "198.19.64.0/24");
     // Removing a board frees its subnet and its credential stops working.
     assert_eq!(
@@ -365,7 +372,7 @@ fn a_kept_original_keeps_its_own_boards_image_variant() {
         String::from_utf8_lossy(&out.stderr)
     );
     let ready = json!([{ "name": "app-0", "generation": 1,
-        "status": { "phase": "Ready", "address": "198.19.1.5" } }]);
+        "status": { "phase": "Ready", "address": "198.19.0.5" } }]);
     let placed = wait_for(Duration::from_secs(10), "app-0 on the arm board", || {
         beat_as(&c, "board-arm", &arm, arm_spec.clone(), ready.clone());
         let app = app0(&c);

@@ -23,7 +23,8 @@ pub struct Args {
     /// Directory for the credential, LXC containers, volumes and records.
     #[arg(long, default_value = "/var/lib/texu/agent")]
     data_dir: PathBuf,
-    /// A label for placement, e.g. site=home (repeatable).
+    /// A label for placement, e.g. site=home (repeatable): taken at the first join of a new
+    /// name; later only a request, which an admin accepts with `texu label node`.
     #[arg(long = "label", value_parser = parse_label)]
     labels: Vec<(String, String)>,
     /// This board's overlay (VPN) address.
