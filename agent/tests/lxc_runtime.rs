@@ -910,7 +910,7 @@ fn render_files(
             ordinal: 0,
             node: Some("board1".into()),
             generation: 1,
-            replaces: replaces.map(str::to_owned),
+            replaces: replaces.map(|a| a.parse().expect("an IPv4 address")),
             ..Default::default()
         },
     );

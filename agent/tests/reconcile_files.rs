@@ -26,7 +26,7 @@ fn container(name: &str, ordinal: i64, template: &str, replaces: Option<&str>) -
         reload: vec![],
     }];
     let mut c = common::container(name, ordinal, role);
-    c.spec.replaces = replaces.map(str::to_owned);
+    c.spec.replaces = replaces.map(|a| a.parse().expect("an IPv4 address"));
     c
 }
 
