@@ -432,3 +432,61 @@ fn label_churning_heartbeats_write_the_store_at_a_bounded_rate() {
         .unwrap_or(0);
     println!("state.redb: {size} bytes");
 }
+
+#[test]
+fn on_real_boards_the_join_token_neither_takes_a_board_nor_reroutes_its_traffic(
+) -> anyhow::Result<()> {
+    use texu::cluster::{Cluster, ClusterConfig};
+    let c = Cluster::start(ClusterConfig::new(2, common::texu_bin()))?;
+    let join_token = std::fs::read_to_string(c.plan().controller_dir().join("join.token"))?;
+    let join_token = join_token.trim();
+    let url = format!("{}/v1/join", c.server());
+    let node1 = c.plan().node_name(1);
+    let overlay = c.plan().overlay_network();
+    // The attacker's board says it is board 1, then asks for the overlay's own range.
+    let takeover = json!({ "name": node1, "spec": spec("198.18.0.66") });
+    let (code, v) = call("POST", &url, join_token, Some(&takeover));
+    anyhow::ensure!(code == 409, "takeover answered {code}: {v}");
+    let mut s = spec("198.18.0.66");
+    s["subnet"] = json!(overlay);
+    let (code, v) = call(
+        "POST",
+        &url,
+        join_token,
+        Some(&json!({ "name": "evil", "spec": s })),
+    );
+    anyhow::ensure!(code == 422, "overlay subnet answered {code}: {v}");
+    // Board 1 keeps its credential and stays Ready; its routes go to board 2's containers only.
+    let subnet2 = c.plan().board_subnet(2);
+    let routes = c.wait_until(
+        Duration::from_secs(20),
+        "board 1 to route to board 2",
+        || {
+            let out = c
+                .exec_in_board(1, &["ip", "-4", "route", "show", "proto", "197"])
+                .ok()?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.lines()
+                .any(|l| l.starts_with(&subnet2))
+                .then_some(text)
+        },
+    )?;
+    anyhow::ensure!(
+        routes.lines().count() == 1,
+        "board 1 routes more than board 2's subnet: {routes}"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let nodes = c.api().nodes()?;
+    let n1 = nodes
+        .iter()
+        .find(|n| n.metadata.name == node1)
+        .ok_or_else(|| anyhow::anyhow!("{node1} is gone"))?;
+    anyhow::ensure!(
+        n1.status.as_ref().map(|s| s.phase) == Some(texu_api::NodePhase::Ready),
+        "{node1} is not Ready after the takeover attempt: {:?}",
+        n1.status
+    );
+    anyhow::ensure!(nodes.len() == 2, "the attacker got a node: {nodes:?}");
+    c.teardown()?;
+    Ok(())
+}
