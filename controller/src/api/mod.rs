@@ -6,6 +6,7 @@
 
 mod error;
 mod events;
+mod nodes;
 mod watch;
 
 use std::collections::HashMap;
@@ -26,8 +27,9 @@ pub use error::ApiError;
 use crate::auth::Token;
 use crate::images::{self, ImageError, ImageStore};
 use crate::metrics::Metrics;
-use crate::nodes::{Heartbeat, JoinRequest, Joiner, NodeError, Nodes};
+use crate::nodes::Nodes;
 use crate::objects::{Object, Objects};
+use nodes::{heartbeat, join, label_node};
 
 /// Request bodies above this size are refused with 413.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
@@ -538,135 +540,6 @@ async fn blob(state: &ApiState, req: &Request, digest: &str) -> Answer {
         header::HeaderValue::from_static("application/octet-stream"),
     );
     Ok(response)
-}
-
-/// `POST /v1/join`: a new board with the join token, or an explicit re-join with the node's
-/// own credential or the admin token. Repeated failures from one address get 429.
-async fn join<S, B>(state: &ApiState, req: &Request, body: S) -> Answer
-where
-    S: Stream<Item = Result<B, warp::Error>> + Unpin + Send,
-    B: Buf,
-{
-    let from = req.remote;
-    if let Some(wait) = from.and_then(|ip| state.nodes.throttle().wait(ip)) {
-        return Ok(too_many_joins(wait));
-    }
-    let answer = join_once(state, req, body).await;
-    if let Some(ip) = from {
-        match &answer {
-            Ok(_) => state.nodes.throttle().succeed(ip),
-            Err(e) if matches!(e.status, StatusCode::UNAUTHORIZED | StatusCode::CONFLICT) => {
-                let penalty = state.nodes.throttle().fail(ip);
-                if !penalty.is_zero() {
-                    tracing::warn!(%ip, ?penalty, "repeated bad joins: address shut out");
-                }
-            }
-            Err(_) => {}
-        }
-    }
-    answer
-}
-
-async fn join_once<S, B>(state: &ApiState, req: &Request, body: S) -> Answer
-where
-    S: Stream<Item = Result<B, warp::Error>> + Unpin + Send,
-    B: Buf,
-{
-    let presented = bearer(req)?;
-    let who = if state.join_token.matches(presented) {
-        Joiner::JoinToken
-    } else if state.admin_token.matches(presented) {
-        Joiner::Admin
-    } else if let Some(node) = state.nodes.authenticate(presented).await? {
-        Joiner::Node(node)
-    } else {
-        return Err(ApiError::unauthorized("invalid join token"));
-    };
-    only(req, &[Method::POST])?;
-    let bytes = read_body(req, body).await?;
-    let join: JoinRequest = serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::bad_request(format!("request body is not a valid join request: {e}"))
-    })?;
-    valid_name(&join.name)?;
-    let answer = state.nodes.join(join, who).await.map_err(node_error)?;
-    Ok(json(StatusCode::OK, &answer))
-}
-
-/// 429 with `Retry-After` in whole seconds.
-fn too_many_joins(wait: std::time::Duration) -> Response {
-    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-    let mut response = ApiError::new(
-        StatusCode::TOO_MANY_REQUESTS,
-        format!("too many failed joins from this address; retry in {secs}s"),
-    )
-    .into_response();
-    response
-        .headers_mut()
-        .insert(header::RETRY_AFTER, header::HeaderValue::from(secs));
-    response
-}
-
-/// The API's answer to a refused join, heartbeat or label change.
-fn node_error(e: NodeError) -> ApiError {
-    match e {
-        NodeError::Object(o) => o.into(),
-        NodeError::NameTaken { .. } => ApiError::new(StatusCode::CONFLICT, e.to_string()),
-        NodeError::OtherNode { .. } => ApiError::new(StatusCode::FORBIDDEN, e.to_string()),
-        NodeError::SubnetOutside { .. } => ApiError::unprocessable(e.to_string(), Vec::new()),
-        NodeError::Invalid { ref errors, .. } => {
-            ApiError::unprocessable(e.to_string(), errors.clone())
-        }
-    }
-}
-
-async fn heartbeat<S, B>(state: &ApiState, req: &Request, name: &str, body: S) -> Answer
-where
-    S: Stream<Item = Result<B, warp::Error>> + Unpin + Send,
-    B: Buf,
-{
-    only(req, &[Method::PUT])?;
-    valid_name(name)?;
-    let bytes = read_body(req, body).await?;
-    let beat: Heartbeat = serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::bad_request(format!("request body is not a valid heartbeat: {e}"))
-    })?;
-    state
-        .nodes
-        .heartbeat(name, beat)
-        .await
-        .map_err(node_error)?;
-    Ok(json(StatusCode::OK, &serde_json::json!({ "result": "ok" })))
-}
-
-/// `texu label node NODE k=v k-`: admin labels, the ones placement uses. The body is
-/// `{"labels": {"k": "v", "gone": null}}`: a string sets a label, `null` removes it.
-async fn label_node<S, B>(state: &ApiState, req: &Request, name: &str, body: S) -> Answer
-where
-    S: Stream<Item = Result<B, warp::Error>> + Unpin + Send,
-    B: Buf,
-{
-    #[derive(serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Changes {
-        labels: std::collections::BTreeMap<String, Option<String>>,
-    }
-    only(req, &[Method::POST])?;
-    valid_name(name)?;
-    let bytes = read_body(req, body).await?;
-    let changes: Changes = serde_json::from_slice(&bytes).map_err(|e| {
-        ApiError::bad_request(format!(
-            "request body is not a label change ({{\"labels\": {{\"k\": \"v\", \"gone\": null}}}}): {e}"
-        ))
-    })?;
-    let node = state
-        .nodes
-        .label(name, &changes.labels)
-        .await
-        .map_err(node_error)?;
-    Ok(json(
-        StatusCode::OK,
-        &serde_json::json!({ "result": "labelled", "name": name, "object": node }),
-    ))
 }
 
 fn only(req: &Request, allowed: &[Method]) -> Result<(), ApiError> {
