@@ -1,10 +1,11 @@
-//! manifests/rastru/: every file passes the manifest validator, and the Cassandra role's
+//! Cassandra on boards: texu-cassandra sizes the heap from the cgroup's memory limit by
+//! Cassandra's rule; manifests/rastru/ passes the manifest validator, and the Cassandra role's
 //! templates, rendered by the agent's renderer, start a real Apache Cassandra 5.0 node through
 //! texu-cassandra that its readiness probe then reports Ready; a replacing member that would
 //! seed itself is refused.
 //!
 //! Needs root (a network namespace per node, so the manifest's fixed ports collide with
-//! nothing), Java 17 and the Cassandra install of scripts/setup.sh.
+//! nothing; cgroups), Java 17 and the Cassandra install of scripts/setup.sh.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -103,9 +104,13 @@ fn require_install() {
         matches!(jars, Ok(true)),
         "Apache Cassandra is not installed in {JARS}: run scripts/setup.sh"
     );
+    require_root();
+}
+
+fn require_root() {
     assert!(
         is_root(),
-        "this test needs root (a network namespace per Cassandra node)"
+        "this test needs root (network namespaces, cgroups for the Cassandra nodes)"
     );
 }
 
@@ -283,4 +288,118 @@ fn a_replacing_member_never_seeds_itself() {
         stderr.contains("a seed cannot replace 127.0.0.9"),
         "{stderr}"
     );
+}
+
+/// A memory and CPU cgroup of this test's own (v2, or v1's memory and cpu hierarchies),
+/// removed when dropped.
+struct Cgroup {
+    dirs: Vec<PathBuf>,
+}
+
+impl Cgroup {
+    fn new(memory_bytes: u64, cpu_millis: u64) -> Cgroup {
+        let name = format!("texu-cassandra-test-{}-{memory_bytes}", std::process::id());
+        let quota = cpu_millis * 100; // of a 100 ms period
+        let root = Path::new("/sys/fs/cgroup");
+        let (dirs, settings) = if root.join("cgroup.controllers").exists() {
+            let d = root.join(&name);
+            let settings = vec![
+                (d.join("memory.max"), memory_bytes.to_string()),
+                (d.join("cpu.max"), format!("{quota} 100000")),
+            ];
+            (vec![d], settings)
+        } else {
+            let (m, c) = (
+                root.join("memory").join(&name),
+                root.join("cpu").join(&name),
+            );
+            let settings = vec![
+                (m.join("memory.limit_in_bytes"), memory_bytes.to_string()),
+                (c.join("cpu.cfs_period_us"), "100000".to_string()),
+                (c.join("cpu.cfs_quota_us"), quota.to_string()),
+            ];
+            (vec![m, c], settings)
+        };
+        let cgroup = Cgroup { dirs };
+        for d in &cgroup.dirs {
+            fs::create_dir(d).unwrap_or_else(|e| panic!("create cgroup {}: {e}", d.display()));
+        }
+        for (file, value) in settings {
+            fs::write(&file, value).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        }
+        cgroup
+    }
+
+    /// `texu-cassandra ARGS` run inside this cgroup; its standard output.
+    fn run(&self, args: &[&str]) -> String {
+        let join: Vec<String> = self
+            .dirs
+            .iter()
+            .map(|d| format!("echo $$ > {}/cgroup.procs", d.display()))
+            .collect();
+        let script = format!("{} && exec \"$0\" \"$@\"", join.join(" && "));
+        let out = Command::new("bash")
+            .args(["-c", &script])
+            .arg(repo().join("scripts/cassandra/texu-cassandra"))
+            .args(args)
+            .output()
+            .expect("bash");
+        assert!(
+            out.status.success(),
+            "texu-cassandra {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("utf-8")
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        for d in &self.dirs {
+            let _ = fs::remove_dir(d);
+        }
+    }
+}
+
+/// Cassandra's cassandra-env.sh: max(min(limit/2, 1 GiB), min(limit/4, 8 GiB)) and
+/// min(100 MiB per core, heap/4), in MiB.
+fn cassandra_heap_rule(limit_mib: u64, cores: u64) -> (u64, u64) {
+    let heap = (limit_mib / 2).min(1024).max((limit_mib / 4).min(8192));
+    (heap, (heap / 4).min(100 * cores))
+}
+
+#[test]
+fn heap_follows_the_containers_memory_limit() {
+    require_root();
+    // 512 MiB (a SheevaPlug), 1 GiB, the rastru role's 3 GiB, 6 GiB, 16 GiB: below this VM's RAM,
+    // which bounds what a cgroup can give.
+    for (limit_mib, cpu_millis) in [
+        (512u64, 1000u64),
+        (1024, 500),
+        (3072, 2000),
+        (6144, 4000),
+        (16384, 2500),
+    ] {
+        // The quota in whole CPUs, but never more than the board has.
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+        let cores = cpu_millis.div_ceil(1000).min(cpus);
+        let (heap, new) = cassandra_heap_rule(limit_mib, cores);
+        let expected = format!("MAX_HEAP_SIZE={heap}M\nHEAP_NEWSIZE={new}M\n");
+        let cgroup = Cgroup::new(limit_mib << 20, cpu_millis);
+        assert_eq!(
+            cgroup.run(&["heap"]),
+            expected,
+            "{limit_mib} MiB cgroup, {cpu_millis} mCPU"
+        );
+        // A flag wins over the cgroup, as in a rendered env file; 64 GiB hits the 8 GiB cap.
+        let (heap, new) = cassandra_heap_rule(64 << 10, 2);
+        assert_eq!(
+            cgroup.run(&["heap", "--memory-limit", "64Gi", "--cores", "2"]),
+            format!("MAX_HEAP_SIZE={heap}M\nHEAP_NEWSIZE={new}M\n")
+        );
+        assert_eq!(
+            cgroup.run(&["heap", "--memory-limit", "4Gi", "--cores", "2"]),
+            "MAX_HEAP_SIZE=1024M\nHEAP_NEWSIZE=200M\n"
+        );
+    }
 }
