@@ -1039,3 +1039,108 @@ async fn rendered_files_in_a_stored_rootfs_image() {
         format!("name={name} node=board1\n")
     );
 }
+
+/// A Cassandra member as manifests/rastru/ describes it, in a real host-image container: its
+/// rendered cassandra.yaml and launcher settings, its data volume, a 1.5 GiB memory limit that
+/// texu-cassandra finds in the container's own cgroup, and the exec readiness probe run
+/// inside the container. The container has no network, so the member is 127.0.0.1 on its own
+/// loopback. Needs the Cassandra install of scripts/setup.sh.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rastru_cassandra_member_becomes_ready_in_a_host_container() {
+    let b = Board::new();
+    assert!(
+        Path::new("/usr/local/bin/texu-cassandra").exists(),
+        "Apache Cassandra is not installed (/usr/local/bin/texu-cassandra): run scripts/setup.sh"
+    );
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/rastru/cassandra.yaml");
+    let text = std::fs::read_to_string(&manifest).expect("manifests/rastru/cassandra.yaml");
+    let role = texu_api::parse_manifests("cassandra.yaml", &text)
+        .expect("a valid manifest")
+        .into_iter()
+        .map(|texu_api::Manifest::Role(r)| r)
+        .next()
+        .expect("the cassandra role");
+    let name = unique("cassandra-0");
+    let ctx = files::FileContext {
+        name: name.clone(),
+        role: "cassandra".into(),
+        address: Some("127.0.0.1".into()),
+        memory_limit: Some(1536 << 20),
+        ..files::FileContext::default()
+    };
+    let rendered = files::render(&role.spec.files, &ctx).expect("render");
+    let data = b.volume_dir("cassandra-data");
+    let mut spec = host(
+        &name,
+        &role
+            .spec
+            .command
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    spec.files = files::write(&b.volume_dir("cassandra-files"), &rendered).expect("write");
+    spec.volumes = vec![Volume {
+        host_path: data.clone(),
+        container_path: role.spec.volumes[0].path.clone().into(),
+    }];
+    spec.memory_limit_bytes = Some(1536 << 20);
+    b.rt.create(&spec).await.expect("create");
+    b.rt.start(&name).await.expect("start");
+
+    let probe = &role
+        .spec
+        .health
+        .readiness
+        .as_ref()
+        .unwrap()
+        .exec
+        .as_ref()
+        .unwrap()
+        .command;
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let st = b.rt.state(&name).await.expect("state");
+        assert_eq!(
+            st.as_ref().map(|s| s.phase),
+            Some(Phase::Running),
+            "Cassandra stopped: {st:?}; its log:\n{}",
+            std::fs::read_to_string(data.join("logs/system.log")).unwrap_or_default()
+        );
+        let out =
+            b.rt.exec(&name, probe, Duration::from_secs(30))
+                .await
+                .expect("exec");
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not Ready in 240 s: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    // The heap came from the rendered limit by Cassandra's rule: max(min(768, 1024),
+    // min(384, 8192)) MiB; the data is on the volume.
+    let cmdline = exec_ok(
+        &b.rt,
+        &name,
+        &[
+            "/bin/sh",
+            "-c",
+            "tr '\\0' ' ' < /proc/$(cat /var/lib/cassandra/cassandra.pid)/cmdline",
+        ],
+    )
+    .await;
+    assert!(cmdline.contains("-Xmx768M"), "{cmdline}");
+    assert!(
+        data.join("data/system").is_dir(),
+        "no system keyspace on the volume"
+    );
+    let status = exec_ok(&b.rt, &name, &["/usr/local/bin/texu-nodetool", "status"]).await;
+    assert!(
+        status.lines().any(|l| l.starts_with("UN  127.0.0.1 ")),
+        "{status}"
+    );
+}
