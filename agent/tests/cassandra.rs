@@ -1,8 +1,8 @@
 //! Cassandra on boards: texu-cassandra sizes the heap from the cgroup's memory limit by
 //! Cassandra's rule; manifests/rastru/ passes the manifest validator, and the Cassandra role's
 //! templates, rendered by the agent's renderer, start a real Apache Cassandra 5.0 node through
-//! texu-cassandra that its readiness probe then reports Ready; a replacing member that would
-//! seed itself is refused.
+//! texu-cassandra that its readiness probe then reports Ready, also in a real host-image LXC
+//! container with a memory limit; a replacing member that would seed itself is refused.
 //!
 //! Needs root (a network namespace per node, so the manifest's fixed ports collide with
 //! nothing; cgroups), Java 17 and the Cassandra install of scripts/setup.sh.
@@ -13,7 +13,11 @@ use std::process::{Child, Command, Stdio};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use texu_agent::files::{render, FileContext};
+use std::sync::Arc;
+
+use texu_agent::files::{self, render, FileContext};
+use texu_agent::lxc;
+use texu_agent::runtime::{ContainerSpec, Image, LxcRuntime, Phase, Runtime, Volume};
 use texu_api::{parse_manifests, Manifest, Role};
 
 const JARS: &str = "/usr/local/share/texu-cassandra/lib";
@@ -402,4 +406,113 @@ fn heap_follows_the_containers_memory_limit() {
             "MAX_HEAP_SIZE=1024M\nHEAP_NEWSIZE=200M\n"
         );
     }
+}
+
+/// A Cassandra member as manifests/rastru/ describes it, in a real host-image container: its
+/// rendered cassandra.yaml and launcher settings (the heap from the rendered memory limit), its
+/// data volume, a 1.5 GiB memory limit, and the exec readiness probe run inside the container. The container has no network, so the member is 127.0.0.1 on its own
+/// loopback.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rastru_member_becomes_ready_in_a_host_container() {
+    require_install();
+    assert!(
+        Path::new("/usr/local/bin/texu-cassandra").exists(),
+        "texu-cassandra is not in /usr/local/bin (the board's /usr): run scripts/setup.sh"
+    );
+    let dir = tempfile::Builder::new()
+        .prefix("texu-cassandra-lxc-")
+        .tempdir()
+        .expect("tempdir");
+    let rt = Arc::new(LxcRuntime::new(dir.path().join("lxc")).expect("LXC runtime"));
+    let name = format!("cassandra-0-{}", std::process::id());
+    // The body runs as a task so that the container goes away whether it passes or panics.
+    let body = tokio::spawn(member_in_container(
+        rt.clone(),
+        name.clone(),
+        dir.path().to_owned(),
+    ))
+    .await;
+    if let Err(e) = rt.destroy(&name).await {
+        eprintln!("cleanup: could not destroy {name}: {e}");
+    }
+    rt.remove_cgroup_dirs();
+    lxc::remove_lock_dir(rt.lxcpath());
+    if let Err(e) = body {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+async fn member_in_container(rt: Arc<LxcRuntime>, name: String, dir: PathBuf) {
+    let role = cassandra_role();
+    let ctx = FileContext {
+        address: Some("127.0.0.1".into()),
+        memory_limit: Some(1536 << 20),
+        ..context(&role, 0, None)
+    };
+    let rendered = render(&role.spec.files, &ctx).expect("render");
+    let data = dir.join("volume");
+    fs::create_dir_all(&data).expect("volume dir");
+    let mut spec = ContainerSpec::new(&name, Image::Host);
+    spec.command = role.spec.command.clone();
+    spec.files = files::write(&dir.join("files"), &rendered).expect("write files");
+    spec.volumes = vec![Volume {
+        host_path: data.clone(),
+        container_path: role.spec.volumes[0].path.clone().into(),
+    }];
+    spec.memory_limit_bytes = Some(1536 << 20);
+    rt.create(&spec).await.expect("create");
+    rt.start(&name).await.expect("start");
+
+    let readiness = role.spec.health.readiness.as_ref().expect("readiness");
+    let probe = &readiness.exec.as_ref().expect("an exec probe").command;
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let st = rt.state(&name).await.expect("state");
+        assert_eq!(
+            st.as_ref().map(|s| s.phase),
+            Some(Phase::Running),
+            "Cassandra stopped: {st:?}; its log:\n{}",
+            fs::read_to_string(data.join("logs/system.log")).unwrap_or_default()
+        );
+        let out = rt
+            .exec(&name, probe, Duration::from_secs(30))
+            .await
+            .expect("exec");
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not Ready in 240 s: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let run = |argv: &[&str]| {
+        let argv: Vec<String> = argv.iter().map(|a| a.to_string()).collect();
+        let (rt, name) = (rt.clone(), name.clone());
+        async move {
+            let out = rt
+                .exec(&name, &argv, Duration::from_secs(30))
+                .await
+                .expect("exec");
+            assert!(out.status.success(), "{argv:?}: {out:?}");
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        }
+    };
+    // The heap came from the rendered limit by Cassandra's rule: max(min(768, 1024),
+    // min(384, 8192)) MiB. (The template passes the limit because a container need not see its
+    // cgroup: on a cgroup v1 board, /sys/fs/cgroup is empty inside a host-image container.)
+    let java = "tr '\\0' ' ' < /proc/$(cat /var/lib/cassandra/cassandra.pid)/cmdline";
+    let cmdline = run(&["/bin/sh", "-c", java]).await;
+    assert!(cmdline.contains("-Xmx768M"), "{cmdline}");
+    assert!(
+        data.join("data/system").is_dir(),
+        "no system keyspace on the volume"
+    );
+    let status = run(&["/usr/local/bin/texu-nodetool", "status"]).await;
+    assert!(
+        status.lines().any(|l| l.starts_with("UN  127.0.0.1 ")),
+        "{status}"
+    );
 }
