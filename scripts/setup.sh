@@ -9,6 +9,7 @@ PKGS=(
   etcd-server etcd-client                         # real etcd for store tests
   libprotobuf-dev                                 # descriptor.proto for etcd-client
   apache2 iproute2 nftables curl procps psmisc    # proxy tier, networking, test tools
+  openjdk-17-jre-headless maven unzip             # Apache Cassandra (jars from Maven Central)
 )
 missing=()
 for p in "${PKGS[@]}"; do
@@ -28,5 +29,8 @@ for svc in etcd apache2; do
     systemctl stop "$svc" || true
   fi
 done
+# Apache Cassandra 5.0 jars, config templates and the texu-cassandra launchers (no Debian package
+# ships Cassandra); fetched once, skipped while the stamp matches scripts/cassandra/pom.xml.
+"$(dirname "$(readlink -f "$0")")/cassandra/install.sh"
 command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust (rustup) first" >&2; exit 1; }
 echo "setup: all packages present"
