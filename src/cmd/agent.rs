@@ -49,6 +49,33 @@ pub struct Args {
     /// Serve /metrics and /healthz here.
     #[arg(long)]
     metrics_listen: Option<SocketAddr>,
+    /// The board's own service ports, which no role may publish as a hostPort (comma
+    /// separated; the controller's port from --server and the --metrics-listen port are
+    /// always added).
+    #[arg(long, value_delimiter = ',', default_value = "22,53")]
+    reserved_ports: Vec<u16>,
+    /// The most an image may unpack to, in bytes (suffixes K, M, G: 4G); a larger one fails
+    /// its container with ImageTooLarge.
+    #[arg(long, default_value = "4G", value_parser = parse_bytes)]
+    image_max_bytes: u64,
+    /// The most files (entries) an image may unpack to.
+    #[arg(long, default_value_t = 500_000)]
+    image_max_files: u64,
+}
+
+/// `4G`, `512M`, `64K` or plain bytes.
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let (digits, shift) = match text.as_bytes().last() {
+        Some(b'K' | b'k') => (&text[..text.len() - 1], 10),
+        Some(b'M' | b'm') => (&text[..text.len() - 1], 20),
+        Some(b'G' | b'g') => (&text[..text.len() - 1], 30),
+        _ => (text, 0),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(|| format!("{text:?}: expected a size such as 4G, 512M or 1048576"))
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -84,6 +111,16 @@ pub fn run(args: &Args, server: Option<String>) -> Result<ExitCode> {
         network,
         heartbeat: args.heartbeat,
         heartbeat_jitter: args.heartbeat_jitter,
+        image_limits: texu_agent::daemon::images::Limits {
+            max_bytes: args.image_max_bytes,
+            max_files: args.image_max_files,
+        },
+        reserved_ports: args
+            .reserved_ports
+            .iter()
+            .copied()
+            .chain(args.metrics_listen.map(|a| a.port()))
+            .collect(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -1,8 +1,18 @@
 //! Images from the controller's image store: download once, verify the sha256, cache by
 //! digest, and unpack a fresh root filesystem per container.
+//!
+//! Unpacking treats the tarball as hostile: entries that would land outside the root are
+//! refused, device nodes and fifos are dropped, setuid/setgid bits are cleared, and the total
+//! size and file count stop at configurable caps, leaving no partial directory behind.
 
+use std::collections::HashSet;
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use tar::EntryType;
 
 use super::client::Client;
 
@@ -65,35 +75,307 @@ pub fn fetch(
     }
 }
 
-/// Unpacks `tarball` (plain, gzip, xz or zstd) into a new directory `dest`, replacing any old
-/// one. On failure nothing is left at `dest`.
+/// How much an image may unpack to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Total bytes of file contents.
+    pub max_bytes: u64,
+    /// Number of entries (files, directories, links).
+    pub max_files: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_bytes: 4 << 30,
+            max_files: 500_000,
+        }
+    }
+}
+
+static LIMITS: OnceLock<Limits> = OnceLock::new();
+
+/// Sets the limits every later `unpack` uses (the agent's flags; once, at start).
+pub fn set_limits(limits: Limits) {
+    if LIMITS.set(limits).is_err() {
+        tracing::warn!("image limits were already set; keeping the first ones");
+    }
+}
+
+/// Unpacks `tarball` (plain, gzip, xz, bzip2 or zstd) into a new directory `dest`, replacing
+/// any old one, within the limits set at start. On failure nothing is left at `dest`.
 pub fn unpack(tarball: &Path, dest: &Path) -> Result<(), ImageFailure> {
+    unpack_within(tarball, dest, LIMITS.get().copied().unwrap_or_default()).map(|_| ())
+}
+
+/// What an unpack dropped or changed, for the log.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Unpacked {
+    pub files: u64,
+    pub bytes: u64,
+    /// Device nodes, fifos and other special entries left out.
+    pub dropped: u64,
+    /// Files whose setuid/setgid bits were cleared.
+    pub setid_cleared: u64,
+}
+
+/// `unpack` with explicit limits.
+pub fn unpack_within(
+    tarball: &Path,
+    dest: &Path,
+    limits: Limits,
+) -> Result<Unpacked, ImageFailure> {
+    let failed = |what: &str, e: std::io::Error| ("ImageFailed", format!("{what}: {e}"));
     if dest.exists() {
-        std::fs::remove_dir_all(dest).map_err(|e| {
+        std::fs::remove_dir_all(dest)
+            .map_err(|e| failed(&format!("cannot clear {}", dest.display()), e))?;
+    }
+    std::fs::create_dir_all(dest)
+        .map_err(|e| failed(&format!("cannot create {}", dest.display()), e))?;
+    let result = Decompressed::open(tarball).and_then(|mut input| {
+        // Headers and long names come on top of the contents; past this the stream is a
+        // bomb whatever its headers say.
+        input.cap = limits
+            .max_bytes
+            .saturating_add(limits.max_files.saturating_mul(2048))
+            .saturating_add(1 << 20);
+        let unpacked = extract(&mut input, dest, limits)?;
+        input.finish().map(|()| unpacked)
+    });
+    match result {
+        Ok(unpacked) => {
+            tracing::info!(
+                dest = %dest.display(),
+                files = unpacked.files,
+                bytes = unpacked.bytes,
+                dropped = unpacked.dropped,
+                setid_cleared = unpacked.setid_cleared,
+                "image unpacked"
+            );
+            Ok(unpacked)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(dest);
+            Err(e)
+        }
+    }
+}
+
+/// Bits never carried over from an image: setuid and setgid (the sticky bit stays).
+const SETID_BITS: u32 = 0o6000;
+
+fn extract(
+    input: &mut Decompressed,
+    dest: &Path,
+    limits: Limits,
+) -> Result<Unpacked, ImageFailure> {
+    let bad = |message: String| ("ImageFailed", format!("cannot unpack the image: {message}"));
+    let too_big = |what: String| {
+        (
+            "ImageTooLarge",
+            format!("image unpacks to more than {what}; refusing it (agent flags --image-max-bytes, --image-max-files)"),
+        )
+    };
+    let exceeded = input.exceeded.clone();
+    let mut archive = tar::Archive::new(&mut *input);
+    archive.set_preserve_permissions(true);
+    archive.set_mask(SETID_BITS);
+    archive.set_preserve_ownerships(false);
+    archive.set_overwrite(true);
+    let mut done = Unpacked::default();
+    let mut dropped_paths: HashSet<PathBuf> = HashSet::new();
+    // Directories last, so that their modes and times are not disturbed by what goes in them.
+    let mut directories = Vec::new();
+    let entries = archive.entries().map_err(|e| bad(e.to_string()))?;
+    for entry in entries {
+        let mut entry = match entry {
+            Ok(entry) => entry,
+            Err(_) if exceeded.load(Ordering::Relaxed) => {
+                return Err(too_big(format!("{} bytes", limits.max_bytes)))
+            }
+            Err(e) => return Err(bad(e.to_string())),
+        };
+        let path = entry.path().map_err(|e| bad(e.to_string()))?.into_owned();
+        let kind = entry.header().entry_type();
+        match kind {
+            EntryType::Regular
+            | EntryType::Continuous
+            | EntryType::GNUSparse
+            | EntryType::Directory
+            | EntryType::Symlink => {}
+            EntryType::Link => {
+                let target = entry.link_name().ok().flatten().map(|t| t.into_owned());
+                if target.is_some_and(|t| dropped_paths.contains(&t)) {
+                    done.dropped += 1;
+                    continue;
+                }
+            }
+            EntryType::XGlobalHeader => continue,
+            _ => {
+                tracing::debug!(path = %path.display(), ?kind, "image entry dropped");
+                done.dropped += 1;
+                dropped_paths.insert(path);
+                continue;
+            }
+        }
+        done.files += 1;
+        if done.files > limits.max_files {
+            return Err(too_big(format!("{} files", limits.max_files)));
+        }
+        done.bytes = done.bytes.saturating_add(entry.size());
+        if done.bytes > limits.max_bytes {
+            return Err(too_big(format!("{} bytes", limits.max_bytes)));
+        }
+        if entry.header().mode().is_ok_and(|m| m & SETID_BITS != 0) && kind != EntryType::Directory
+        {
+            done.setid_cleared += 1;
+        }
+        if kind == EntryType::Directory {
+            directories.push(entry);
+            continue;
+        }
+        match entry.unpack_in(dest) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(bad(format!(
+                    "entry {} lies outside the root filesystem",
+                    path.display()
+                )))
+            }
+            Err(_) if exceeded.load(Ordering::Relaxed) => {
+                return Err(too_big(format!("{} bytes", limits.max_bytes)))
+            }
+            Err(e) => return Err(bad(error_chain(&e))),
+        }
+    }
+    directories.sort_by(|a, b| b.path_bytes().cmp(&a.path_bytes()));
+    for mut dir in directories {
+        match dir.unpack_in(dest) {
+            Ok(true) => {}
+            Ok(false) => {
+                return Err(bad(format!(
+                    "entry {} lies outside the root filesystem",
+                    String::from_utf8_lossy(&dir.path_bytes())
+                )))
+            }
+            Err(e) => return Err(bad(error_chain(&e))),
+        }
+    }
+    Ok(done)
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+/// The tarball's bytes, decompressed by the system's own tool when compressed, counted so
+/// that a compression bomb stops at a cap.
+struct Decompressed {
+    reader: Box<dyn Read + Send>,
+    child: Option<Child>,
+    read: u64,
+    cap: u64,
+    exceeded: Arc<AtomicBool>,
+}
+
+impl Decompressed {
+    fn open(tarball: &Path) -> Result<Decompressed, ImageFailure> {
+        let failed = |e: std::io::Error| {
             (
                 "ImageFailed",
-                format!("cannot clear {}: {e}", dest.display()),
+                format!("cannot read {}: {e}", tarball.display()),
             )
-        })?;
+        };
+        let mut magic = [0u8; 6];
+        let n = std::fs::File::open(tarball)
+            .and_then(|mut f| f.read(&mut magic))
+            .map_err(failed)?;
+        let tool = match &magic[..n] {
+            [0x1f, 0x8b, ..] => Some("gzip"),
+            [0xfd, b'7', b'z', b'X', b'Z', 0] => Some("xz"),
+            [0x28, 0xb5, 0x2f, 0xfd, ..] => Some("zstd"),
+            [b'B', b'Z', b'h', ..] => Some("bzip2"),
+            _ => None,
+        };
+        let file = std::fs::File::open(tarball).map_err(failed)?;
+        let (reader, child): (Box<dyn Read + Send>, _) = match tool {
+            None => (Box::new(file), None),
+            Some(tool) => {
+                let mut child = Command::new(tool)
+                    .arg("-dc")
+                    .stdin(file)
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .map_err(|e| ("ImageFailed", format!("cannot run {tool}: {e}")))?;
+                let Some(stdout) = child.stdout.take() else {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(("ImageFailed", format!("{tool} has no output pipe")));
+                };
+                (Box::new(stdout), Some(child))
+            }
+        };
+        Ok(Decompressed {
+            reader,
+            child,
+            read: 0,
+            cap: u64::MAX,
+            exceeded: Arc::new(AtomicBool::new(false)),
+        })
     }
-    std::fs::create_dir_all(dest).map_err(|e| {
-        (
-            "ImageFailed",
-            format!("cannot create {}: {e}", dest.display()),
-        )
-    })?;
-    let out = Command::new("tar")
-        .arg("-xf")
-        .arg(tarball)
-        .arg("-C")
-        .arg(dest)
-        .args(["--no-same-owner", "--numeric-owner"])
-        .output();
-    let failure = match out {
-        Ok(o) if o.status.success() => return Ok(()),
-        Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
-        Err(e) => format!("cannot run tar: {e}"),
-    };
-    let _ = std::fs::remove_dir_all(dest);
-    Err(("ImageFailed", format!("cannot unpack the image: {failure}")))
+
+    /// Drains what follows the archive (within the cap) and checks the decompressor's exit.
+    fn finish(mut self) -> Result<(), ImageFailure> {
+        let drained = std::io::copy(&mut self, &mut std::io::sink());
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        if drained.is_err() {
+            let _ = child.kill();
+        }
+        let status = child.wait();
+        match (drained, status) {
+            (Ok(_), Ok(s)) if s.success() => Ok(()),
+            (Ok(_), Ok(s)) => Err((
+                "ImageFailed",
+                format!("cannot unpack the image: its decompression failed ({s})"),
+            )),
+            (Err(e), _) | (_, Err(e)) => {
+                Err(("ImageFailed", format!("cannot unpack the image: {e}")))
+            }
+        }
+    }
 }
+
+impl Read for Decompressed {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.read >= self.cap {
+            self.exceeded.store(true, Ordering::Relaxed);
+            return Err(std::io::Error::other("image stream exceeds the size cap"));
+        }
+        let n = self.reader.read(buf)?;
+        self.read += n as u64;
+        Ok(n)
+    }
+}
+
+impl Drop for Decompressed {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "images_tests.rs"]
+mod tests;

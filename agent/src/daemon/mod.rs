@@ -10,7 +10,7 @@ pub mod client;
 pub mod contact;
 pub mod facts;
 pub mod hostports;
-mod images;
+pub mod images;
 pub mod network;
 mod reconcile;
 mod routes;
@@ -45,6 +45,11 @@ pub struct Config {
     pub heartbeat: Duration,
     /// Chaos testing: a random delay of up to this before each heartbeat (zero: none).
     pub heartbeat_jitter: Duration,
+    /// How much an image may unpack to.
+    pub image_limits: images::Limits,
+    /// The board's own service ports, never published as a `hostPort` (the controller's port
+    /// is added to these).
+    pub reserved_ports: Vec<u16>,
 }
 
 /// What stops the agent from starting.
@@ -180,6 +185,11 @@ pub async fn run(
         path: config.data_dir.clone(),
         source,
     })?;
+    images::set_limits(config.image_limits);
+    hostports::set_reserved(hostports::reserved_for(
+        &config.reserved_ports,
+        &config.server,
+    ));
     let client = Client::new(&config.server);
     let credential = credential(&config, &client).await?;
     let network = match &config.network {

@@ -528,6 +528,15 @@ impl Reconciler {
             }
         }
         self.set_phase(&name, ContainerPhase::Creating, None, None);
+        if let Some(Err(message)) = c
+            .spec
+            .template
+            .as_ref()
+            .map(|t| hostports::check_reserved(t, &hostports::reserved()))
+        {
+            self.fail_create(&name, "ReservedHostPort", message);
+            return;
+        }
         let rootfs = match self.prepare_image(c).await {
             Ok(rootfs) => rootfs,
             Err((reason, message)) => {

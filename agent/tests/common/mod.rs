@@ -37,6 +37,8 @@ impl Harness {
             network: None,
             heartbeat: Duration::from_millis(500),
             heartbeat_jitter: Duration::ZERO,
+            image_limits: Default::default(),
+            reserved_ports: Vec::new(),
         };
         let rt = Arc::new(FakeRuntime::new());
         let mut reconciler = Reconciler::new(
