@@ -56,7 +56,10 @@ pub use manifest::{
     Manifest, RoleBodyError, MAX_MANIFEST_BYTES,
 };
 pub use meta::ObjectMeta;
-pub use names::{validate_env_key, validate_label_key, validate_label_value, validate_name};
+pub use names::{
+    validate_container_names, validate_env_key, validate_label_key, validate_label_value,
+    validate_name,
+};
 pub use node::{
     validate_node_facts, validate_node_labels, Node, NodePhase, NodeSpec, NodeStatus,
     MAX_NODE_LABELS,

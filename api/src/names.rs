@@ -105,6 +105,36 @@ pub fn validate_label_value(value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks every name in a container that a board turns into a path or a name of its own:
+/// the container's, its role's, its nodes' and its volumes'. An agent calls it on what arrives
+/// from the controller before it touches anything.
+pub fn validate_container_names(c: &crate::Container) -> Result<(), String> {
+    let spec = &c.spec;
+    let mut names: Vec<(&str, &str)> = vec![
+        ("metadata.name", c.metadata.name.as_str()),
+        ("spec.role", spec.role.as_str()),
+    ];
+    names.extend(spec.node.as_deref().map(|n| ("spec.node", n)));
+    names.extend(
+        spec.handoff
+            .as_ref()
+            .map(|h| ("spec.handoff.node", h.node.as_str())),
+    );
+    names.extend(spec.moved_from.as_deref().map(|n| ("spec.movedFrom", n)));
+    if let Some(template) = &spec.template {
+        names.extend(
+            template
+                .volumes
+                .iter()
+                .map(|v| ("spec.template.volumes[].name", v.name.as_str())),
+        );
+    }
+    for (field, name) in names {
+        validate_name(name).map_err(|why| format!("{field} {name:?}: {why}"))?;
+    }
+    Ok(())
+}
+
 fn describe_char(c: char) -> String {
     match c {
         ' ' => "a space".into(),
@@ -141,6 +171,29 @@ mod tests {
             let err = validate_name(name).expect_err(name);
             assert!(err.contains(want), "{name:?}: {err}");
         }
+    }
+
+    #[test]
+    fn container_names() {
+        let mut c = crate::Container::new("app-0", crate::ContainerSpec::default());
+        c.spec.role = "app".into();
+        c.spec.node = Some("board1".into());
+        assert_eq!(validate_container_names(&c), Ok(()));
+        c.metadata.name = "../x".into();
+        let err = validate_container_names(&c).unwrap_err();
+        assert!(
+            err.starts_with("metadata.name \"../x\": must not contain '/'"),
+            "{err}"
+        );
+        c.metadata.name = "app-0".into();
+        c.spec.node = Some("a/b".into());
+        let err = validate_container_names(&c).unwrap_err();
+        assert!(err.starts_with("spec.node \"a/b\""), "{err}");
+        c.spec.node = None;
+        c.spec.role = String::new();
+        assert!(validate_container_names(&c)
+            .unwrap_err()
+            .starts_with("spec.role"));
     }
 
     #[test]

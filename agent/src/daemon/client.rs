@@ -144,7 +144,17 @@ impl Client {
             items: Vec<texu_api::Node>,
         }
         let list: NodeList = self.send("GET", "/v1/nodes", credential, None)?;
-        Ok(list.items)
+        Ok(list
+            .items
+            .into_iter()
+            .filter(|n| match texu_api::validate_name(&n.metadata.name) {
+                Ok(()) => true,
+                Err(why) => {
+                    tracing::error!(node = ?n.metadata.name, %why, "refusing a node with an invalid name from the controller");
+                    false
+                }
+            })
+            .collect())
     }
 
     /// Lists this node's containers and the revision of the read.
@@ -155,7 +165,8 @@ impl Client {
             credential,
             None,
         )?;
-        Ok((list.items, list.revision))
+        let items = list.items.into_iter().filter(acceptable).collect();
+        Ok((items, list.revision))
     }
 
     /// Follows changes to this node's containers after `revision`, calling `on_event` for each
@@ -190,6 +201,9 @@ impl Client {
             })?;
             let event: WatchEvent =
                 serde_json::from_str(&line).map_err(|e| ClientError::Decode(e.to_string()))?;
+            if !event_acceptable(&event) {
+                continue;
+            }
             if !on_event(event) {
                 break;
             }
@@ -286,6 +300,38 @@ impl Client {
                 message: t.to_string(),
             },
         }
+    }
+}
+
+/// True when every name in `c` is a valid object name; logs and refuses it otherwise. Names
+/// from the wire become paths on the board (rootfs, records, volumes), so `../x` must never
+/// get that far.
+fn acceptable(c: &Container) -> bool {
+    match texu_api::validate_container_names(c) {
+        Ok(()) => true,
+        Err(why) => {
+            tracing::error!(container = ?c.metadata.name, %why, "refusing a container with an invalid name from the controller");
+            false
+        }
+    }
+}
+
+/// `acceptable` for a watch event: the name of a deleted object, every name of a changed one.
+fn event_acceptable(event: &WatchEvent) -> bool {
+    if matches!(event.kind.as_str(), "BOOKMARK" | "ERROR") {
+        return true;
+    }
+    let name = event.object["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default();
+    if let Err(why) = texu_api::validate_name(name) {
+        tracing::error!(container = ?name, %why, kind = %event.kind, "refusing a watch event with an invalid container name");
+        return false;
+    }
+    match serde_json::from_value::<Container>(event.object.clone()) {
+        Ok(c) => acceptable(&c),
+        // The watcher reports what does not decode; the name alone was checked.
+        Err(_) => true,
     }
 }
 
