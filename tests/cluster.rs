@@ -589,9 +589,7 @@ fn exactly_one_copy_each(c: &Cluster) -> Result<()> {
 
 fn container(c: &Cluster, name: &str) -> Result<Container> {
     c.api()
-        .containers()?
-        .into_iter()
-        .find(|x| x.metadata.name == name)
+        .container(name)?
         .with_context(|| format!("no container {name}"))
 }
 

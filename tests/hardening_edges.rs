@@ -40,9 +40,7 @@ fn published(name: &str, host_port: u16) -> String {
 
 fn container(c: &Cluster, name: &str) -> Result<Container> {
     c.api()
-        .containers()?
-        .into_iter()
-        .find(|x| x.metadata.name == name)
+        .container(name)?
         .with_context(|| format!("no container {name}"))
 }
 

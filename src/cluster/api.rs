@@ -52,6 +52,14 @@ impl Api {
         self.list("/v1/containers")
     }
 
+    /// One container by name, if it exists.
+    pub fn container(&self, name: &str) -> Result<Option<Container>> {
+        Ok(self
+            .containers()?
+            .into_iter()
+            .find(|c| c.metadata.name == name))
+    }
+
     /// How far the cluster is from ready.
     pub fn progress(&self) -> Result<Progress> {
         Ok(Progress::of(
