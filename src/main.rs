@@ -30,7 +30,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the controller: store, API, and (later) scheduler.
+    /// Run the controller: the store, the HTTP API, the scheduler and the node monitor.
     Controller(cmd::controller::Args),
     /// Run a board's agent: join, then run the containers the controller assigns here.
     Agent(cmd::agent::Args),

@@ -124,6 +124,11 @@ impl Detector {
         silence >= self.grace && (silence >= self.ceiling() || self.phi(silence) >= THRESHOLD)
     }
 
+    /// When the last heartbeat of any kind came, if one did.
+    pub fn last(&self) -> Option<f64> {
+        self.last
+    }
+
     /// Seconds since the last heartbeat (or since `since` if none came).
     pub fn silence(&self, now: f64, since: f64) -> f64 {
         now - self.last.unwrap_or(since)

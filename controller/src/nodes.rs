@@ -144,6 +144,24 @@ impl Nodes {
         &self.throttle
     }
 
+    /// Fills each node's `status.lastHeartbeat` with the last heartbeat this controller
+    /// received from it (kept in memory: the store's copy is written only when something
+    /// else changes).
+    pub async fn fill_last_heartbeats(&self, nodes: &mut [Node]) {
+        let detectors = self.detectors.lock().await;
+        let now = self.epoch.elapsed().as_secs_f64();
+        for node in nodes {
+            let Some(last) = detectors.get(&node.metadata.name).and_then(Detector::last) else {
+                continue;
+            };
+            let ago = (now - last).max(0.0);
+            let at = clock::now_secs() - ago.round() as i64;
+            node.status
+                .get_or_insert_with(NodeStatus::default)
+                .last_heartbeat = Some(clock::format_rfc3339(at));
+        }
+    }
+
     /// Takes a heartbeat: marks the node seen, and writes node and container status that changed.
     /// Facts that fail [`texu_api::validate_node_facts`] refuse the whole heartbeat.
     pub async fn heartbeat(&self, name: &str, beat: Heartbeat) -> Result<(), NodeError> {

@@ -217,6 +217,10 @@ impl Objects {
         let expected = obj.meta().revision;
         let mut stored = obj.clone();
         stored.meta_mut().revision = 0;
+        if expected == 0 && stored.meta().created.is_none() {
+            // A revision of 0 creates the object: this is its birth (a container's AGE).
+            stored.meta_mut().created = Some(clock::now_rfc3339());
+        }
         let txn = Txn::new()
             .when_mod_revision(key.clone(), expected)
             .put(key, encode(&stored)?);

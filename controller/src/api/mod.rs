@@ -193,11 +193,11 @@ where
             };
             (route, answer)
         }
-        ["nodes"] => ("/v1/nodes", list::<Node>(state, req).await),
+        ["nodes"] => ("/v1/nodes", list_nodes(state, req).await),
         ["nodes", name] => {
             let answer = match req.method {
                 Method::DELETE => remove_node(state, name).await,
-                _ => read_one::<Node>(state, req, name).await,
+                _ => read_node(state, req, name).await,
             };
             ("/v1/nodes/{name}", answer)
         }
@@ -284,10 +284,8 @@ where
     };
     match rest {
         // Every board routes to every other board's subnet, so it may read the node list.
-        ["nodes"] => ("/v1/nodes", list::<Node>(state, req).await),
-        ["nodes", name] if *name == node => {
-            ("/v1/nodes/{name}", read_one::<Node>(state, req, name).await)
-        }
+        ["nodes"] => ("/v1/nodes", list_nodes(state, req).await),
+        ["nodes", name] if *name == node => ("/v1/nodes/{name}", read_node(state, req, name).await),
         ["nodes", name, "status"] if *name == node => (
             "/v1/nodes/{name}/status",
             heartbeat(state, req, name, body).await,
@@ -613,6 +611,40 @@ async fn list<T: Object>(state: &ApiState, req: &Request) -> Answer {
             items,
         },
     ))
+}
+
+/// `list::<Node>`, with each node's last heartbeat as this controller received it.
+async fn list_nodes(state: &ApiState, req: &Request) -> Answer {
+    if req.query.contains_key("watch") || req.method != Method::GET {
+        return list::<Node>(state, req).await;
+    }
+    let (mut items, revision) = state.objects.list::<Node>().await?;
+    state.nodes.fill_last_heartbeats(&mut items).await;
+    Ok(json(
+        StatusCode::OK,
+        &List {
+            api_version: texu_api::API_VERSION,
+            kind: format!("{}List", Kind::Node.as_str()),
+            revision,
+            items,
+        },
+    ))
+}
+
+/// `read_one::<Node>`, with the node's last heartbeat as this controller received it.
+async fn read_node(state: &ApiState, req: &Request, name: &str) -> Answer {
+    only(req, &[Method::GET])?;
+    valid_name(name)?;
+    let mut node = state
+        .objects
+        .get::<Node>(name)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("node {name} not found")))?;
+    state
+        .nodes
+        .fill_last_heartbeats(std::slice::from_mut(&mut node))
+        .await;
+    Ok(json(StatusCode::OK, &node))
 }
 
 async fn read_one<T: Object>(state: &ApiState, req: &Request, name: &str) -> Answer {

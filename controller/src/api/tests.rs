@@ -7,6 +7,7 @@ use texu_api::{Role, RoleSpec};
 use warp::http::{HeaderMap, HeaderValue, Method, StatusCode};
 
 use super::*;
+use crate::clock;
 use crate::store::embedded::EmbeddedStore;
 
 struct Fixture {
@@ -307,4 +308,84 @@ async fn events_watch_sends_the_backlog_then_new_events_and_ends_on_shutdown() {
     .await
     .expect("the stream ends on shutdown");
     assert!(end.is_none());
+}
+
+/// `lastHeartbeat` is the last heartbeat received, though the store's copy is written only
+/// when something else changes; a container gets its creation time when it is first written.
+#[tokio::test]
+async fn nodes_show_the_last_heartbeat_received_and_containers_their_creation() {
+    let f = fixture();
+    let spec = texu_api::NodeSpec {
+        address: "198.18.0.2".into(),
+        arch: texu_api::Arch::Amd64,
+        cpus: 1,
+        memory_bytes: 1 << 30,
+        subnet: None,
+        unschedulable: false,
+        draining: false,
+    };
+    let joined = f
+        .state
+        .nodes
+        .join(crate::nodes::JoinRequest {
+            name: "board1".into(),
+            labels: Default::default(),
+            spec: spec.clone(),
+        })
+        .await
+        .unwrap();
+    let beat = serde_json::to_vec(&serde_json::json!({ "spec": spec })).unwrap();
+    let cred = Some(joined.credential.as_str());
+    let path = "/v1/nodes/board1/status";
+    assert_eq!(
+        call(&f, Method::PUT, path, cred, &beat).await.0,
+        StatusCode::OK
+    );
+    let stored = |n: Option<Node>| n.and_then(|n| n.status?.last_heartbeat);
+    let first = stored(f.state.objects.get::<Node>("board1").await.unwrap()).expect("stored");
+    // Heartbeats that change nothing are not written, yet they are what the API shows.
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    assert_eq!(
+        call(&f, Method::PUT, path, cred, &beat).await.0,
+        StatusCode::OK
+    );
+    let now = clock::now_secs();
+    let still = stored(f.state.objects.get::<Node>("board1").await.unwrap());
+    assert_eq!(still.as_deref(), Some(first.as_str()), "no store write");
+    let (s, one) = call(&f, Method::GET, "/v1/nodes/board1", Some("secret"), b"").await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, all) = call(&f, Method::GET, "/v1/nodes", Some("secret"), b"").await;
+    for shown in [&one["status"], &all["items"][0]["status"]] {
+        let shown = shown["lastHeartbeat"].as_str().expect("lastHeartbeat");
+        let at = clock::parse_rfc3339(shown).unwrap();
+        assert!(
+            at > clock::parse_rfc3339(&first).unwrap() && at >= now - 1,
+            "shown {shown}, first beat {first}"
+        );
+    }
+
+    let c = Container::new("app-0", texu_api::ContainerSpec::default());
+    f.state.objects.replace(&c).await.unwrap();
+    let mut c = f
+        .state
+        .objects
+        .get::<Container>("app-0")
+        .await
+        .unwrap()
+        .unwrap();
+    let created = c.metadata.created.clone().expect("creation time");
+    assert!(
+        clock::parse_rfc3339(&created).unwrap() >= now - 1,
+        "{created}"
+    );
+    c.spec.generation = 2;
+    f.state.objects.replace(&c).await.unwrap();
+    let c = f
+        .state
+        .objects
+        .get::<Container>("app-0")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(c.metadata.created, Some(created), "an update keeps it");
 }
