@@ -87,6 +87,19 @@ async fn http_body_util_collect(response: Response) -> Vec<u8> {
     out
 }
 
+/// The facts of a small amd64 board, as it joins.
+fn board_spec() -> texu_api::NodeSpec {
+    texu_api::NodeSpec {
+        address: "198.18.0.2".into(),
+        arch: texu_api::Arch::Amd64,
+        cpus: 1,
+        memory_bytes: 1 << 30,
+        subnet: None,
+        unschedulable: false,
+        draining: false,
+    }
+}
+
 fn role_json(name: &str, replicas: i64) -> Vec<u8> {
     let mut spec = RoleSpec::with_image("host");
     spec.replicas = replicas;
@@ -217,15 +230,7 @@ async fn events_list_after_a_seq_for_admins_only() {
             crate::nodes::JoinRequest {
                 name: "board1".into(),
                 labels: Default::default(),
-                spec: texu_api::NodeSpec {
-                    address: "198.18.0.2".into(),
-                    arch: texu_api::Arch::Amd64,
-                    cpus: 1,
-                    memory_bytes: 1 << 30,
-                    subnet: None,
-                    unschedulable: false,
-                    draining: false,
-                },
+                spec: board_spec(),
             },
             crate::nodes::Joiner::JoinToken,
         )
@@ -315,23 +320,18 @@ async fn events_watch_sends_the_backlog_then_new_events_and_ends_on_shutdown() {
 #[tokio::test]
 async fn nodes_show_the_last_heartbeat_received_and_containers_their_creation() {
     let f = fixture();
-    let spec = texu_api::NodeSpec {
-        address: "198.18.0.2".into(),
-        arch: texu_api::Arch::Amd64,
-        cpus: 1,
-        memory_bytes: 1 << 30,
-        subnet: None,
-        unschedulable: false,
-        draining: false,
-    };
+    let spec = board_spec();
     let joined = f
         .state
         .nodes
-        .join(crate::nodes::JoinRequest {
-            name: "board1".into(),
-            labels: Default::default(),
-            spec: spec.clone(),
-        })
+        .join(
+            crate::nodes::JoinRequest {
+                name: "board1".into(),
+                labels: Default::default(),
+                spec: spec.clone(),
+            },
+            crate::nodes::Joiner::JoinToken,
+        )
         .await
         .unwrap();
     let beat = serde_json::to_vec(&serde_json::json!({ "spec": spec })).unwrap();
