@@ -332,28 +332,36 @@ impl Decompressed {
         })
     }
 
-    /// Drains what follows the archive (within the cap) and checks the decompressor's exit.
+    /// Checks the decompressor's exit once the archive has ended. Tar pads archives to whole
+    /// records, so a little more may follow; beyond [`TRAILER_BYTES`] the rest is not read at
+    /// all (the archive is complete) and the decompressor is stopped.
     fn finish(mut self) -> Result<(), ImageFailure> {
-        let drained = std::io::copy(&mut self, &mut std::io::sink());
+        let drained = std::io::copy(
+            &mut (&mut self).take(TRAILER_BYTES + 1),
+            &mut std::io::sink(),
+        );
         let Some(mut child) = self.child.take() else {
             return Ok(());
         };
-        if drained.is_err() {
+        let complete = matches!(drained, Ok(n) if n <= TRAILER_BYTES);
+        if !complete {
             let _ = child.kill();
+            let _ = child.wait();
+            return Ok(());
         }
-        let status = child.wait();
-        match (drained, status) {
-            (Ok(_), Ok(s)) if s.success() => Ok(()),
-            (Ok(_), Ok(s)) => Err((
+        match child.wait() {
+            Ok(s) if s.success() => Ok(()),
+            Ok(s) => Err((
                 "ImageFailed",
                 format!("cannot unpack the image: its decompression failed ({s})"),
             )),
-            (Err(e), _) | (_, Err(e)) => {
-                Err(("ImageFailed", format!("cannot unpack the image: {e}")))
-            }
+            Err(e) => Err(("ImageFailed", format!("cannot unpack the image: {e}"))),
         }
     }
 }
+
+/// How much may follow the end of an archive before the rest is ignored unread.
+const TRAILER_BYTES: u64 = 1 << 20;
 
 impl Read for Decompressed {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {

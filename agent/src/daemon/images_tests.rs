@@ -304,3 +304,35 @@ fn compressed_formats_unpack() {
     assert_eq!(err.0, "ImageFailed");
     assert!(!dest.exists());
 }
+
+#[test]
+fn what_follows_the_end_of_the_archive_is_not_unpacked_or_counted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("hello"), "hello").unwrap();
+    let tar = tmp.path().join("image.tar");
+    run(Command::new("tar")
+        .arg("-cf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(&src)
+        .arg("."));
+    // 100 MB of zeros after the archive's end, inside the compressed stream.
+    let file = std::fs::OpenOptions::new().write(true).open(&tar).unwrap();
+    let len = file.metadata().unwrap().len();
+    file.set_len(len + (100 << 20)).unwrap();
+    let tarball = tmp.path().join("image.tar.zst");
+    run(Command::new("zstd")
+        .args(["-q", "-f"])
+        .arg(&tar)
+        .arg("-o")
+        .arg(&tarball));
+    let dest = tmp.path().join("rootfs");
+    let unpacked = unpack_within(&tarball, &dest, small()).expect("unpack");
+    assert_eq!(unpacked.bytes, 5);
+    assert_eq!(
+        std::fs::read_to_string(dest.join("hello")).unwrap(),
+        "hello"
+    );
+}
