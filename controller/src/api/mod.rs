@@ -29,7 +29,7 @@ use crate::images::{self, ImageError, ImageStore};
 use crate::metrics::Metrics;
 use crate::nodes::Nodes;
 use crate::objects::{Object, Objects};
-use nodes::{heartbeat, join, label_node};
+use nodes::{heartbeat, join, label_node, list_nodes, read_node};
 
 /// Request bodies above this size are refused with 413.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
@@ -568,14 +568,14 @@ async fn metrics(state: &ApiState, req: &Request) -> Answer {
 /// A list of objects with the revision it was read at, so a client can resume a watch.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct List<T> {
+pub(super) struct List<T> {
     api_version: &'static str,
     kind: String,
     revision: i64,
     items: Vec<T>,
 }
 
-async fn list<T: Object>(state: &ApiState, req: &Request) -> Answer {
+pub(super) async fn list<T: Object>(state: &ApiState, req: &Request) -> Answer {
     only(req, &[Method::GET])?;
     let (role_filter, node_filter) = (req.query.get("role"), req.query.get("node"));
     for (param, value) in [("role", role_filter), ("node", node_filter)] {
@@ -611,40 +611,6 @@ async fn list<T: Object>(state: &ApiState, req: &Request) -> Answer {
             items,
         },
     ))
-}
-
-/// `list::<Node>`, with each node's last heartbeat as this controller received it.
-async fn list_nodes(state: &ApiState, req: &Request) -> Answer {
-    if req.query.contains_key("watch") || req.method != Method::GET {
-        return list::<Node>(state, req).await;
-    }
-    let (mut items, revision) = state.objects.list::<Node>().await?;
-    state.nodes.fill_last_heartbeats(&mut items).await;
-    Ok(json(
-        StatusCode::OK,
-        &List {
-            api_version: texu_api::API_VERSION,
-            kind: format!("{}List", Kind::Node.as_str()),
-            revision,
-            items,
-        },
-    ))
-}
-
-/// `read_one::<Node>`, with the node's last heartbeat as this controller received it.
-async fn read_node(state: &ApiState, req: &Request, name: &str) -> Answer {
-    only(req, &[Method::GET])?;
-    valid_name(name)?;
-    let mut node = state
-        .objects
-        .get::<Node>(name)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("node {name} not found")))?;
-    state
-        .nodes
-        .fill_last_heartbeats(std::slice::from_mut(&mut node))
-        .await;
-    Ok(json(StatusCode::OK, &node))
 }
 
 async fn read_one<T: Object>(state: &ApiState, req: &Request, name: &str) -> Answer {

@@ -1,5 +1,5 @@
 //! The node routes that boards and admins use on a board's node: joining (with its backoff),
-//! heartbeats and admin labels.
+//! heartbeats, admin labels, and reading nodes with the last heartbeat received.
 
 use bytes::Buf;
 use futures::Stream;
@@ -8,6 +8,7 @@ use warp::reply::Response;
 
 use super::{bearer, json, only, read_body, valid_name, Answer, ApiError, ApiState, Request};
 use crate::nodes::{Heartbeat, JoinRequest, Joiner, NodeError};
+use texu_api::{Kind, Node};
 
 /// `POST /v1/join`: a new board with the join token, or an explicit re-join with the node's
 /// own credential or the admin token. Repeated failures from one address get 429.
@@ -136,4 +137,38 @@ where
         StatusCode::OK,
         &serde_json::json!({ "result": "labelled", "name": name, "object": node }),
     ))
+}
+
+/// `list::<Node>`, with each node's last heartbeat as this controller received it.
+pub(super) async fn list_nodes(state: &ApiState, req: &Request) -> Answer {
+    if req.query.contains_key("watch") || req.method != Method::GET {
+        return super::list::<Node>(state, req).await;
+    }
+    let (mut items, revision) = state.objects.list::<Node>().await?;
+    state.nodes.fill_last_heartbeats(&mut items).await;
+    Ok(json(
+        StatusCode::OK,
+        &super::List {
+            api_version: texu_api::API_VERSION,
+            kind: format!("{}List", Kind::Node.as_str()),
+            revision,
+            items,
+        },
+    ))
+}
+
+/// `read_one::<Node>`, with the node's last heartbeat as this controller received it.
+pub(super) async fn read_node(state: &ApiState, req: &Request, name: &str) -> Answer {
+    only(req, &[Method::GET])?;
+    valid_name(name)?;
+    let mut node = state
+        .objects
+        .get::<Node>(name)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("node {name} not found")))?;
+    state
+        .nodes
+        .fill_last_heartbeats(std::slice::from_mut(&mut node))
+        .await;
+    Ok(json(StatusCode::OK, &node))
 }
