@@ -42,7 +42,7 @@ use std::path::{Component, Path, PathBuf};
 
 use minijinja::syntax::SyntaxConfig;
 use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior, Value};
-use texu_api::{Container, FileTemplate, RoleSpec};
+use texu_api::{Container, FileTemplate, Reason, RoleSpec};
 
 use crate::runtime::lxc::files::write_atomic;
 use crate::runtime::{ContainerSpec, FileMount};
@@ -179,10 +179,10 @@ pub enum FilesError {
 
 impl FilesError {
     /// The container status reason for this error.
-    pub fn reason(&self) -> &'static str {
+    pub fn reason(&self) -> Reason {
         match self {
-            FilesError::Write { .. } => "FilesFailed",
-            _ => "TemplateFailed",
+            FilesError::Write { .. } => Reason::FilesFailed,
+            _ => Reason::TemplateFailed,
         }
     }
 }
@@ -453,7 +453,7 @@ mod tests {
             matches!(&e, FilesError::Render { path, line: Some(2), .. } if path == "/etc/texu/x.conf"),
             "{e:?}"
         );
-        assert_eq!(e.reason(), "TemplateFailed");
+        assert_eq!(e.reason(), Reason::TemplateFailed);
         let text = format!("{e}: {}", std::error::Error::source(&e).unwrap());
         assert!(
             text.contains("/etc/texu/x.conf, line 2 (unknown: nmae)"),

@@ -38,6 +38,7 @@ mod meta;
 mod names;
 mod node;
 mod quantity;
+mod reason;
 mod role;
 mod schema;
 mod validate;
@@ -65,6 +66,7 @@ pub use node::{
     MAX_NODE_LABELS,
 };
 pub use quantity::{Quantity, QuantityError};
+pub use reason::{ExitReason, Reason};
 pub use role::{
     Disconnect, ExecProbe, FileTemplate, Health, HttpProbe, Keep, Placement, Port, PortRef, Probe,
     Protocol, Resources, Role, RoleSpec, RoleStatus, Strategy, TcpProbe, Volume,

@@ -8,12 +8,17 @@
 
 pub mod client;
 pub mod contact;
+mod decide;
 pub mod facts;
 pub mod hostports;
 pub mod images;
 pub mod network;
+mod probes;
 mod reconcile;
+mod record;
 mod routes;
+mod slot;
+mod spec;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -1,88 +1,42 @@
 //! The reconciler: moves the board's LXC containers toward the containers assigned to it.
 //!
 //! Level-triggered and idempotent: each pass compares what should run (the controller's
-//! containers for this node) with what the runtime has, and takes one step per container. On
-//! start it adopts the containers it finds in its LXC path without restarting them; it removes
-//! containers no longer assigned only after it has heard the controller's list.
+//! containers for this node) with what the runtime has, asks [`decide`] what each container
+//! needs next, and carries that out through the runtime. On start it adopts the containers it
+//! finds in its LXC path without restarting them; it removes containers no longer assigned
+//! only after it has heard the controller's list.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, Ipv4Addr};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-use texu_api::{Container, ContainerPhase, ContainerStatus, ImageRef, RoleSpec};
+use texu_api::{Container, ContainerPhase, ContainerStatus, ExitReason, Reason};
 use tokio::sync::{mpsc, watch, Mutex, Notify};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use super::client::{Client, Reported};
 use super::contact::Contact;
+use super::decide::{self, decide, Action, Observed, SlotView, CREATE_RETRY};
 use super::hostports::{self, Published};
-use super::images::{self, ImageFailure};
 use super::network::{Addresses, Subnet};
+use super::probes::Probes;
+use super::record::Records;
+use super::slot::{Slot, SlotState};
+use super::spec::{self, Dirs, Failure};
 use super::{AgentError, Config, Desired};
-use crate::probe::{BackoffPolicy, Exec, ProbeReport, ProbeRunner, ProbeTarget, RestartBackoff};
-use crate::runtime::{self, ContainerState, NetConfig, Runtime, RuntimeError};
+use crate::runtime::{Runtime, RuntimeError};
 
 /// How often the reconciler looks at the runtime when nothing else wakes it.
 const TICK: Duration = Duration::from_millis(250);
 /// How long a container gets to stop before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(5);
-/// How long a failed create waits before it is tried again.
-const CREATE_RETRY: Duration = Duration::from_secs(5);
-/// How long a container that was serving keeps running after it is moved or scaled away, so
-/// that clients and proxies that still hold its address finish their requests (the new copy is
-/// already Ready when a drain or rebalance moves it).
-const LEAVE_DELAY: Duration = Duration::from_secs(2);
+/// Actions one container may take in one pass (bookkeeping ones ask again at once).
+const STEPS_PER_PASS: usize = 4;
 
-/// The role's `disconnect.stopOnNodeAfter`, if set and valid.
-fn stop_on_node_after(c: &Container) -> Option<Duration> {
-    c.spec
-        .template
-        .as_ref()?
-        .disconnect
-        .stop_on_node_after
-        .as_ref()?
-        .as_std()
-        .ok()
-}
-
-/// What the agent remembers about a container across its own restarts.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-struct Record {
-    generation: i64,
-    restarts: u32,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    last_exit: Option<String>,
-}
-
-/// One container the reconciler looks after.
-struct Slot {
-    record: Record,
-    backoff: RestartBackoff,
-    status: ContainerStatus,
-    probes: Option<(CancellationToken, watch::Receiver<ProbeReport>)>,
-    retry_create_at: Option<Instant>,
-    address: Option<Ipv4Addr>,
-    /// Stopped by the agent itself because the board was cut off (`stopOnNodeAfter`).
-    cut_off_stopped: bool,
-}
-
-/// Runs probes' `exec` checks through the runtime.
-struct RuntimeExec(Arc<dyn Runtime>);
-
-#[async_trait::async_trait]
-impl Exec for RuntimeExec {
-    async fn exec(&self, container: &str, argv: &[String]) -> Result<i32, String> {
-        let out = self
-            .0
-            .exec(container, argv, Duration::from_secs(30))
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(out.status.code().unwrap_or(-1))
-    }
+/// Whether to ask the decision again in the same pass, and with what the runtime has now.
+enum Next {
+    Done,
+    Again(Observed),
 }
 
 /// The reconciler's state.
@@ -93,7 +47,8 @@ pub struct Reconciler {
     runtime: Arc<dyn Runtime>,
     client: Client,
     credential: String,
-    data_dir: PathBuf,
+    dirs: Dirs,
+    records: Records,
     network: Option<(String, Subnet)>,
     addresses: Option<Addresses>,
     desired: BTreeMap<String, Container>,
@@ -103,8 +58,6 @@ pub struct Reconciler {
     /// latest reconnect (see `contact`).
     synced_epoch: u64,
     contact: Arc<Contact>,
-    /// Containers moved or scaled away that still serve until the deadline.
-    leaving: HashMap<String, Instant>,
     slots: HashMap<String, Slot>,
     /// Told when a container's phase changes, so a heartbeat carries it at once.
     changed: Arc<Notify>,
@@ -141,14 +94,14 @@ impl Reconciler {
             runtime,
             client,
             credential,
-            data_dir: config.data_dir.clone(),
+            dirs: Dirs::new(&config.data_dir),
+            records: Records::new(&config.data_dir),
             network,
             addresses,
             desired: BTreeMap::new(),
             synced: false,
             synced_epoch: 0,
             contact,
-            leaving: HashMap::new(),
             slots: HashMap::new(),
             changed: Arc::new(Notify::new()),
             verdicts: Arc::new(Notify::new()),
@@ -198,14 +151,13 @@ impl Reconciler {
             }
             *published = report;
         }
-        for slot in self.slots.values() {
-            if let Some((cancel, _)) = &slot.probes {
-                cancel.cancel();
-            }
+        for slot in self.slots.values_mut() {
+            slot.stop_probes();
         }
     }
 
     fn apply(&mut self, msg: Desired) {
+        let now = Instant::now();
         match msg {
             Desired::Snapshot(items, epoch) => {
                 // A fresh list (first, or after a cut-off): what left meanwhile goes at once.
@@ -214,26 +166,28 @@ impl Reconciler {
                     .filter_map(|c| self.for_this_board(c))
                     .map(|c| (c.metadata.name.clone(), c))
                     .collect();
-                self.leaving.clear();
+                for slot in self.slots.values_mut() {
+                    if matches!(slot.state, SlotState::Leaving { .. }) {
+                        slot.state = SlotState::Live;
+                    }
+                }
                 self.synced = true;
                 self.synced_epoch = epoch;
             }
             Desired::Upsert(c) => {
                 if let Some(c) = self.for_this_board(*c) {
-                    self.leaving.remove(&c.metadata.name);
+                    if let Some(slot) = self.slots.get_mut(&c.metadata.name) {
+                        if matches!(slot.state, SlotState::Leaving { .. }) {
+                            slot.state = SlotState::Live;
+                        }
+                    }
                     self.desired.insert(c.metadata.name.clone(), c);
                 }
             }
             Desired::Remove(name) => {
                 self.desired.remove(&name);
-                let serving = self.slots.get(&name).is_some_and(|s| {
-                    matches!(
-                        s.status.phase,
-                        ContainerPhase::Ready | ContainerPhase::Running
-                    )
-                });
-                if serving {
-                    self.leaving.insert(name, Instant::now() + LEAVE_DELAY);
+                if let Some(slot) = self.slots.get_mut(&name) {
+                    slot.state = decide::unassigned(slot.state, slot.serving(), now);
                 }
             }
         }
@@ -253,10 +207,14 @@ impl Reconciler {
         Some(c)
     }
 
-    /// True when the desired state is fresh enough to remove containers: a list read after the
-    /// latest reconnect, while heartbeats get through.
-    fn fresh(&self) -> bool {
-        self.synced && !self.contact.is_cut_off() && self.synced_epoch == self.contact.epoch()
+    /// The board's contact with the controller, as the decision reads it.
+    fn contact(&self) -> decide::Contact {
+        decide::Contact {
+            cut_off_for: self.contact.cut_off_for(),
+            fresh: self.synced
+                && !self.contact.is_cut_off()
+                && self.synced_epoch == self.contact.epoch(),
+        }
     }
 
     fn phases(&self) -> Vec<ContainerPhase> {
@@ -287,80 +245,185 @@ impl Reconciler {
                 return;
             }
         };
-        if self.fresh() {
-            let now = Instant::now();
-            let strays: Vec<String> = existing
-                .iter()
-                .filter(|n| !self.desired.contains_key(*n))
-                .filter(|n| self.leaving.get(*n).is_none_or(|due| *due <= now))
-                .cloned()
-                .collect();
-            for name in strays {
-                self.leaving.remove(&name);
-                self.remove(&name).await;
-            }
-            let gone: Vec<String> = self
-                .slots
-                .keys()
-                .filter(|n| !self.desired.contains_key(*n) && !existing.contains(n))
-                .cloned()
-                .collect();
-            for name in gone {
-                self.remove(&name).await;
+        self.remove_unassigned(&existing).await;
+        let desired: Vec<Container> = self.desired.values().cloned().collect();
+        let mut seen = Vec::with_capacity(desired.len());
+        for c in &desired {
+            self.ensure_slot(&c.metadata.name);
+            let Some(observed) = self.observe(c, existing.contains(&c.metadata.name)).await else {
+                continue;
+            };
+            seen.push((c, observed));
+        }
+        // Fencing first: every older copy stops before anything starts.
+        for (c, observed) in &mut seen {
+            if let Some(Action::Fence { held }) = self.decision(c, *observed) {
+                self.fence(c, held).await;
+                *observed = Observed::Missing;
             }
         }
-        self.fence(&existing).await;
-        let cut_off = self.contact.cut_off_for();
-        let fresh = self.fresh();
-        let desired: Vec<Container> = self.desired.values().cloned().collect();
-        for c in desired {
-            let name = &c.metadata.name;
-            if let Some(away) = cut_off {
-                if stop_on_node_after(&c).is_some_and(|limit| away >= limit) {
-                    self.stop_cut_off(name, away).await;
-                    continue;
-                }
-            }
-            if self.slots.get(name).is_some_and(|s| s.cut_off_stopped) {
-                // Start again only once a list after the reconnect says it is still ours.
-                if !fresh {
-                    continue;
-                }
-                self.resume(&c).await;
-                continue;
-            }
-            self.step(&c, existing.contains(name)).await;
+        for (c, observed) in seen {
+            self.step(c, observed).await;
         }
         self.publish_host_ports().await;
     }
 
-    /// Fencing: a container here whose generation is older than the one assigned is stopped
-    /// before anything starts, so an old copy never runs next to a new one.
-    async fn fence(&mut self, existing: &[String]) {
-        let stale: Vec<(String, i64, i64)> = self
-            .desired
-            .values()
-            .filter(|c| existing.contains(&c.metadata.name))
-            .filter_map(|c| {
-                let name = &c.metadata.name;
-                let held = match self.slots.get(name) {
-                    Some(slot) => slot.record.generation,
-                    None => read_record(&self.record_path(name))?.generation,
-                };
-                (held != c.spec.generation).then(|| (name.clone(), held, c.spec.generation))
+    /// Removes what the runtime has that is no longer assigned here (once the list is fresh
+    /// and any leave delay is over), and forgets slots whose container is gone.
+    async fn remove_unassigned(&mut self, existing: &[String]) {
+        let (contact, now) = (self.contact(), Instant::now());
+        let strays: Vec<String> = existing
+            .iter()
+            .filter(|n| {
+                let state = self.slots.get(*n).map(|s| s.state);
+                decide::removable(self.desired.contains_key(*n), state, contact, now)
             })
+            .cloned()
             .collect();
-        for (name, held, wanted) in stale {
-            tracing::info!(container = %name, held, wanted, "fenced: stopping an older generation before starting anything");
-            self.teardown(&name, false).await;
-            if let Some(slot) = self.slots.get_mut(&name) {
-                // Recreated by its step with the new generation.
-                slot.record.generation = wanted;
-                slot.status = ContainerStatus {
-                    address: slot.status.address.clone(),
-                    ..Default::default()
-                };
+        let gone: Vec<String> = self
+            .slots
+            .keys()
+            .filter(|n| contact.fresh && !self.desired.contains_key(*n) && !existing.contains(n))
+            .cloned()
+            .collect();
+        for name in strays.into_iter().chain(gone) {
+            tracing::info!(container = %name, "removing container no longer assigned here");
+            self.teardown(&name, true).await;
+        }
+    }
+
+    /// Makes the slot of a container first seen, with the restart count and last exit that
+    /// survive agent restarts, and its address (a container found after an agent restart,
+    /// running or about to be restarted, keeps its address).
+    fn ensure_slot(&mut self, name: &str) {
+        if self.slots.contains_key(name) {
+            return;
+        }
+        let record = self.records.read(name).unwrap_or_default();
+        let address = self
+            .addresses
+            .as_mut()
+            .and_then(|a| a.get_or_assign(name).ok());
+        self.slots
+            .insert(name.to_owned(), Slot::new(record, address, Instant::now()));
+    }
+
+    /// What the runtime has of `c`; `None` when its state cannot be read (logged).
+    async fn observe(&self, c: &Container, exists: bool) -> Option<Observed> {
+        if !exists {
+            return Some(Observed::Missing);
+        }
+        let name = &c.metadata.name;
+        match self.runtime.state(name).await {
+            Ok(None) => Some(Observed::Missing),
+            Ok(Some(s)) if s.phase.is_alive() => Some(Observed::Alive),
+            Ok(Some(s)) => Some(Observed::Ended {
+                oom_killed: s.oom_killed(),
+            }),
+            Err(e) => {
+                tracing::warn!(container = %name, error = %e, "cannot read state");
+                None
             }
+        }
+    }
+
+    /// What `c` needs next, by the pure decision.
+    fn decision(&self, c: &Container, observed: Observed) -> Option<Action> {
+        let slot = self.slots.get(&c.metadata.name)?;
+        let verdict = slot.probes.as_ref().map(Probes::verdict);
+        let view = SlotView {
+            state: slot.state,
+            generation: slot.record.generation,
+            backoff: &slot.backoff,
+            verdict: verdict.as_ref(),
+        };
+        Some(decide(c, observed, view, self.contact(), Instant::now()))
+    }
+
+    /// Decides and acts for `c` until it settles for this pass.
+    async fn step(&mut self, c: &Container, mut observed: Observed) {
+        for _ in 0..STEPS_PER_PASS {
+            let Some(action) = self.decision(c, observed) else {
+                return;
+            };
+            match self.act(c, action).await {
+                Next::Done => return,
+                Next::Again(now) => observed = now,
+            }
+        }
+    }
+
+    /// Carries out `action` for `c` through the runtime.
+    async fn act(&mut self, c: &Container, action: Action) -> Next {
+        let name = c.metadata.name.as_str();
+        match action {
+            Action::Wait => {}
+            Action::Fence { held } => {
+                self.fence(c, held).await;
+                return Next::Again(Observed::Missing);
+            }
+            Action::Create => self.create(c).await,
+            Action::StopCutOff { away } => self.stop_cut_off(name, away).await,
+            Action::Resume => self.resume(c).await,
+            Action::WatchProbes => {
+                let Some(slot) = self.slots.get_mut(name) else {
+                    return Next::Done;
+                };
+                if slot.state.is_new() {
+                    // Adopted after an agent restart: same generation, still running; keep
+                    // it. Its address came from the data dir when its slot was made.
+                    tracing::info!(container = %name, "adopted running container");
+                }
+                slot.state = SlotState::Live;
+                slot.probes =
+                    Probes::start(c, slot.address, self.runtime.clone(), self.verdicts.clone());
+                if slot.probes.is_some() {
+                    return Next::Again(Observed::Alive);
+                }
+                slot.set_phase(ContainerPhase::Running, None, None);
+            }
+            Action::Report { phase, reason } => {
+                if let Some(slot) = self.slots.get_mut(name) {
+                    let last = slot.probes.as_ref().map(|p| p.verdict().last_probe);
+                    slot.status.last_probe = last.filter(|t| !t.is_empty());
+                    slot.set_phase(phase, reason, None);
+                }
+            }
+            Action::KillForLiveness => {
+                if let Some(slot) = self.slots.get_mut(name) {
+                    let last = slot.probes.as_ref().map(|p| p.verdict().last_probe);
+                    tracing::warn!(container = %name, probe = ?last, "liveness failed: restarting");
+                    slot.status.last_probe = last;
+                    slot.stop_probes();
+                }
+                let _ = self.runtime.stop(name, STOP_GRACE).await;
+                self.count_exit(name, ExitReason::LivenessFailed);
+            }
+            Action::CountExit(why) => {
+                self.count_exit(name, why);
+                return Next::Again(Observed::Ended {
+                    oom_killed: why == ExitReason::OomKilled,
+                });
+            }
+            Action::Restart => self.restart(c).await,
+        }
+        Next::Done
+    }
+
+    /// Fencing: the copy here is of generation `held`, not the one assigned: it stops and goes
+    /// before anything starts, so an old copy never runs next to a new one.
+    async fn fence(&mut self, c: &Container, held: i64) {
+        let name = &c.metadata.name;
+        let wanted = c.spec.generation;
+        tracing::info!(container = %name, held, wanted, "fenced: stopping an older generation before starting anything");
+        self.teardown(name, false).await;
+        if let Some(slot) = self.slots.get_mut(name) {
+            // Created again by its next step, with the new generation.
+            slot.state = SlotState::New;
+            slot.status = ContainerStatus {
+                address: slot.status.address.clone(),
+                ..Default::default()
+            };
         }
     }
 
@@ -371,13 +434,8 @@ impl Reconciler {
         let Some(slot) = self.slots.get_mut(name) else {
             return;
         };
-        if slot.cut_off_stopped {
-            return;
-        }
-        slot.cut_off_stopped = true;
-        if let Some((cancel, _)) = slot.probes.take() {
-            cancel.cancel();
-        }
+        slot.state = SlotState::CutOff;
+        slot.stop_probes();
         tracing::warn!(container = %name, ?away, "cut off from the controller: stopping (stopOnNodeAfter)");
         if let Err(e) = self.runtime.stop(name, STOP_GRACE).await {
             tracing::warn!(container = %name, error = %e, "stop failed");
@@ -385,7 +443,7 @@ impl Reconciler {
         self.set_phase(
             name,
             ContainerPhase::Stopped,
-            Some("CutOff"),
+            Some(Reason::CutOff),
             Some(format!(
                 "stopped by its agent after {}s without the controller (stopOnNodeAfter)",
                 away.as_secs()
@@ -395,23 +453,44 @@ impl Reconciler {
 
     /// Starts a container stopped by `stop_cut_off` again, without counting a restart.
     async fn resume(&mut self, c: &Container) {
-        let name = c.metadata.name.clone();
-        match self.runtime.start(&name).await {
+        let name = c.metadata.name.as_str();
+        let started = self.runtime.start(name).await;
+        let Some(slot) = self.slots.get_mut(name) else {
+            return;
+        };
+        // Either way it is no longer cut off; if it cannot start, the normal path (recreate
+        // or restart) takes it from here.
+        slot.state = SlotState::Live;
+        match started {
             Ok(()) => {
                 tracing::info!(container = %name, "contact is back: starting the container again");
-                if let Some(slot) = self.slots.get_mut(&name) {
-                    slot.cut_off_stopped = false;
-                    slot.backoff.started(Instant::now());
-                }
-                self.set_phase(&name, ContainerPhase::Running, None, None);
+                slot.backoff.started(Instant::now());
+                slot.set_phase(ContainerPhase::Running, None, None);
                 self.start_probes(c);
             }
             Err(e) => {
-                // Let the normal path (recreate or restart) take it from here.
-                tracing::warn!(container = %name, error = %e, "cannot start again after the cut-off");
-                if let Some(slot) = self.slots.get_mut(&name) {
-                    slot.cut_off_stopped = false;
-                }
+                tracing::warn!(container = %name, error = %e, "cannot start again after the cut-off")
+            }
+        }
+    }
+
+    /// Starts a container again once its backoff is over.
+    async fn restart(&mut self, c: &Container) {
+        let name = c.metadata.name.as_str();
+        let started = self.runtime.start(name).await;
+        let Some(slot) = self.slots.get_mut(name) else {
+            return;
+        };
+        match started {
+            Ok(()) => {
+                tracing::info!(container = %name, restarts = slot.record.restarts, "container restarted");
+                slot.backoff.started(Instant::now());
+                slot.set_phase(ContainerPhase::Running, None, None);
+                self.start_probes(c);
+            }
+            Err(e) => {
+                tracing::warn!(container = %name, error = %e, "restart failed");
+                slot.backoff.exited(Instant::now());
             }
         }
     }
@@ -462,312 +541,112 @@ impl Reconciler {
         }
     }
 
-    async fn step(&mut self, c: &Container, exists: bool) {
-        let name = c.metadata.name.clone();
-        if !self.slots.contains_key(&name) {
-            // The restart count and last exit survive agent restarts through the record.
-            let record = read_record(&self.record_path(&name)).unwrap_or_default();
-            // Addresses are kept in the data dir: a container found after an agent restart
-            // (running, or stopped and about to be restarted) keeps its address.
-            let address = self
-                .addresses
-                .as_mut()
-                .and_then(|a| a.get_or_assign(&name).ok());
-            self.slots.insert(
-                name.clone(),
-                Slot {
-                    record,
-                    backoff: RestartBackoff::new(BackoffPolicy::default(), Instant::now()),
-                    status: ContainerStatus::default(),
-                    probes: None,
-                    retry_create_at: None,
-                    address,
-                    cut_off_stopped: false,
-                },
-            );
-            if let Some(slot) = self.slots.get_mut(&name) {
-                slot.status.address = slot.address.map(|a| a.to_string());
-                slot.status.restarts = i64::from(slot.record.restarts);
-                slot.status.last_exit = slot.record.last_exit.clone();
-            }
-        }
-        let state = if exists {
-            match self.runtime.state(&name).await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(container = %name, error = %e, "cannot read state");
-                    return;
-                }
-            }
-        } else {
-            None
-        };
-        let generation_matches = self
-            .slots
-            .get(&name)
-            .is_some_and(|s| s.record.generation == c.spec.generation);
-        match state {
-            Some(_) if !generation_matches => {
-                // Fencing: an older generation stops before the new one starts.
-                tracing::info!(container = %name, generation = c.spec.generation, "new generation: recreating");
-                self.teardown(&name, false).await;
-                self.create(c).await;
-            }
-            None => self.create(c).await,
-            Some(state) if state.phase.is_alive() => self.running(c, &state).await,
-            Some(state) => self.exited(c, &state).await,
-        }
-    }
-
     async fn create(&mut self, c: &Container) {
-        let name = c.metadata.name.clone();
-        let now = Instant::now();
-        if let Some(slot) = self.slots.get(&name) {
-            if slot.retry_create_at.is_some_and(|t| now < t) {
-                return;
-            }
-        }
-        self.set_phase(&name, ContainerPhase::Creating, None, None);
-        if let Some(Err(message)) = c
-            .spec
-            .template
-            .as_ref()
-            .map(|t| hostports::check_reserved(t, &hostports::reserved()))
-        {
-            self.fail_create(&name, "ReservedHostPort", message);
-            return;
-        }
-        let rootfs = match self.prepare_image(c).await {
-            Ok(rootfs) => rootfs,
-            Err((reason, message)) => {
-                self.fail_create(&name, reason, message);
-                return;
-            }
-        };
-        let spec = match self.runtime_spec(c, rootfs) {
+        let name = c.metadata.name.as_str();
+        self.set_phase(name, ContainerPhase::Creating, None, None);
+        let spec = match self.build(c).await {
             Ok(spec) => spec,
-            Err((reason, message)) => {
-                self.fail_create(&name, reason, message);
-                return;
-            }
+            Err(failure) => return self.fail_create(name, failure),
         };
         let result = match self.runtime.create(&spec).await {
-            Ok(()) => self.runtime.start(&name).await,
+            Ok(()) => self.runtime.start(name).await,
             Err(e) => Err(e),
         };
-        match result {
-            Ok(()) => {
-                tracing::info!(container = %name, generation = c.spec.generation, "container started");
-                let Some(slot) = self.slots.get_mut(&name) else {
-                    return;
-                };
-                slot.record.generation = c.spec.generation;
-                slot.retry_create_at = None;
-                slot.backoff.started(Instant::now());
-                slot.address = spec.network.as_ref().map(|n| n.address);
-                slot.status.address = slot.address.map(|a| a.to_string());
-                let record = slot.record.clone();
-                write_record(&self.record_path(&name), &record);
-                self.set_phase(&name, ContainerPhase::Running, None, None);
-                self.start_probes(c);
-            }
-            Err(e) => {
-                // Leave nothing half-made behind.
-                let _ = self.runtime.destroy(&name).await;
-                let _ = std::fs::remove_dir_all(self.rootfs_dir(&name));
-                let reason = match &e {
-                    RuntimeError::CommandNotFound { .. } => "CommandNotFound",
-                    RuntimeError::InvalidSpec { .. } | RuntimeError::FileTarget { .. } => {
-                        "InvalidSpec"
-                    }
-                    RuntimeError::Template { .. } => "ImageFailed",
-                    _ => "CreateFailed",
-                };
-                self.fail_create(&name, reason, error_chain(&e));
-            }
+        if let Err(e) = result {
+            // Leave nothing half-made behind.
+            let _ = self.runtime.destroy(name).await;
+            let _ = std::fs::remove_dir_all(self.dirs.rootfs(name));
+            return self.fail_create(name, Failure::of_runtime(&e));
         }
+        tracing::info!(container = %name, generation = c.spec.generation, "container started");
+        let Some(slot) = self.slots.get_mut(name) else {
+            return;
+        };
+        slot.state = SlotState::Live;
+        slot.record.generation = c.spec.generation;
+        slot.backoff.started(Instant::now());
+        slot.address = spec.network.as_ref().map(|n| n.address);
+        slot.status.address = slot.address.map(|a| a.to_string());
+        slot.set_phase(ContainerPhase::Running, None, None);
+        self.records.write(name, &slot.record);
+        self.start_probes(c);
     }
 
-    fn fail_create(&mut self, name: &str, reason: &str, message: String) {
-        tracing::warn!(container = %name, reason, %message, "cannot create container");
+    /// The runtime's spec for `c`, with its image prepared.
+    async fn build(&mut self, c: &Container) -> Result<crate::runtime::ContainerSpec, Failure> {
+        let rootfs = spec::prepare_image(c, &self.client, &self.credential, &self.dirs).await?;
+        let board = spec::Board {
+            node: &self.node,
+            dirs: &self.dirs,
+            network: self.network.as_ref(),
+            addresses: self.addresses.as_mut(),
+        };
+        spec::runtime_spec(c, rootfs, board)
+    }
+
+    fn fail_create(&mut self, name: &str, failure: Failure) {
+        let Failure { reason, message } = failure;
+        tracing::warn!(container = %name, %reason, %message, "cannot create container");
         if let Some(slot) = self.slots.get_mut(name) {
-            slot.retry_create_at = Some(Instant::now() + CREATE_RETRY);
+            slot.state = SlotState::CreateFailed {
+                retry_at: Instant::now() + CREATE_RETRY,
+            };
         }
         self.set_phase(name, ContainerPhase::Failed, Some(reason), Some(message));
     }
 
-    async fn running(&mut self, c: &Container, _state: &ContainerState) {
-        let name = &c.metadata.name;
-        let Some(slot) = self.slots.get_mut(name) else {
-            return;
-        };
-        if slot.probes.is_none() && slot.status.phase != ContainerPhase::Creating {
-            // Adopted after an agent restart: same generation, still running; keep it. Its
-            // address came from the data dir when its slot was made.
-            if slot.status.phase == ContainerPhase::Pending {
-                tracing::info!(container = %name, "adopted running container");
-            }
-            self.start_probes(c);
-        }
-        let Some(slot) = self.slots.get_mut(name) else {
-            return;
-        };
-        let report = slot.probes.as_ref().map(|(_, rx)| rx.borrow().clone());
-        match report {
-            Some(r) if r.liveness_failed => {
-                tracing::warn!(container = %name, probe = %r.last_probe, "liveness failed: restarting");
-                slot.status.last_probe = Some(r.last_probe.clone());
-                if let Some((cancel, _)) = slot.probes.take() {
-                    cancel.cancel();
-                }
-                let _ = self.runtime.stop(name, STOP_GRACE).await;
-                self.record_exit(name, "LivenessFailed".into());
-            }
-            Some(r) => {
-                slot.status.last_probe = (!r.last_probe.is_empty()).then(|| r.last_probe.clone());
-                let phase = if r.ready {
-                    ContainerPhase::Ready
-                } else {
-                    ContainerPhase::Running
-                };
-                let reason = slot
-                    .backoff
-                    .in_crash_loop(Instant::now())
-                    .then_some("CrashLoopBackOff");
-                self.set_phase(name, phase, reason, None);
-            }
-            None => self.set_phase(name, ContainerPhase::Running, None, None),
-        }
-    }
-
-    async fn exited(&mut self, c: &Container, state: &ContainerState) {
-        let name = c.metadata.name.clone();
-        let now = Instant::now();
-        let waiting = self
-            .slots
-            .get(&name)
-            .and_then(|s| s.backoff.restart_at())
-            .is_some();
-        if !waiting {
-            let why = if state.oom_killed() {
-                "OOMKilled".to_string()
-            } else {
-                "Exited".to_string()
-            };
-            self.record_exit(&name, why);
-        }
-        let Some(slot) = self.slots.get_mut(&name) else {
-            return;
-        };
-        if slot.backoff.restart_due(now) {
-            match self.runtime.start(&name).await {
-                Ok(()) => {
-                    tracing::info!(container = %name, restarts = slot.record.restarts, "container restarted");
-                    slot.backoff.started(Instant::now());
-                    self.set_phase(&name, ContainerPhase::Running, None, None);
-                    self.start_probes(c);
-                }
-                Err(e) => {
-                    tracing::warn!(container = %name, error = %e, "restart failed");
-                    slot.backoff.exited(Instant::now());
-                }
-            }
-        }
-    }
-
     /// Counts an exit: restarts + 1, the reason kept, a backoff before the next start.
-    fn record_exit(&mut self, name: &str, why: String) {
+    fn count_exit(&mut self, name: &str, why: ExitReason) {
         let now = Instant::now();
         let Some(slot) = self.slots.get_mut(name) else {
             return;
         };
-        if let Some((cancel, _)) = slot.probes.take() {
-            cancel.cancel();
-        }
+        slot.stop_probes();
         let delay = slot.backoff.exited(now);
-        crate::metrics::restarted(&why);
+        crate::metrics::restarted(why.as_str());
         slot.record.restarts += 1;
-        slot.record.last_exit = Some(why.clone());
+        slot.record.last_exit = Some(why.as_str().to_owned());
         slot.status.restarts = i64::from(slot.record.restarts);
-        slot.status.last_exit = Some(why.clone());
-        let record = slot.record.clone();
-        let crash_loop = slot.backoff.in_crash_loop(now);
-        write_record(&self.record_path(name), &record);
-        tracing::warn!(container = %name, reason = %why, restart_in = ?delay, "container exited");
-        let reason = if crash_loop {
-            "CrashLoopBackOff"
+        slot.status.last_exit = Some(why.as_str().to_owned());
+        let reason = if slot.backoff.in_crash_loop(now) {
+            Reason::CrashLoopBackOff
         } else {
-            "BackOff"
+            Reason::BackOff
         };
-        self.set_phase(
-            name,
+        slot.set_phase(
             ContainerPhase::Failed,
             Some(reason),
             Some(format!("{why}; restarting in {delay:?}")),
         );
+        self.records.write(name, &slot.record);
+        tracing::warn!(container = %name, reason = %why, restart_in = ?delay, "container exited");
     }
 
     fn start_probes(&mut self, c: &Container) {
-        let name = c.metadata.name.clone();
-        let Some(template) = c.spec.template.as_ref() else {
+        let Some(slot) = self.slots.get_mut(&c.metadata.name) else {
             return;
         };
-        let Some(slot) = self.slots.get_mut(&name) else {
-            return;
-        };
-        if let Some((cancel, _)) = slot.probes.take() {
-            cancel.cancel();
-        }
-        let address = slot
-            .address
-            .map(IpAddr::V4)
-            .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
-        let target = ProbeTarget {
-            container: name.clone(),
-            address,
-        };
-        let exec: Arc<dyn Exec> = Arc::new(RuntimeExec(self.runtime.clone()));
-        match ProbeRunner::new(target, &template.health, &template.ports, exec) {
-            Ok(runner) => {
-                let rx = runner.subscribe();
-                let cancel = CancellationToken::new();
-                tokio::spawn(forward_verdicts(
-                    runner.subscribe(),
-                    self.verdicts.clone(),
-                    cancel.clone(),
-                ));
-                runner.spawn(cancel.clone());
-                slot.probes = Some((cancel, rx));
-            }
-            Err(e) => tracing::warn!(container = %name, error = %e, "probes not started"),
-        }
+        slot.stop_probes();
+        slot.probes = Probes::start(c, slot.address, self.runtime.clone(), self.verdicts.clone());
     }
 
     fn set_phase(
         &mut self,
         name: &str,
         phase: ContainerPhase,
-        reason: Option<&str>,
+        reason: Option<Reason>,
         message: Option<String>,
     ) {
         if let Some(slot) = self.slots.get_mut(name) {
-            slot.status.phase = phase;
-            slot.status.reason = reason.map(str::to_string);
-            slot.status.message = message;
+            slot.set_phase(phase, reason, message);
         }
     }
 
-    /// Stops and destroys a container no longer assigned here, with its volumes and address.
-    async fn remove(&mut self, name: &str) {
-        tracing::info!(container = %name, "removing container no longer assigned here");
-        self.teardown(name, true).await;
-    }
-
+    /// Stops and destroys a container; with `forget`, also its slot, record, volumes, files
+    /// and address (it is no longer assigned here).
     async fn teardown(&mut self, name: &str, forget: bool) {
         if let Some(slot) = self.slots.get_mut(name) {
-            if let Some((cancel, _)) = slot.probes.take() {
-                cancel.cancel();
-            }
+            slot.stop_probes();
         }
         if let Err(e) = self.runtime.stop(name, STOP_GRACE).await {
             if !matches!(
@@ -784,223 +663,11 @@ impl Reconciler {
         }
         if forget {
             self.slots.remove(name);
-            let _ = std::fs::remove_file(self.record_path(name));
-            let _ = std::fs::remove_dir_all(self.volumes_dir(name));
-            let _ = std::fs::remove_dir_all(self.rootfs_dir(name));
-            let _ = std::fs::remove_dir_all(crate::files::dir(&self.data_dir, name));
+            self.records.remove(name);
+            self.dirs.remove(name);
             if let Some(a) = self.addresses.as_mut() {
                 let _ = a.release(name);
             }
         }
-    }
-
-    fn record_path(&self, name: &str) -> PathBuf {
-        self.data_dir
-            .join("containers")
-            .join(format!("{name}.json"))
-    }
-
-    fn rootfs_dir(&self, name: &str) -> PathBuf {
-        self.data_dir.join("rootfs").join(name)
-    }
-
-    fn volumes_dir(&self, name: &str) -> PathBuf {
-        self.data_dir.join("volumes").join(name)
-    }
-
-    /// For an image from the image store: downloads (once, verified) and unpacks a fresh root
-    /// filesystem for this container. `None` for host and template images.
-    async fn prepare_image(&self, c: &Container) -> Result<Option<PathBuf>, ImageFailure> {
-        let Some(template) = c.spec.template.as_ref() else {
-            return Ok(None);
-        };
-        let Ok(ImageRef::Stored { name, tag }) = template.image_ref() else {
-            return Ok(None);
-        };
-        let digest = c.spec.image_digest.clone().ok_or((
-            "ImageUnavailable",
-            format!("image {name}:{tag} has no variant for this board's architecture"),
-        ))?;
-        let (client, credential) = (self.client.clone(), self.credential.clone());
-        let cache = self.data_dir.join("images");
-        let rootfs = self.rootfs_dir(&c.metadata.name);
-        tokio::task::spawn_blocking(move || {
-            let tarball = images::fetch(&client, &credential, &cache, &digest)?;
-            images::unpack(&tarball, &rootfs)?;
-            Ok(Some(rootfs))
-        })
-        .await
-        .unwrap_or_else(|e| Err(("ImageFailed", format!("image task failed: {e}"))))
-    }
-
-    /// The runtime's spec for a container, or a reason and message why it cannot be built.
-    fn runtime_spec(
-        &mut self,
-        c: &Container,
-        rootfs: Option<PathBuf>,
-    ) -> Result<runtime::ContainerSpec, ImageFailure> {
-        let name = &c.metadata.name;
-        let template: &RoleSpec = c.spec.template.as_ref().ok_or((
-            "NoTemplate",
-            "the container has no template from its role".to_string(),
-        ))?;
-        let image = match template.image_ref() {
-            Ok(ImageRef::Host) => runtime::Image::Host,
-            Ok(ImageRef::Template(t)) => runtime::Image::Template(t),
-            Ok(ImageRef::Stored { name: image, tag }) => match rootfs {
-                Some(path) => runtime::Image::Rootfs(path),
-                None => {
-                    return Err((
-                        "ImageUnavailable",
-                        format!("image {image}:{tag} was not prepared"),
-                    ))
-                }
-            },
-            Err(e) => return Err(("InvalidImage", e.to_string())),
-        };
-        let mut spec = runtime::ContainerSpec::new(name.clone(), image);
-        spec.command = template.command.clone();
-        spec.env = template
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        spec.hostname = Some(name.clone());
-        spec.memory_limit_bytes = template
-            .resources
-            .memory
-            .as_ref()
-            .and_then(|q| q.bytes().ok());
-        spec.cpu_millis = template
-            .resources
-            .cpu
-            .as_ref()
-            .and_then(|q| q.cpu_millis().ok())
-            .map(|m| m.min(u64::from(u32::MAX)) as u32);
-        for volume in &template.volumes {
-            let host = self.volumes_dir(name).join(&volume.name);
-            std::fs::create_dir_all(&host).map_err(|e| {
-                (
-                    "VolumeFailed",
-                    format!("cannot create {}: {e}", host.display()),
-                )
-            })?;
-            spec.volumes.push(runtime::Volume {
-                host_path: host,
-                container_path: PathBuf::from(&volume.path),
-            });
-        }
-        if let (Some((bridge, subnet)), Some(addresses)) = (&self.network, self.addresses.as_mut())
-        {
-            let address = addresses
-                .get_or_assign(name)
-                .map_err(|e| ("NetworkFailed", e.to_string()))?;
-            spec.network = Some(NetConfig {
-                bridge: bridge.clone(),
-                address,
-                prefix_len: subnet.prefix_len,
-                gateway: Some(subnet.gateway()),
-            });
-        }
-        crate::files::prepare(&self.data_dir, &self.node, c, template, &mut spec)
-            .map_err(|e| (e.reason(), error_chain(&e)))?;
-        Ok(spec)
-    }
-}
-
-/// Wakes the reconciler when a probe's verdict changes (not on every probe: the text of the
-/// last result changes each time), until `cancel`.
-async fn forward_verdicts(
-    mut rx: watch::Receiver<ProbeReport>,
-    wake: Arc<Notify>,
-    cancel: CancellationToken,
-) {
-    let verdict = |r: &ProbeReport| (r.ready, r.liveness_failed);
-    let mut last = verdict(&rx.borrow());
-    loop {
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            changed = rx.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                let now = verdict(&rx.borrow_and_update());
-                if now != last {
-                    last = now;
-                    wake.notify_one();
-                }
-            }
-        }
-    }
-}
-
-/// An error and its causes on one line: `a: b: c`.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let next = s.to_string();
-        if !text.contains(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = s.source();
-    }
-    text
-}
-
-fn read_record(path: &Path) -> Option<Record> {
-    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
-}
-
-fn write_record(path: &Path, record: &Record) {
-    let tmp = path.with_extension("tmp");
-    let result = serde_json::to_vec(record)
-        .map_err(std::io::Error::other)
-        .and_then(|bytes| std::fs::write(&tmp, bytes))
-        .and_then(|_| std::fs::rename(&tmp, path));
-    if let Err(e) = result {
-        tracing::warn!(path = %path.display(), error = %e, "cannot save container record");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn only_a_changed_verdict_wakes_the_reconciler() {
-        let report = |ready: bool, text: &str| ProbeReport {
-            ready,
-            liveness_failed: false,
-            last_probe: text.into(),
-        };
-        let (tx, rx) = watch::channel(report(false, ""));
-        let wake = Arc::new(Notify::new());
-        let cancel = CancellationToken::new();
-        let task = tokio::spawn(forward_verdicts(rx, wake.clone(), cancel.clone()));
-        // A wake is waited for up to 5 s; its absence is checked for 200 ms.
-        let woken = |limit: u64| {
-            let wake = wake.clone();
-            async move {
-                tokio::time::timeout(Duration::from_millis(limit), wake.notified())
-                    .await
-                    .is_ok()
-            }
-        };
-        // A new result with the same verdict: no wake.
-        tx.send(report(false, "readiness failed: connection refused"))
-            .unwrap();
-        assert!(!woken(200).await, "woken by a result with the same verdict");
-        // Ready: a wake.
-        tx.send(report(true, "HTTP 200")).unwrap();
-        assert!(
-            woken(5000).await,
-            "not woken when the container turned ready"
-        );
-        tx.send(report(true, "HTTP 200 again")).unwrap();
-        assert!(!woken(200).await);
-        cancel.cancel();
-        task.await.unwrap();
     }
 }
