@@ -31,6 +31,7 @@ mod arch;
 mod cidr;
 mod container;
 mod duration;
+mod endpoint;
 mod event;
 mod image;
 mod manifest;
@@ -50,6 +51,7 @@ pub use container::{
     Container, ContainerPhase, ContainerSpec, ContainerStatus, DesiredState, Handoff,
 };
 pub use duration::{Duration, DurationError};
+pub use endpoint::{endpoints_of, Endpoint, RoleEndpoints};
 pub use event::{Event, EventKind};
 pub use image::{ImageRef, ImageRefError};
 pub use manifest::{

@@ -23,6 +23,8 @@ pub enum Reason {
     ImageFailed,
     /// Its image could not be downloaded from the controller.
     ImagePullFailed,
+    /// The downloaded image is not the one its digest names.
+    ImageDigestMismatch,
     /// No variant of its image fits this board.
     ImageUnavailable,
     /// Its image reference does not parse.
@@ -48,6 +50,7 @@ str_enum!(Reason {
     InvalidSpec => "InvalidSpec",
     ImageFailed => "ImageFailed",
     ImagePullFailed => "ImagePullFailed",
+    ImageDigestMismatch => "ImageDigestMismatch",
     ImageUnavailable => "ImageUnavailable",
     InvalidImage => "InvalidImage",
     NoTemplate => "NoTemplate",

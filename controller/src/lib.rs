@@ -4,6 +4,7 @@ pub mod api;
 pub mod auth;
 pub mod clock;
 pub mod detector;
+pub mod endpoints;
 pub mod events;
 pub mod images;
 pub mod metrics;

@@ -45,6 +45,7 @@ impl Failure {
 impl From<images::ImageFailure> for Failure {
     fn from((reason, message): images::ImageFailure) -> Failure {
         Failure::new(
+            // Every word images.rs uses is a Reason (tests/agent.rs checks them end to end).
             Reason::parse(reason).unwrap_or(Reason::ImageFailed),
             message,
         )

@@ -4,6 +4,7 @@
 //! segments and answers JSON. Routing by hand keeps every `/v1` route behind one authentication
 //! check and gives one place that turns errors into `{ "error": ..., "details": ... }`.
 
+mod endpoints;
 mod error;
 mod events;
 mod nodes;
@@ -56,6 +57,8 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/blobs/sha256/{digest}"),
     ("GET", "/v1/events"),
     ("POST", "/v1/join"),
+    ("GET", "/v1/endpoints"),
+    ("GET", "/v1/endpoints/{role}"),
 ];
 
 /// Who is asking.
@@ -235,6 +238,11 @@ where
             ("/v1/blobs/sha256/{digest}", blob(state, req, digest).await)
         }
         ["events"] => ("/v1/events", events::serve(state, req).await),
+        ["endpoints"] => ("/v1/endpoints", endpoints::serve(state, req, None).await),
+        ["endpoints", role] => (
+            "/v1/endpoints/{role}",
+            endpoints::serve(state, req, Some(role)).await,
+        ),
         _ => (
             "/v1/other",
             Err(ApiError::not_found(format!("no route {}", req.path))),
@@ -300,6 +308,12 @@ where
         ["blobs", "sha256", digest] => {
             ("/v1/blobs/sha256/{digest}", blob(state, req, digest).await)
         }
+        // Templates on the board render from every role's endpoints.
+        ["endpoints"] => ("/v1/endpoints", endpoints::serve(state, req, None).await),
+        ["endpoints", role] => (
+            "/v1/endpoints/{role}",
+            endpoints::serve(state, req, Some(role)).await,
+        ),
         ["containers", name] => {
             let answer = match state.objects.get::<Container>(name).await {
                 Ok(Some(c)) if c.spec.runs_on(node) => {

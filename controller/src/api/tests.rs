@@ -388,4 +388,160 @@ async fn nodes_show_the_last_heartbeat_received_and_containers_their_creation() 
         .unwrap()
         .unwrap();
     assert_eq!(c.metadata.created, Some(created), "an update keeps it");
+/// A container of role `app` on `board1` with port `http` 8080, in `phase` at `address`.
+fn app_container(name: &str, ordinal: i64, phase: texu_api::ContainerPhase) -> texu_api::Container {
+    let mut role = RoleSpec::with_image("host");
+    role.ports = vec![texu_api::Port {
+        name: "http".into(),
+        port: 8080,
+        host_port: None,
+        protocol: Default::default(),
+    }];
+    let mut c = texu_api::Container::new(
+        name,
+        texu_api::ContainerSpec {
+            role: "app".into(),
+            ordinal,
+            node: Some("board1".into()),
+            generation: 1,
+            template: Some(role),
+            ..Default::default()
+        },
+    );
+    c.status = Some(texu_api::ContainerStatus {
+        phase,
+        address: Some(format!("198.19.1.{}", ordinal + 2)),
+        ..Default::default()
+    });
+    c
+}
+
+/// Reads NDJSON lines from a streaming body until one that is not a BOOKMARK arrives.
+async fn next_change<B>(body: &mut B, text: &mut String) -> serde_json::Value
+where
+    B: warp::hyper::body::Body<Data = bytes::Bytes> + Unpin,
+    B::Error: std::fmt::Debug,
+{
+    loop {
+        while let Some((line, rest)) = text.split_once('\n') {
+            let value: serde_json::Value = serde_json::from_str(line).unwrap();
+            *text = rest.to_string();
+            if value["type"] != "BOOKMARK" {
+                return value;
+            }
+        }
+        let frame = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            std::future::poll_fn(|cx| std::pin::Pin::new(&mut *body).poll_frame(cx)),
+        )
+        .await
+        .expect("a line within 5 s")
+        .expect("the stream is open")
+        .unwrap();
+        if let Ok(data) = frame.into_data() {
+            text.push_str(std::str::from_utf8(&data).unwrap());
+        }
+    }
+}
+
+#[tokio::test]
+async fn endpoints_list_ready_containers_for_admins_and_boards_and_follow_changes() {
+    use texu_api::ContainerPhase;
+    use warp::hyper::body::Body as _;
+    let f = fixture();
+    for c in [
+        app_container("app-1", 1, ContainerPhase::Ready),
+        app_container("app-0", 0, ContainerPhase::Ready),
+        app_container("app-2", 2, ContainerPhase::Running),
+    ] {
+        f.state.objects.replace(&c).await.unwrap();
+    }
+    let (s, v) = call(&f, Method::GET, "/v1/endpoints", Some("secret"), b"").await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["kind"], "EndpointsList");
+    let http = &v["items"][0]["ports"]["http"];
+    let names: Vec<&str> = http
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["app-0", "app-1"], "Ready only, by ordinal");
+    assert_eq!(http[0]["address"], "198.19.1.2");
+    assert_eq!(
+        (&http[0]["port"], &http[0]["node"]),
+        (&8080.into(), &"board1".into())
+    );
+
+    // A board's credential may read them (its templates render from them).
+    let joined = f
+        .state
+        .nodes
+        .join(crate::nodes::JoinRequest {
+            name: "board2".into(),
+            labels: Default::default(),
+            spec: texu_api::NodeSpec {
+                address: "198.18.0.3".into(),
+                arch: texu_api::Arch::Amd64,
+                cpus: 1,
+                memory_bytes: 1 << 30,
+                subnet: None,
+                unschedulable: false,
+                draining: false,
+            },
+        })
+        .await
+        .unwrap();
+    let (s, v) = call(
+        &f,
+        Method::GET,
+        "/v1/endpoints/app",
+        Some(&joined.credential),
+        b"",
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(
+        (&v["kind"], &v["role"]),
+        (&"Endpoints".into(), &"app".into())
+    );
+    assert_eq!(v["ports"]["http"].as_array().unwrap().len(), 2);
+    let (s, _) = call(&f, Method::GET, "/v1/endpoints/nosuch", Some("secret"), b"").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = call(&f, Method::GET, "/v1/endpoints", None, b"").await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+
+    // Watch: app-2 turning Ready is one MODIFIED line with three members.
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::AUTHORIZATION,
+        HeaderValue::from_static("Bearer secret"),
+    );
+    let req = Request {
+        method: Method::GET,
+        path: "/v1/endpoints/app".into(),
+        query: parse_query("watch=true"),
+        headers,
+    };
+    let empty: Vec<Result<bytes::Bytes, warp::Error>> = Vec::new();
+    let response = handle(f.state.clone(), req, stream::iter(empty)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut body = response.into_body();
+    let mut text = String::new();
+    let mut c = f
+        .state
+        .objects
+        .get::<texu_api::Container>("app-2")
+        .await
+        .unwrap()
+        .unwrap();
+    c.status.as_mut().unwrap().phase = ContainerPhase::Ready;
+    f.state.objects.replace(&c).await.unwrap();
+    let change = next_change(&mut body, &mut text).await;
+    assert_eq!(change["type"], "MODIFIED");
+    assert_eq!(
+        change["object"]["ports"]["http"].as_array().unwrap().len(),
+        3
+    );
+    f.stop.send(true).unwrap();
 }
