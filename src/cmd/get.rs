@@ -11,7 +11,7 @@ use crate::output;
 /// Arguments of `texu get`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// roles, nodes or containers (singular and short forms work too).
+    /// roles, nodes, containers or endpoints (singular and short forms work too).
     kind: String,
     /// One object's name.
     name: Option<String>,
@@ -82,6 +82,9 @@ impl Resource {
 
 /// Runs `texu get`.
 pub fn run(client: &Client, args: &Args) -> Result<ExitCode> {
+    if super::endpoints::is_endpoints(&args.kind) {
+        return super::endpoints::run(client, args.name.as_deref(), args.output);
+    }
     let resource = Resource::parse(&args.kind)?;
     if let Some(name) = &args.name {
         texu_api::validate_name(name)

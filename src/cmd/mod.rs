@@ -6,6 +6,7 @@ pub mod controller;
 pub mod delete;
 pub mod demo;
 pub mod drain;
+pub mod endpoints;
 pub mod events;
 pub mod get;
 pub mod image;
