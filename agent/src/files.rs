@@ -42,7 +42,7 @@ use std::path::{Component, Path, PathBuf};
 
 use minijinja::syntax::SyntaxConfig;
 use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior, Value};
-use texu_api::{Container, FileTemplate, Reason, RoleSpec};
+use texu_api::{Container, FileTemplate, Reason, RoleEndpoints, RoleSpec};
 
 use crate::runtime::lxc::files::write_atomic;
 use crate::runtime::{ContainerSpec, FileMount};
@@ -76,6 +76,9 @@ pub struct FileContext {
     pub cpu_limit_millis: Option<u64>,
     /// The role's environment.
     pub env: BTreeMap<String, String>,
+    /// Every role's Ready endpoints: `endpoints.ROLE.PORT` is a list of `{name, ordinal, node,
+    /// address, port}`, sorted by ordinal then name.
+    pub endpoints: BTreeMap<String, RoleEndpoints>,
 }
 
 impl FileContext {
@@ -97,7 +100,14 @@ impl FileContext {
             memory_limit: resources.memory.as_ref().and_then(|q| q.bytes().ok()),
             cpu_limit_millis: resources.cpu.as_ref().and_then(|q| q.cpu_millis().ok()),
             env: template.env.clone(),
+            endpoints: BTreeMap::new(),
         }
+    }
+
+    /// The same context with every role's `endpoints`.
+    pub fn with_endpoints(mut self, endpoints: &BTreeMap<String, RoleEndpoints>) -> Self {
+        self.endpoints = endpoints.clone();
+        self
     }
 
     /// The template context: one variable per field, plus derived ones.
@@ -124,9 +134,41 @@ impl FileContext {
             ("cpu_limit", Value::from(cpus)),
             ("cpu_limit_millis", Value::from(self.cpu_limit_millis)),
             ("env", Value::from(self.env.clone())),
+            (
+                "endpoints",
+                Value::from(
+                    self.endpoints
+                        .iter()
+                        .map(|(role, e)| (role.clone(), ports_value(&e.ports)))
+                        .collect::<BTreeMap<String, Value>>(),
+                ),
+            ),
         ])
         .into()
     }
+}
+
+/// A role's ports as the template sees them: port name -> list of endpoint maps.
+fn ports_value(ports: &BTreeMap<String, Vec<texu_api::Endpoint>>) -> Value {
+    let ports: BTreeMap<String, Value> = ports
+        .iter()
+        .map(|(port, list)| {
+            let list: Vec<Value> = list
+                .iter()
+                .map(|e| {
+                    Value::from(BTreeMap::from([
+                        ("name", Value::from(e.name.as_str())),
+                        ("ordinal", Value::from(e.ordinal)),
+                        ("node", Value::from(e.node.as_str())),
+                        ("address", Value::from(e.address.as_str())),
+                        ("port", Value::from(e.port)),
+                    ]))
+                })
+                .collect();
+            (port.clone(), Value::from(list))
+        })
+        .collect();
+    Value::from(ports)
 }
 
 /// One rendered file.
@@ -352,8 +394,20 @@ pub fn prepare(
     template: &RoleSpec,
     spec: &mut ContainerSpec,
 ) -> Result<(), FilesError> {
+    prepare_with(data_dir, node, c, template, spec, &BTreeMap::new())
+}
+
+/// [`prepare`] with every role's `endpoints` in the context.
+pub fn prepare_with(
+    data_dir: &Path,
+    node: &str,
+    c: &Container,
+    template: &RoleSpec,
+    spec: &mut ContainerSpec,
+    endpoints: &BTreeMap<String, RoleEndpoints>,
+) -> Result<(), FilesError> {
     let address = spec.network.as_ref().map(|n| n.address);
-    let ctx = FileContext::for_container(c, template, node, address);
+    let ctx = FileContext::for_container(c, template, node, address).with_endpoints(endpoints);
     if let Some(old) = &ctx.replaces {
         spec.env.push((REPLACES_ENV.to_owned(), old.clone()));
     }
@@ -373,8 +427,7 @@ mod tests {
         FileTemplate {
             path: path.into(),
             template: template.into(),
-            check: vec![],
-            reload: vec![],
+            ..Default::default()
         }
     }
 
@@ -389,7 +442,33 @@ mod tests {
             memory_limit: Some(128 * MIB),
             cpu_limit_millis: Some(500),
             env: BTreeMap::from([("CLUSTER".into(), "ring".into())]),
+            endpoints: BTreeMap::new(),
         }
+    }
+
+    #[test]
+    fn endpoints_of_any_role_render_in_order() {
+        let member = |ordinal: i64, name: &str| texu_api::Endpoint {
+            ordinal,
+            name: name.into(),
+            node: "board1".into(),
+            address: format!("198.19.1.{}", ordinal + 2),
+            port: 8080,
+        };
+        let app = RoleEndpoints {
+            role: "app".into(),
+            ports: BTreeMap::from([("http".into(), vec![member(0, "app-0"), member(1, "app-1")])]),
+        };
+        let ctx = ctx().with_endpoints(&BTreeMap::from([("app".into(), app)]));
+        let text = render_text(
+            "{% for e in endpoints.app.http %}BalancerMember http://{{ e.address }}:{{ e.port }} route={{ e.name }}\n{% endfor %}",
+            &ctx,
+        )
+        .unwrap();
+        assert_eq!(
+            text,
+            "BalancerMember http://198.19.1.2:8080 route=app-0\nBalancerMember http://198.19.1.3:8080 route=app-1\n"
+        );
     }
 
     fn render_text(template: &str, ctx: &FileContext) -> Result<String, FilesError> {

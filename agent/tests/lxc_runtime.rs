@@ -899,8 +899,7 @@ fn render_files(
         .map(|(path, template)| FileTemplate {
             path: path.to_string(),
             template: template.to_string(),
-            check: vec![],
-            reload: vec![],
+            ..Default::default()
         })
         .collect();
     let c = Container::new(

@@ -22,8 +22,7 @@ fn container(name: &str, ordinal: i64, template: &str, replaces: Option<&str>) -
     role.files = vec![FileTemplate {
         path: "/etc/texu/identity".into(),
         template: template.into(),
-        check: vec![],
-        reload: vec![],
+        ..Default::default()
     }];
     let mut c = common::container(name, ordinal, role);
     c.spec.replaces = replaces.map(|a| a.parse().expect("an IPv4 address"));

@@ -390,7 +390,7 @@ pub enum Strategy {
 str_enum!(Strategy { Spread => "spread", Pack => "pack" });
 
 /// A file rendered into the container from a template.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct FileTemplate {
     /// Where to write it: an absolute path inside the container.
@@ -403,6 +403,13 @@ pub struct FileTemplate {
     /// A command that makes the program read the new file (`apachectl -k graceful`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reload: Vec<String>,
+    /// After a change of its rendered text, how long no further change must come before it
+    /// is installed (default 250ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quiet_period: Option<Duration>,
+    /// The longest a changed text waits for a quiet period (default 2s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_wait: Option<Duration>,
 }
 
 /// What to do when the board holding a container stops answering.

@@ -429,6 +429,14 @@ fn check_files(errors: &mut Errors, files: &[FileTemplate]) {
         }
         check_command(errors, &format!("{at}.check"), &file.check, false);
         check_command(errors, &format!("{at}.reload"), &file.reload, false);
+        for (field, duration) in [
+            ("quietPeriod", &file.quiet_period),
+            ("maxWait", &file.max_wait),
+        ] {
+            if let Some(Err(e)) = duration.as_ref().map(|d| d.as_std()) {
+                errors.add(format!("{at}.{field}"), e.to_string());
+            }
+        }
     }
 }
 
@@ -614,10 +622,10 @@ mod tests {
             (|s| s.placement.spread = Some("Bad Key".into()), "spec.placement.spread: must be `node` or a node label key"),
             (|s| s.placement.max_per_node = Some(0), "spec.placement.maxPerNode: must be at least 1, got 0"),
             (|s| s.files = vec![FileTemplate {
-                path: "etc/x".into(), template: String::new(), check: vec![], reload: vec![],
+                path: "etc/x".into(), template: String::new(), check: vec![], reload: vec![], ..Default::default()
             }], "spec.files[0].path: must be an absolute path"),
             (|s| s.files = vec![FileTemplate {
-                path: "/etc/x".into(), template: String::new(), check: vec![], reload: vec![String::new()],
+                path: "/etc/x".into(), template: String::new(), check: vec![], reload: vec![String::new()], ..Default::default()
             }], "spec.files[0].reload[0]: the program name must not be empty"),
             (|s| s.disconnect.lost_after = Some(Duration::from("soon")), "spec.disconnect.lostAfter: \"soon\" is not a duration"),
             (|s| s.disconnect.stop_on_node_after = Some(Duration::from("30")), "spec.disconnect.stopOnNodeAfter: \"30\" has no unit"),
