@@ -22,8 +22,15 @@ struct ReasonLabels {
     reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FileLabels {
+    step: String,
+    outcome: String,
+}
+
 struct Metrics {
     registry: Registry,
+    files: Family<FileLabels, Counter>,
     containers: Family<PhaseLabels, Gauge>,
     restarts: Family<ReasonLabels, Counter>,
     probe_failures: Counter,
@@ -38,6 +45,12 @@ fn metrics() -> &'static Metrics {
         let containers = Family::<PhaseLabels, Gauge>::default();
         let restarts = Family::<ReasonLabels, Counter>::default();
         let probe_failures = Counter::default();
+        let files = Family::<FileLabels, Counter>::default();
+        registry.register(
+            "file_steps",
+            "Live template steps (render, check, reload) by outcome (ok, failed)",
+            files.clone(),
+        );
         let reconcile = Histogram::new(exponential_buckets(0.0001, 3.0, 12));
         let heartbeat = Histogram::new(exponential_buckets(0.0005, 2.5, 12));
         registry.register("containers", "Containers by phase", containers.clone());
@@ -59,6 +72,7 @@ fn metrics() -> &'static Metrics {
         );
         Metrics {
             registry,
+            files,
             containers,
             restarts,
             probe_failures,
@@ -93,6 +107,17 @@ pub fn restarted(reason: &str) {
     if reason == "LivenessFailed" {
         m.probe_failures.inc();
     }
+}
+
+/// Records one live template step (`render`, `check`, `reload`) and whether it worked.
+pub fn file_step(step: &str, ok: bool) {
+    metrics()
+        .files
+        .get_or_create(&FileLabels {
+            step: step.to_owned(),
+            outcome: if ok { "ok" } else { "failed" }.to_owned(),
+        })
+        .inc();
 }
 
 /// Records a heartbeat's round trip.

@@ -176,12 +176,53 @@ impl Client {
         credential: &str,
         node: &str,
         revision: i64,
+        on_event: impl FnMut(WatchEvent) -> bool,
+    ) -> Result<()> {
+        let path = format!("/v1/containers?node={node}&watch=true&revision={revision}");
+        self.follow(credential, &path, on_event)
+    }
+
+    /// Every role's Ready endpoints and the revision of the read.
+    pub fn endpoints(
+        &self,
+        credential: &str,
+    ) -> Result<(
+        std::collections::BTreeMap<String, texu_api::RoleEndpoints>,
+        i64,
+    )> {
+        #[derive(Deserialize)]
+        struct List {
+            items: Vec<texu_api::RoleEndpoints>,
+            revision: i64,
+        }
+        let list: List = self.send("GET", "/v1/endpoints", credential, None)?;
+        let items = list
+            .items
+            .into_iter()
+            .map(|e| (e.role.clone(), e))
+            .collect();
+        Ok((items, list.revision))
+    }
+
+    /// Follows endpoint changes after `revision` (see [`Client::watch`]).
+    pub fn watch_endpoints(
+        &self,
+        credential: &str,
+        revision: i64,
+        on_event: impl FnMut(WatchEvent) -> bool,
+    ) -> Result<()> {
+        let path = format!("/v1/endpoints?watch=true&revision={revision}");
+        self.follow(credential, &path, on_event)
+    }
+
+    /// Reads the NDJSON lines of a watch at `path`.
+    fn follow(
+        &self,
+        credential: &str,
+        path: &str,
         mut on_event: impl FnMut(WatchEvent) -> bool,
     ) -> Result<()> {
-        let url = format!(
-            "{}/v1/containers?node={node}&watch=true&revision={revision}",
-            self.server
-        );
+        let url = format!("{}{path}", self.server);
         // The controller sends a BOOKMARK line every few seconds on a quiet watch: silence much
         // longer than that is a dead connection (a partition leaves TCP silent), not quiet.
         let agent = ureq::AgentBuilder::new()

@@ -12,6 +12,7 @@ mod decide;
 pub mod facts;
 pub mod hostports;
 pub mod images;
+mod live_files;
 pub mod network;
 mod probes;
 mod reconcile;
@@ -91,6 +92,8 @@ pub enum Desired {
     Upsert(Box<Container>),
     /// One container removed.
     Remove(String),
+    /// Every role's Ready endpoints, for live templates.
+    Endpoints(BTreeMap<String, texu_api::RoleEndpoints>),
 }
 
 /// This board's facts, as sent on join and in every heartbeat.
@@ -227,7 +230,13 @@ pub async fn run(
         credential.clone(),
         config.name.clone(),
         contact.clone(),
-        desired_tx,
+        desired_tx.clone(),
+        stop.clone(),
+    );
+    spawn_endpoints_watcher(
+        client.clone(),
+        credential.clone(),
+        desired_tx.clone(),
         stop.clone(),
     );
     let changed = Arc::new(Notify::new());
@@ -271,6 +280,55 @@ async fn assigned_subnet(client: &Client, credential: &str, name: &str) -> netwo
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Lists then watches every role's endpoints on a blocking thread, forever, with backoff,
+/// passing the whole map on after each change (live templates render from it).
+fn spawn_endpoints_watcher(
+    client: Client,
+    credential: String,
+    tx: mpsc::Sender<Desired>,
+    stop: watch::Receiver<bool>,
+) {
+    let spawned = std::thread::Builder::new()
+        .name("texu-endpoints".into())
+        .spawn(move || {
+            let mut backoff = Duration::from_millis(100);
+            while !*stop.borrow() {
+                let result = client
+                    .endpoints(&credential)
+                    .and_then(|(mut all, revision)| {
+                        if tx.blocking_send(Desired::Endpoints(all.clone())).is_err() {
+                            return Ok(());
+                        }
+                        backoff = Duration::from_millis(100);
+                        client.watch_endpoints(&credential, revision, |event| {
+                            if event.kind == "ERROR" {
+                                return false;
+                            }
+                            let Ok(e) =
+                                serde_json::from_value::<texu_api::RoleEndpoints>(event.object)
+                            else {
+                                return !*stop.borrow();
+                            };
+                            if event.kind == "DELETED" {
+                                all.remove(&e.role);
+                            } else {
+                                all.insert(e.role.clone(), e);
+                            }
+                            tx.blocking_send(Desired::Endpoints(all.clone())).is_ok()
+                        })
+                    });
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "endpoints watch ended; listing again");
+                }
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the endpoints watcher: live templates will not follow endpoints");
     }
 }
 

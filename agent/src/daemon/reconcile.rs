@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use texu_api::{Container, ContainerPhase, ContainerStatus, ExitReason, Reason};
+use texu_api::{Container, ContainerPhase, ContainerStatus, ExitReason, Reason, RoleEndpoints};
 use tokio::sync::{mpsc, watch, Mutex, Notify};
 use tokio::time::Instant;
 
@@ -18,12 +18,14 @@ use super::client::{Client, Reported};
 use super::contact::Contact;
 use super::decide::{self, decide, Action, Observed, SlotView, CREATE_RETRY};
 use super::hostports::{self, Published};
+use super::live_files;
 use super::network::{Addresses, Subnet};
 use super::probes::Probes;
 use super::record::Records;
 use super::slot::{Slot, SlotState};
 use super::spec::{self, Dirs, Failure};
 use super::{AgentError, Config, Desired};
+use crate::files::FileContext;
 use crate::runtime::{Runtime, RuntimeError};
 
 /// How often the reconciler looks at the runtime when nothing else wakes it.
@@ -59,6 +61,8 @@ pub struct Reconciler {
     synced_epoch: u64,
     contact: Arc<Contact>,
     slots: HashMap<String, Slot>,
+    /// Every role's Ready endpoints, for templates.
+    endpoints: BTreeMap<String, RoleEndpoints>,
     /// Told when a container's phase changes, so a heartbeat carries it at once.
     changed: Arc<Notify>,
     /// Told by probe watchers when a verdict (ready, liveness failed) changes: a pass runs at
@@ -103,6 +107,7 @@ impl Reconciler {
             synced_epoch: 0,
             contact,
             slots: HashMap::new(),
+            endpoints: BTreeMap::new(),
             changed: Arc::new(Notify::new()),
             verdicts: Arc::new(Notify::new()),
         })
@@ -184,6 +189,7 @@ impl Reconciler {
                     self.desired.insert(c.metadata.name.clone(), c);
                 }
             }
+            Desired::Endpoints(endpoints) => self.endpoints = endpoints,
             Desired::Remove(name) => {
                 self.desired.remove(&name);
                 if let Some(slot) = self.slots.get_mut(&name) {
@@ -264,6 +270,9 @@ impl Reconciler {
         }
         for (c, observed) in seen {
             self.step(c, observed).await;
+            if observed == Observed::Alive {
+                self.refresh_files(c).await;
+            }
         }
         self.publish_host_ports().await;
     }
@@ -408,6 +417,34 @@ impl Reconciler {
             Action::Restart => self.restart(c).await,
         }
         Next::Done
+    }
+
+    /// Live templates of a running container: re-rendered, installed and reloaded as its
+    /// files' inputs change (see `live_files`); what failed shows in its status message.
+    async fn refresh_files(&mut self, c: &Container) {
+        let name = c.metadata.name.as_str();
+        let Some(template) = c.spec.template.as_ref().filter(|t| !t.files.is_empty()) else {
+            return;
+        };
+        let Some(slot) = self.slots.get_mut(name) else {
+            return;
+        };
+        if slot.state != SlotState::Live || !slot.serving() {
+            return;
+        }
+        let ctx = FileContext::for_container(c, template, &self.node, slot.address)
+            .with_endpoints(&self.endpoints);
+        let dir = crate::files::dir(self.dirs.data_dir(), name);
+        live_files::refresh(
+            self.runtime.as_ref(),
+            name,
+            &template.files,
+            &ctx,
+            &dir,
+            &mut slot.live,
+        )
+        .await;
+        slot.status.message = slot.live.last_error.clone();
     }
 
     /// Fencing: the copy here is of generation `held`, not the one assigned: it stops and goes
@@ -580,6 +617,7 @@ impl Reconciler {
             dirs: &self.dirs,
             network: self.network.as_ref(),
             addresses: self.addresses.as_mut(),
+            endpoints: &self.endpoints,
         };
         spec::runtime_spec(c, rootfs, board)
     }

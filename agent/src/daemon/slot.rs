@@ -7,6 +7,7 @@ use std::net::Ipv4Addr;
 use texu_api::{ContainerPhase, ContainerStatus, Reason};
 use tokio::time::Instant;
 
+use super::live_files::LiveFiles;
 use super::probes::Probes;
 use super::record::Record;
 use crate::probe::{BackoffPolicy, RestartBackoff};
@@ -76,6 +77,8 @@ pub struct Slot {
     pub probes: Option<Probes>,
     /// Its address on the board's bridge.
     pub address: Option<Ipv4Addr>,
+    /// Its live templates.
+    pub live: LiveFiles,
 }
 
 impl Slot {
@@ -94,6 +97,7 @@ impl Slot {
             status,
             probes: None,
             address,
+            live: LiveFiles::default(),
         }
     }
 

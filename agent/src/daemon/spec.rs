@@ -2,9 +2,10 @@
 //! once, verified and unpacked), and the runtime's spec built from its role (command, env,
 //! limits, volumes, its address on the bridge, its rendered files).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use texu_api::{Container, ImageRef, Reason, RoleSpec};
+use texu_api::{Container, ImageRef, Reason, RoleEndpoints, RoleSpec};
 
 use super::client::Client;
 use super::images;
@@ -64,6 +65,11 @@ impl Dirs {
         Dirs {
             data_dir: data_dir.to_owned(),
         }
+    }
+
+    /// The agent's data dir.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
     }
 
     /// The unpacked root filesystem of a container from a stored image.
@@ -127,6 +133,8 @@ pub struct Board<'a> {
     pub network: Option<&'a (String, Subnet)>,
     /// Addresses given on that subnet.
     pub addresses: Option<&'a mut Addresses>,
+    /// Every role's endpoints, for the files.
+    pub endpoints: &'a BTreeMap<String, RoleEndpoints>,
 }
 
 /// The runtime's spec for container `c` on `board`, with `rootfs` for a stored image.
@@ -199,8 +207,15 @@ pub fn runtime_spec(
             gateway: Some(subnet.gateway()),
         });
     }
-    crate::files::prepare(&board.dirs.data_dir, board.node, c, template, &mut spec)
-        .map_err(|e| Failure::new(e.reason(), error_chain(&e)))?;
+    crate::files::prepare_with(
+        &board.dirs.data_dir,
+        board.node,
+        c,
+        template,
+        &mut spec,
+        board.endpoints,
+    )
+    .map_err(|e| Failure::new(e.reason(), error_chain(&e)))?;
     Ok(spec)
 }
 

@@ -447,7 +447,6 @@ where
 #[tokio::test]
 async fn endpoints_list_ready_containers_for_admins_and_boards_and_follow_changes() {
     use texu_api::ContainerPhase;
-    use warp::hyper::body::Body as _;
     let f = fixture();
     for c in [
         app_container("app-1", 1, ContainerPhase::Ready),
