@@ -476,19 +476,22 @@ async fn endpoints_list_ready_containers_for_admins_and_boards_and_follow_change
     let joined = f
         .state
         .nodes
-        .join(crate::nodes::JoinRequest {
-            name: "board2".into(),
-            labels: Default::default(),
-            spec: texu_api::NodeSpec {
-                address: "198.18.0.3".into(),
-                arch: texu_api::Arch::Amd64,
-                cpus: 1,
-                memory_bytes: 1 << 30,
-                subnet: None,
-                unschedulable: false,
-                draining: false,
+        .join(
+            crate::nodes::JoinRequest {
+                name: "board2".into(),
+                labels: Default::default(),
+                spec: texu_api::NodeSpec {
+                    address: "198.18.0.3".into(),
+                    arch: texu_api::Arch::Amd64,
+                    cpus: 1,
+                    memory_bytes: 1 << 30,
+                    subnet: None,
+                    unschedulable: false,
+                    draining: false,
+                },
             },
-        })
+            crate::nodes::Joiner::JoinToken,
+        )
         .await
         .unwrap();
     let (s, v) = call(
@@ -521,6 +524,7 @@ async fn endpoints_list_ready_containers_for_admins_and_boards_and_follow_change
         path: "/v1/endpoints/app".into(),
         query: parse_query("watch=true"),
         headers,
+        remote: None,
     };
     let empty: Vec<Result<bytes::Bytes, warp::Error>> = Vec::new();
     let response = handle(f.state.clone(), req, stream::iter(empty)).await;
