@@ -25,6 +25,10 @@ pub enum Reason {
     ImagePullFailed,
     /// The downloaded image is not the one its digest names.
     ImageDigestMismatch,
+    /// The image unpacks to more bytes or files than the board allows.
+    ImageTooLarge,
+    /// It asks for a hostPort the board reserves.
+    ReservedHostPort,
     /// No variant of its image fits this board.
     ImageUnavailable,
     /// Its image reference does not parse.
@@ -51,6 +55,8 @@ str_enum!(Reason {
     ImageFailed => "ImageFailed",
     ImagePullFailed => "ImagePullFailed",
     ImageDigestMismatch => "ImageDigestMismatch",
+    ImageTooLarge => "ImageTooLarge",
+    ReservedHostPort => "ReservedHostPort",
     ImageUnavailable => "ImageUnavailable",
     InvalidImage => "InvalidImage",
     NoTemplate => "NoTemplate",

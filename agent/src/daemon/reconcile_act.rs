@@ -7,6 +7,7 @@ use texu_api::{Container, ContainerPhase, ContainerStatus, ExitReason, Reason};
 use tokio::time::Instant;
 
 use super::super::decide::CREATE_RETRY;
+use super::super::hostports;
 use super::super::live_files;
 use super::super::probes::Probes;
 use super::super::slot::SlotState;
@@ -132,6 +133,18 @@ impl Reconciler {
     pub(super) async fn create(&mut self, c: &Container) {
         let name = c.metadata.name.as_str();
         self.set_phase(name, ContainerPhase::Creating, None, None);
+        if let Some(Err(message)) = c
+            .spec
+            .template
+            .as_ref()
+            .map(|t| hostports::check_reserved(t, &hostports::reserved()))
+        {
+            let failure = Failure {
+                reason: Reason::ReservedHostPort,
+                message,
+            };
+            return self.fail_create(name, failure);
+        }
         let spec = match self.build(c).await {
             Ok(spec) => spec,
             Err(failure) => return self.fail_create(name, failure),

@@ -388,6 +388,8 @@ async fn nodes_show_the_last_heartbeat_received_and_containers_their_creation() 
         .unwrap()
         .unwrap();
     assert_eq!(c.metadata.created, Some(created), "an update keeps it");
+}
+
 /// A container of role `app` on `board1` with port `http` 8080, in `phase` at `address`.
 fn app_container(name: &str, ordinal: i64, phase: texu_api::ContainerPhase) -> texu_api::Container {
     let mut role = RoleSpec::with_image("host");
