@@ -8,6 +8,7 @@ mod error;
 mod events;
 mod nodes;
 mod watch;
+pub use watch::WatchLimit;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -78,6 +79,8 @@ pub struct ApiState {
     pub metrics: Arc<Metrics>,
     /// Flips to true when the controller shuts down; open watches end then.
     pub shutdown: signal::Receiver<bool>,
+    /// Open watches per credential.
+    pub watches: WatchLimit,
 }
 
 /// The warp filter serving the whole API.
@@ -593,7 +596,7 @@ pub(super) async fn list<T: Object>(state: &ApiState, req: &Request) -> Answer {
                 ))
             })?,
         };
-        return watch::serve(state, T::KIND, after, role_filter, node_filter).await;
+        return watch::serve(state, req, T::KIND, after, role_filter, node_filter).await;
     }
     let (mut items, revision) = state.objects.list::<T>().await?;
     if T::KIND == Kind::Container {
