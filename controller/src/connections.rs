@@ -43,7 +43,9 @@ impl Default for Limits {
 /// How often idle connections are looked for.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// Pause after an accept error (out of file descriptors, say) before trying again.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(20);
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(5);
+/// Idle connections closed at once when accepting fails for want of descriptors.
+const EVICT_ON_ACCEPT_ERROR: usize = 16;
 
 /// The open connections, shared by the accept loop, the connection tasks and response bodies.
 #[derive(Default)]
@@ -221,7 +223,9 @@ pub async fn serve<F>(
                 Err(e) => {
                     // Out of descriptors (or a connection reset before accept): make room.
                     tracing::warn!(error = %e, open = registry.len(), "accept failed");
-                    registry.evict_oldest_idle();
+                    for _ in 0..EVICT_ON_ACCEPT_ERROR {
+                        registry.evict_oldest_idle();
+                    }
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
                     continue;
                 }

@@ -39,6 +39,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// variable rather than a cargo feature because the tests drive the very `texu` binary users
 /// run; it does nothing else and is documented in the README.
 pub const FAULT_ENV: &str = "TEXU_TEST_FAULT";
+/// Open files kept for everything but API connections (store, image blobs, logs, etcd).
+const FILES_RESERVED: u64 = 128;
 
 /// How the controller is configured.
 #[derive(Debug, Clone)]
@@ -112,7 +114,19 @@ impl Controller {
     /// Prepares the data dir, credentials and store, and binds the listener.
     pub async fn bind(config: &Config) -> Result<Controller, ServerError> {
         create_private_dir(&config.data_dir)?;
-        raise_file_limit();
+        let mut limits = config.limits;
+        if let Some(files) = raise_file_limit() {
+            // Every connection is a descriptor; the store, the images and logs need some too.
+            let room = files.saturating_sub(FILES_RESERVED).max(16) as usize;
+            if room < limits.max_connections {
+                tracing::warn!(
+                    files,
+                    connections = room,
+                    "the open-file limit lowers the connection cap"
+                );
+                limits.max_connections = room;
+            }
+        }
         let (admin_token, created) =
             auth::load_or_create(&config.data_dir, auth::ADMIN_TOKEN_FILE, "texu-admin-")?;
         let (join_token, _) =
@@ -163,7 +177,7 @@ impl Controller {
             settings: crate::scheduler::Settings {
                 settle_secs: config.settle.as_secs() as i64,
             },
-            limits: config.limits,
+            limits,
             retention: config.retention,
             admin_token,
             admin_token_path: config.data_dir.join(auth::ADMIN_TOKEN_FILE),
@@ -257,16 +271,26 @@ async fn scheduler(
 }
 
 /// Raises the soft limit on open files to the hard one: every connection is a descriptor, and
-/// the connection cap, not the default 1,024, should be what bounds them.
-fn raise_file_limit() {
+/// the connection cap, not the default 1,024, should be what bounds them. Returns the limit in
+/// force afterwards, if it could be read.
+fn raise_file_limit() -> Option<u64> {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     match getrlimit(Resource::RLIMIT_NOFILE) {
         Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-            Ok(()) => tracing::debug!(from = soft, to = hard, "raised the open-file limit"),
-            Err(e) => tracing::warn!(error = %e, soft, "cannot raise the open-file limit"),
+            Ok(()) => {
+                tracing::debug!(from = soft, to = hard, "raised the open-file limit");
+                Some(hard)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, soft, "cannot raise the open-file limit");
+                Some(soft)
+            }
         },
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "cannot read the open-file limit"),
+        Ok((soft, _)) => Some(soft),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open-file limit");
+            None
+        }
     }
 }
 

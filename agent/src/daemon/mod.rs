@@ -400,8 +400,14 @@ fn spawn_watcher(
                 if tx.is_closed() {
                     return;
                 }
-                if let Err(e) = result {
-                    tracing::warn!(error = %e, "watch of this node's containers failed; retrying in {backoff:?}");
+                match result {
+                    // The revision listed was compacted away meanwhile: list again at once.
+                    Err(ClientError::Status { status: 410, .. }) => {
+                        tracing::info!("watch history compacted; listing this node's containers again");
+                        continue;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "watch of this node's containers failed; retrying in {backoff:?}"),
+                    Ok(()) => {}
                 }
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(5));
