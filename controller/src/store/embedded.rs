@@ -916,6 +916,17 @@ mod tests {
         conformance::run_all(open(&path)).await;
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ten_thousand_churning_writes_leave_a_small_file_after_compaction() {
+        let (_dir, path) = temp_db();
+        let store = open(&path);
+        conformance::churn_with_compaction(store.clone(), 10_000).await;
+        store.close().await.expect("close");
+        let size = std::fs::metadata(&path).expect("file").len();
+        println!("state.redb after 10,000 writes and compaction: {size} bytes");
+        assert!(size < 4 << 20, "the store file is {size} bytes");
+    }
+
     #[tokio::test]
     async fn close_ends_watches_and_later_calls() {
         let (_dir, path) = temp_db();
