@@ -726,11 +726,12 @@ fn open_watches_per_credential_are_capped_with_429() {
         ureq::get(&url)
             .set("Authorization", &format!("Bearer {}", c.token))
             .call()
+            .map_err(Box::new)
     };
     let mut watches: Vec<ureq::Response> = (0..32)
         .map(|i| open().unwrap_or_else(|e| panic!("watch {i}: {e}")))
         .collect();
-    match open() {
+    match open().map_err(|e| *e) {
         Err(ureq::Error::Status(429, r)) => {
             let body: Value = serde_json::from_str(&r.into_string().unwrap()).unwrap();
             assert!(
