@@ -20,7 +20,7 @@ use super::{ApiError, ApiState, Request};
 use crate::store::StoreError;
 
 /// Events waiting to be written to a slow client; the watch waits for it meanwhile.
-const CLIENT_BUFFER: usize = 64;
+const CLIENT_BUFFER: usize = 16;
 /// Most watches one credential may have open at once.
 pub const MAX_WATCHES: usize = 32;
 /// What a client told its watch is gone should do.
