@@ -788,3 +788,50 @@ fn a_scheduler_task_that_panics_stops_the_controller_with_an_error() {
         "{err}"
     );
 }
+
+#[test]
+fn an_agent_whose_metrics_server_stops_exits_with_an_error() {
+    common::require_root_and_lxc();
+    let c = ControllerProcess::start();
+    // The metrics port is taken: the agent's metrics server ends at once, which must stop the
+    // whole agent rather than leave it running without metrics.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let mut agent = std::process::Command::new(common::texu_bin())
+        .args(["--server", &c.server, "agent", "--name", "metrics-clash"])
+        .arg("--data-dir")
+        .arg(dir.path().join("agent"))
+        .args([
+            "--address",
+            "127.0.0.1",
+            "--no-network",
+            "--metrics-listen",
+            &port,
+        ])
+        .env("TEXU_JOIN_TOKEN", c.join_token())
+        .env("TEXU_CONFIG", "/nonexistent/texu-test-config.yaml")
+        .env("RUST_LOG", "error")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run texu agent");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = agent.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = agent.kill();
+            let _ = agent.wait();
+            panic!("the agent kept running without its metrics server");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut agent.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "exit status {status}; {err}");
+    assert!(err.contains("its metrics server task returned"), "{err}");
+    drop(taken);
+}
