@@ -40,6 +40,10 @@ impl Default for Limits {
     }
 }
 
+/// The client's address, in every request's extensions (warp's own is private to warp's server).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
 /// How often idle connections are looked for.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// Pause after an accept error (out of file descriptors, say) before trying again.
@@ -237,7 +241,12 @@ pub async fn serve<F>(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let service = connection_service(warp::service(filter.clone()), registry.clone(), id);
+        let service = connection_service(
+            warp::service(filter.clone()),
+            registry.clone(),
+            id,
+            PeerAddr(peer),
+        );
         let mut http = hyper::server::conn::http1::Builder::new();
         http.timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
@@ -265,6 +274,7 @@ fn connection_service<S, B>(
     service: S,
     registry: Arc<Registry>,
     id: u64,
+    peer: PeerAddr,
 ) -> impl hyper::service::Service<
     http::Request<hyper::body::Incoming>,
     Response = http::Response<Tracked<B>>,
@@ -282,7 +292,8 @@ where
     S::Future: Send,
     B: http_body::Body + Unpin + Send + 'static,
 {
-    hyper::service::service_fn(move |req| {
+    hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(peer);
         let busy = registry.begin(id);
         let mut service = service.clone();
         async move {

@@ -92,6 +92,8 @@ pub fn routes(
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
         .and(warp::header::headers_cloned())
         .and(warp::addr::remote())
+        // The address as the controller's own accept loop records it (connections.rs).
+        .and(warp::ext::optional::<crate::connections::PeerAddr>())
         .and(warp::body::stream())
         .then(
             move |method,
@@ -99,6 +101,7 @@ pub fn routes(
                   query: String,
                   headers,
                   remote: Option<std::net::SocketAddr>,
+                  peer: Option<crate::connections::PeerAddr>,
                   body| {
                 let state = state.clone();
                 async move {
@@ -107,7 +110,7 @@ pub fn routes(
                         path: path.as_str().to_string(),
                         query: parse_query(&query),
                         headers,
-                        remote: remote.map(|a| a.ip()),
+                        remote: remote.or(peer.map(|p| p.0)).map(|a| a.ip()),
                     };
                     handle(state, request, Box::pin(body)).await
                 }
