@@ -692,10 +692,21 @@ fn a_watch_from_a_compacted_revision_gets_410_with_a_resync_hint() {
     c.texu_ok(&["delete", "role", "proxy"]);
     c.texu_ok(&["apply", "-f", stack.to_str().unwrap()]);
     let url = format!("{}/v1/roles?watch=true&revision=1", c.server);
-    let (code, body) = common::wait_for(Duration::from_secs(10), "compaction", || {
-        let (code, body) = call_json("GET", &url, &c.token, None);
-        (code == 410).then_some((code, body))
-    });
+    // Until the compactor has run, the watch opens (200) and streams: give each try a second.
+    let (code, body) =
+        common::wait_for(Duration::from_secs(20), "compaction", || {
+            match ureq::get(&url)
+                .set("Authorization", &format!("Bearer {}", c.token))
+                .timeout(Duration::from_secs(1))
+                .call()
+            {
+                Err(ureq::Error::Status(410, r)) => Some((
+                    410,
+                    serde_json::from_str::<Value>(&r.into_string().ok()?).ok()?,
+                )),
+                _ => None,
+            }
+        });
     assert_eq!(code, 410);
     assert!(
         body["error"].as_str().unwrap().contains("compacted"),
