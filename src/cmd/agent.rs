@@ -136,11 +136,8 @@ pub fn run(args: &Args, server: Option<String>) -> Result<ExitCode> {
             super::controller::shutdown_signal().await;
             let _ = stop_tx.send(true);
         });
-        if let Some(addr) = args.metrics_listen {
-            tokio::spawn(texu_agent::metrics::serve(addr, stop.clone()));
-        }
         tracing::info!(node = %config.name, server = %config.server, "agent starting");
-        daemon::run(config, Arc::new(lxc), stop).await?;
+        daemon::run(config, Arc::new(lxc), stop, args.metrics_listen).await?;
         tracing::info!("agent stopped; containers keep running");
         Ok(ExitCode::SUCCESS)
     })

@@ -19,6 +19,8 @@ pub struct ControllerProcess {
     store: Option<String>,
     extra_args: Vec<String>,
     _tmp: Option<tempfile::TempDir>,
+    /// Run under `prlimit --nofile=N:N` (a board whose service manager gives 1,024 files).
+    pub file_limit: Option<u64>,
 }
 
 impl ControllerProcess {
@@ -44,6 +46,25 @@ impl ControllerProcess {
             store,
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             _tmp: Some(tmp),
+            file_limit: None,
+        };
+        c.spawn();
+        c
+    }
+
+    /// Starts a controller on the embedded store whose open-file limit (soft and hard) is
+    /// `limit`, as `prlimit` (util-linux) sets it.
+    pub fn start_with_file_limit(limit: u64) -> ControllerProcess {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let mut c = ControllerProcess {
+            child: None,
+            data_dir: tmp.path().join("controller"),
+            server: String::new(),
+            token: String::new(),
+            store: None,
+            extra_args: Vec::new(),
+            _tmp: Some(tmp),
+            file_limit: Some(limit),
         };
         c.spawn();
         c
@@ -52,7 +73,14 @@ impl ControllerProcess {
     /// (Re)starts the process on the same data dir and waits until it answers /healthz.
     pub fn spawn(&mut self) {
         let _ = std::fs::remove_file(self.data_dir.join("controller.addr"));
-        let mut cmd = Command::new(texu_bin());
+        let mut cmd = match self.file_limit {
+            Some(n) => {
+                let mut cmd = Command::new("prlimit");
+                cmd.arg(format!("--nofile={n}:{n}")).arg(texu_bin());
+                cmd
+            }
+            None => Command::new(texu_bin()),
+        };
         cmd.arg("controller")
             .arg("--data-dir")
             .arg(&self.data_dir)

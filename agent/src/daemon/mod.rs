@@ -5,6 +5,10 @@
 //! runtime toward that desired state and keeps each container's status, and a heartbeat that
 //! carries those statuses to the controller. The controller being unreachable changes nothing
 //! on the board: containers keep running and the agent retries with capped backoff.
+//!
+//! These parts (and the route keeper and the metrics server) run supervised: one that panics or
+//! ends while the agent is meant to run stops the agent with an error and a non-zero exit, so
+//! systemd restarts it, instead of leaving a board that heartbeats but no longer reconciles.
 
 pub mod client;
 pub mod contact;
@@ -69,6 +73,9 @@ pub enum AgentError {
     Network(#[from] network::NetworkError),
     #[error(transparent)]
     Runtime(#[from] crate::runtime::RuntimeError),
+    /// A supervised part of the agent ended while the agent was meant to run.
+    #[error("the agent stopped: its {task} task {how}")]
+    Task { task: &'static str, how: String },
 }
 
 /// File holding the node's credential inside the data dir (mode 0600).
@@ -175,11 +182,13 @@ fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     std::fs::rename(tmp, path)
 }
 
-/// Runs the agent until `stop` flips to true.
+/// Runs the agent (and its metrics server on `metrics`) until `stop` flips to true, or until one
+/// of its tasks fails.
 pub async fn run(
     config: Config,
     runtime: Arc<dyn Runtime>,
     stop: watch::Receiver<bool>,
+    metrics: Option<std::net::SocketAddr>,
 ) -> Result<(), AgentError> {
     std::fs::create_dir_all(&config.data_dir).map_err(|source| AgentError::DataDir {
         path: config.data_dir.clone(),
@@ -192,6 +201,7 @@ pub async fn run(
     ));
     let client = Client::new(&config.server);
     let credential = credential(&config, &client).await?;
+    let mut tasks = Tasks::default();
     let network = match &config.network {
         Some((bridge, _)) => {
             let subnet = assigned_subnet(&client, &credential, &config.name).await;
@@ -200,24 +210,30 @@ pub async fn run(
             let cluster = std::fs::read_to_string(config.data_dir.join(CLUSTER_CIDR_FILE))
                 .ok()
                 .and_then(|t| network::Subnet::parse(t.trim()).ok());
-            tokio::spawn(routes::run(
-                client.clone(),
-                credential.clone(),
-                config.name.clone(),
-                routes::Bounds::new(subnet, cluster),
-                stop.clone(),
-            ));
+            tasks.spawn(
+                "route",
+                routes::run(
+                    client.clone(),
+                    credential.clone(),
+                    config.name.clone(),
+                    routes::Bounds::new(subnet, cluster),
+                    stop.clone(),
+                ),
+            );
             Some((bridge.clone(), subnet))
         }
         None => None,
     };
+    if let Some(addr) = metrics {
+        tasks.spawn("metrics server", crate::metrics::serve(addr, stop.clone()));
+    }
     let statuses: Arc<Mutex<Vec<Reported>>> = Arc::new(Mutex::new(Vec::new()));
     // Cut off after three heartbeat periods (plus any injected jitter) without one getting
     // through.
     let contact = Arc::new(Contact::new(config.heartbeat * 3 + config.heartbeat_jitter));
     let (desired_tx, desired_rx) = mpsc::channel::<Desired>(1024);
 
-    spawn_watcher(
+    let watcher_ended = spawn_watcher(
         client.clone(),
         credential.clone(),
         config.name.clone(),
@@ -225,16 +241,23 @@ pub async fn run(
         desired_tx,
         stop.clone(),
     );
+    // The watcher is a thread (it blocks on the stream); this task ends when it does.
+    tasks.spawn("container watch", async move {
+        let _ = watcher_ended.await;
+    });
     let changed = Arc::new(Notify::new());
-    let heartbeat = tokio::spawn(heartbeat_loop(
-        client.clone(),
-        credential.clone(),
-        config.clone(),
-        statuses.clone(),
-        changed.clone(),
-        contact.clone(),
-        stop.clone(),
-    ));
+    tasks.spawn(
+        "heartbeat",
+        heartbeat_loop(
+            client.clone(),
+            credential.clone(),
+            config.clone(),
+            statuses.clone(),
+            changed.clone(),
+            contact.clone(),
+            stop.clone(),
+        ),
+    );
     let mut reconciler = Reconciler::new(
         &config,
         network,
@@ -244,9 +267,57 @@ pub async fn run(
         contact,
     )?;
     reconciler.notify_changes(changed);
-    reconciler.run(desired_rx, statuses, stop).await;
-    let _ = heartbeat.await;
-    Ok(())
+    let reconcile_stop = stop.clone();
+    tasks.spawn("reconciler", async move {
+        reconciler.run(desired_rx, statuses, reconcile_stop).await;
+    });
+    tasks.supervise(stop).await
+}
+
+/// The agent's long-running tasks, by name.
+#[derive(Default)]
+struct Tasks {
+    set: tokio::task::JoinSet<()>,
+    names: Vec<(tokio::task::Id, &'static str)>,
+}
+
+impl Tasks {
+    fn spawn(
+        &mut self,
+        name: &'static str,
+        task: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        let id = self.set.spawn(task).id();
+        self.names.push((id, name));
+    }
+
+    /// Runs until `stop` flips (then waits for every task) or a task ends first (an error).
+    async fn supervise(mut self, mut stop: watch::Receiver<bool>) -> Result<(), AgentError> {
+        let ended = tokio::select! {
+            _ = stop.wait_for(|s| *s) => None,
+            Some(ended) = self.set.join_next_with_id() => Some(ended),
+        };
+        let failure = ended.filter(|_| !*stop.borrow()).map(|ended| {
+            let (id, how) = match ended {
+                Ok((id, ())) => (id, "returned".to_string()),
+                Err(e) if e.is_panic() => (e.id(), "panicked".to_string()),
+                Err(e) => (e.id(), format!("failed: {e}")),
+            };
+            let task = self
+                .names
+                .iter()
+                .find(|(i, _)| *i == id)
+                .map_or("unnamed", |(_, n)| n);
+            AgentError::Task { task, how }
+        });
+        if let Some(e) = &failure {
+            tracing::error!(error = %e, "an agent task failed; stopping");
+            // The others stop on the same signal the admin's SIGTERM would flip.
+            self.set.abort_all();
+        }
+        while self.set.join_next().await.is_some() {}
+        failure.map_or(Ok(()), Err)
+    }
 }
 
 /// The subnet the controller assigned to this node (it keeps it across rejoins); retries until
@@ -282,10 +353,13 @@ fn spawn_watcher(
     contact: Arc<Contact>,
     tx: mpsc::Sender<Desired>,
     stop: watch::Receiver<bool>,
-) {
+) -> tokio::sync::oneshot::Receiver<()> {
+    // Dropped when the thread ends, however it ends (a panic unwinds through it too).
+    let (alive, ended) = tokio::sync::oneshot::channel::<()>();
     std::thread::Builder::new()
         .name("texu-watch".into())
         .spawn(move || {
+            let _alive = alive;
             let mut backoff = Duration::from_millis(100);
             while !*stop.borrow() {
                 if contact.is_cut_off() {
@@ -326,8 +400,14 @@ fn spawn_watcher(
                 if tx.is_closed() {
                     return;
                 }
-                if let Err(e) = result {
-                    tracing::warn!(error = %e, "watch of this node's containers failed; retrying in {backoff:?}");
+                match result {
+                    // The revision listed was compacted away meanwhile: list again at once.
+                    Err(ClientError::Status { status: 410, .. }) => {
+                        tracing::info!("watch history compacted; listing this node's containers again");
+                        continue;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "watch of this node's containers failed; retrying in {backoff:?}"),
+                    Ok(()) => {}
                 }
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -335,6 +415,7 @@ fn spawn_watcher(
         })
         .map(|_| ())
         .unwrap_or_else(|e| tracing::error!(error = %e, "cannot start the watch thread"));
+    ended
 }
 
 /// A random duration in `[0, max)` for chaos testing; no need for a good generator here.
