@@ -1,0 +1,151 @@
+//! The ledger's data layer: the [`Ledger`] trait the HTTP API uses, and its backends.
+//!
+//! # Backends
+//!
+//! - `file:PATH` (default) and `etcd://HOST:PORT,...` share one implementation, [`kv::KvLedger`],
+//!   over Texu's key-value store (an embedded redb file with group commit, or a real etcd). A
+//!   transfer is **one** guarded transaction: it compares the mod revisions of both accounts and
+//!   of the transfer's own key (absent), then writes both accounts, both statement entries and
+//!   the transfer at one revision. A conflict (another transfer touched an account in between)
+//!   re-reads and retries. Nothing is ever half-done, so these backends have nothing in flight.
+//!
+//! # Designed for Cassandra: two partitions per transfer
+//!
+//! Cassandra has no multi-partition transaction; lightweight transactions (LWT, Paxos) are
+//! linearizable per partition only. The trait is therefore shaped around *operations* (submit a
+//! transfer, decide a payment request, recover) rather than around reads and writes, so a
+//! backend can run each operation as a small saga:
+//!
+//! 1. **Journal first.** `INSERT INTO transfers ... IF NOT EXISTS` with state `journaled` and the
+//!    request's fingerprint. The transfer id is the idempotency key: a retry finds the row and
+//!    answers from it (same fingerprint) or is refused as a conflict (different one).
+//! 2. **Debit the payer** in the payer's partition of `account_log` (partition = account code;
+//!    static columns hold the balance and the entry count; clustering rows hold statement entries
+//!    and one marker row per transfer id). One conditional batch, `IF entries = n` on the static
+//!    columns plus `IF NOT EXISTS` on the marker row, writes the new balance, entry `n+1` and the
+//!    marker together: the limit is checked against the balance read at `n`, and the condition
+//!    makes that check hold. A lost race re-reads and retries.
+//! 3. **Credit the payee** the same way in the payee's partition. A payee with a maximum balance
+//!    is reserved first (step 2a: `incoming += amount IF entries = n AND incoming = r`) so the
+//!    credit can never be refused after the debit.
+//! 4. **Mark the journal** `committed` (`IF state = 'journaled'`).
+//!
+//! A crash between steps leaves a `journaled` row. The **recovery pass** (at start and then
+//! periodically) reads journaled rows older than a grace period and, for each, looks for the
+//! payer's marker row: if the debit happened it completes steps 3 and 4 (the payee's marker
+//! makes a repeated credit a no-op); if not, it writes the payer's marker as `cancelled`
+//! (`IF NOT EXISTS`, so a slow request that debits later loses the race and stops), releases any
+//! reservation and marks the journal `refused`. Every step is conditional on the transfer id's
+//! marker, so the pass is idempotent and may run on several replicas at once; `in_flight` lists
+//! the journaled rows for `/v1/audit`. Reads and writes use QUORUM, conditions SERIAL.
+
+pub mod kv;
+
+use async_trait::async_trait;
+
+use crate::model::{Account, AccountState, Entry, Listing, Member, Refusal, Transfer};
+
+/// A ledger result.
+pub type Result<T, E = LedgerError> = std::result::Result<T, E>;
+
+/// What can go wrong in the data layer.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("{what} {id} does not exist")]
+    NotFound { what: &'static str, id: String },
+    #[error("{what} {id} already exists")]
+    Exists { what: &'static str, id: String },
+    /// The transfer id (or Idempotency-Key) was used before for a different request.
+    #[error("transfer {id} already exists with a different request")]
+    IdReused { id: String },
+    /// Accepting or rejecting a transfer that is not a pending payment request.
+    #[error("transfer {id} is {state:?}, not pending")]
+    NotPending {
+        id: String,
+        state: crate::model::TransferState,
+    },
+    /// A limit change the account's current balance would violate.
+    #[error("{0}")]
+    Refused(#[source] Refusal),
+    /// Too many concurrent writers kept winning over this one.
+    #[error("gave up after {attempts} conflicting attempts on {what}")]
+    Contention { what: String, attempts: u32 },
+    /// The backing store failed or could not be reached.
+    #[error("data layer: {0}")]
+    Store(#[source] texu_controller::store::StoreError),
+    /// A stored record could not be decoded.
+    #[error("stored record {key} is unreadable: {source}")]
+    Corrupt {
+        key: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl From<texu_controller::store::StoreError> for LedgerError {
+    fn from(e: texu_controller::store::StoreError) -> Self {
+        LedgerError::Store(e)
+    }
+}
+
+/// What submitting a transfer did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Submitted {
+    /// Stored now, in its final state for this request (committed, pending or refused).
+    New(Transfer),
+    /// The same request was made before; this is what it produced (possibly decided since).
+    Repeated(Transfer),
+}
+
+/// A change to an account's limits or state (admin).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AccountChange {
+    pub credit_limit: Option<i64>,
+    /// `Some(None)` removes the maximum.
+    pub maximum_balance: Option<Option<i64>>,
+    pub state: Option<AccountState>,
+}
+
+/// The data layer behind the API. Every method is safe to call concurrently from many
+/// requests and many replicas of the app.
+#[async_trait]
+pub trait Ledger: Send + Sync + 'static {
+    /// Succeeds when the data layer answers.
+    async fn ping(&self) -> Result<()>;
+
+    async fn create_member(&self, member: &Member) -> Result<()>;
+    async fn member(&self, id: &str) -> Result<Option<Member>>;
+    /// The member whose token has this sha256 hash.
+    async fn member_by_token(&self, token_hash: &str) -> Result<Option<Member>>;
+
+    async fn create_account(&self, account: &Account) -> Result<()>;
+    async fn account(&self, code: &str) -> Result<Option<Account>>;
+    async fn accounts(&self) -> Result<Vec<Account>>;
+    /// Applies a limit or state change; refused when the current balance would break a limit.
+    async fn update_account(&self, code: &str, change: &AccountChange) -> Result<Account>;
+
+    /// Stores a new transfer: `Committed` moves the credit now (or is stored `Refused` with the
+    /// reason), `Pending` records a payment request. Idempotent by `transfer.id` and
+    /// `transfer.fingerprint`.
+    async fn submit(&self, transfer: Transfer) -> Result<Submitted>;
+    /// Accepts (commits, or refuses with the limit and stays pending) or rejects a pending
+    /// payment request. Deciding again the way it was decided answers the transfer as it is.
+    async fn decide(&self, id: &str, accept: bool) -> Result<Transfer>;
+    async fn transfer(&self, id: &str) -> Result<Option<Transfer>>;
+    /// Every transfer (for the audit).
+    async fn transfers(&self) -> Result<Vec<Transfer>>;
+    /// Statement entries with `seq > after`, at most `limit`, oldest first.
+    async fn statement(&self, code: &str, after: u64, limit: usize) -> Result<Vec<Entry>>;
+
+    /// Transfers started but neither finished nor cancelled (backends with multi-step
+    /// transfers); `/v1/audit` reports them.
+    async fn in_flight(&self) -> Result<Vec<String>>;
+    /// Completes or cancels half-done transfers; returns how many it settled.
+    async fn recover(&self) -> Result<usize>;
+
+    async fn put_listing(&self, listing: &Listing) -> Result<()>;
+    async fn listing(&self, id: &str) -> Result<Option<Listing>>;
+    async fn listings(&self) -> Result<Vec<Listing>>;
+    /// Removes a listing; false when it did not exist.
+    async fn delete_listing(&self, id: &str) -> Result<bool>;
+}
