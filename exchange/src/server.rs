@@ -13,13 +13,14 @@ use texu_controller::store::StoreError;
 
 use crate::api::{self, ApiState};
 use crate::metrics::Metrics;
+use crate::store::cassandra::CassandraLedger;
 use crate::store::kv::KvLedger;
 use crate::store::{Ledger, LedgerError};
 
 /// Keys the etcd backend keeps under, so it can share an etcd with other users.
 pub const ETCD_PREFIX: &str = "/texu-exchange";
 /// How often the recovery pass and the store compaction run.
-pub const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(30);
+pub const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Where the ledger lives, as given to `--store`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,8 +56,6 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the {0} backend is not built into this binary")]
-    Unsupported(&'static str),
 }
 
 impl std::str::FromStr for StoreUrl {
@@ -161,7 +160,19 @@ pub async fn open(url: &StoreUrl) -> Result<Opened, StartError> {
                 .with_prefix(ETCD_PREFIX);
             Arc::new(KvLedger::new(Arc::new(store)))
         }
-        StoreUrl::Cassandra { .. } => return Err(StartError::Unsupported("cassandra")),
+        StoreUrl::Cassandra {
+            hosts,
+            keyspace,
+            replication,
+        } => {
+            let ledger = CassandraLedger::connect(hosts, keyspace, *replication)
+                .await
+                .map_err(StartError::Ledger)?;
+            return Ok(Opened {
+                ledger: Arc::new(ledger),
+                kv: None,
+            });
+        }
     };
     Ok(Opened {
         ledger: kv.clone(),

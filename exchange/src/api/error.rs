@@ -93,7 +93,10 @@ impl From<LedgerError> for ApiError {
             LedgerError::NotPending { .. } => Self::new(StatusCode::CONFLICT, message),
             LedgerError::Refused(refusal) => Self::unprocessable(message).with_details(refusal),
             LedgerError::Contention { .. } => Self::new(StatusCode::SERVICE_UNAVAILABLE, message),
-            LedgerError::Store(_) | LedgerError::Corrupt { .. } => {
+            LedgerError::Store(_)
+            | LedgerError::Cassandra { .. }
+            | LedgerError::Inconsistent { .. }
+            | LedgerError::Corrupt { .. } => {
                 tracing::error!(error = %message, "data layer failed");
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, message)
             }

@@ -227,30 +227,7 @@ impl Ledger for KvLedger {
     async fn update_account(&self, code: &str, change: &AccountChange) -> Result<Account> {
         for _ in 0..MAX_ATTEMPTS {
             let current = self.account_read(code).await?;
-            let mut next = current.value.clone();
-            if let Some(limit) = change.credit_limit {
-                next.credit_limit = limit;
-            }
-            if let Some(max) = change.maximum_balance {
-                next.maximum_balance = max;
-            }
-            if let Some(state) = change.state {
-                next.state = state;
-            }
-            if next.balance < next.credit_limit {
-                return Err(LedgerError::Refused(Refusal::CreditLimit {
-                    account: code.to_string(),
-                    balance: next.balance,
-                    limit: next.credit_limit,
-                }));
-            }
-            if let Some(max) = next.maximum_balance.filter(|m| next.balance > *m) {
-                return Err(LedgerError::Refused(Refusal::MaximumBalance {
-                    account: code.to_string(),
-                    balance: next.balance,
-                    limit: max,
-                }));
-            }
+            let next = super::changed(&current.value, change)?;
             let key = account_key(code);
             let txn = Txn::new()
                 .when_mod_revision(&key, current.revision)

@@ -39,6 +39,7 @@
 //! marker, so the pass is idempotent and may run on several replicas at once; `in_flight` lists
 //! the journaled rows for `/v1/audit`. Reads and writes use QUORUM, conditions SERIAL.
 
+pub mod cassandra;
 pub mod kv;
 
 use async_trait::async_trait;
@@ -73,6 +74,16 @@ pub enum LedgerError {
     /// The backing store failed or could not be reached.
     #[error("data layer: {0}")]
     Store(#[source] texu_controller::store::StoreError),
+    /// Cassandra refused a request or could not be reached.
+    #[error("cassandra ({op}): {source}")]
+    Cassandra {
+        op: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Stored records contradict each other (a bug, never a user's mistake).
+    #[error("inconsistent ledger: {what}")]
+    Inconsistent { what: String },
     /// A stored record could not be decoded.
     #[error("stored record {key} is unreadable: {source}")]
     Corrupt {
@@ -104,6 +115,35 @@ pub struct AccountChange {
     /// `Some(None)` removes the maximum.
     pub maximum_balance: Option<Option<i64>>,
     pub state: Option<AccountState>,
+}
+
+/// `account` with `change` applied, or the limit its current balance would break.
+pub fn changed(account: &Account, change: &AccountChange) -> Result<Account> {
+    let mut next = account.clone();
+    if let Some(limit) = change.credit_limit {
+        next.credit_limit = limit;
+    }
+    if let Some(max) = change.maximum_balance {
+        next.maximum_balance = max;
+    }
+    if let Some(state) = change.state {
+        next.state = state;
+    }
+    if next.balance < next.credit_limit {
+        return Err(LedgerError::Refused(Refusal::CreditLimit {
+            account: next.code.clone(),
+            balance: next.balance,
+            limit: next.credit_limit,
+        }));
+    }
+    if let Some(max) = next.maximum_balance.filter(|m| next.balance > *m) {
+        return Err(LedgerError::Refused(Refusal::MaximumBalance {
+            account: next.code.clone(),
+            balance: next.balance,
+            limit: max,
+        }));
+    }
+    Ok(next)
 }
 
 /// The data layer behind the API. Every method is safe to call concurrently from many

@@ -13,18 +13,121 @@ use serde_json::{json, Value};
 use texu_controller::store::conformance::etcd_server::EtcdServer;
 
 /// How long the app may take to answer /readyz after it starts.
-pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+pub const READY_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// How long a test Cassandra node may take to be ready (a loaded 2-core machine is slow).
+pub const CASSANDRA_TIMEOUT: Duration = Duration::from_secs(240);
 
 /// The data layer a test runs the app on.
 pub enum Backend {
     File,
     Etcd(EtcdServer),
+    Cassandra(CassandraNode),
 }
 
 impl Backend {
     /// A real etcd on loopback; fails naming what is missing.
     pub fn etcd() -> Backend {
         Backend::Etcd(EtcdServer::start())
+    }
+    /// A real single-node Apache Cassandra on loopback; fails naming what is missing.
+    pub fn cassandra() -> Backend {
+        Backend::Cassandra(CassandraNode::start())
+    }
+}
+
+/// A single Cassandra node run by `texu-cassandra --fast` (scripts/cassandra, installed by
+/// scripts/setup.sh) on free loopback ports with its own data dir; dropping it kills the node.
+pub struct CassandraNode {
+    child: Child,
+    dir: tempfile::TempDir,
+    pub native_port: u16,
+    ports: [u16; 2],
+}
+
+impl CassandraNode {
+    pub fn start() -> CassandraNode {
+        for tool in ["texu-cassandra", "texu-cassandra-ready"] {
+            let found = Command::new("sh")
+                .arg("-c")
+                .arg(format!("command -v {tool}"))
+                .output()
+                .is_ok_and(|o| o.status.success());
+            assert!(
+                found,
+                "{tool} is missing: run scripts/setup.sh (it installs Cassandra)"
+            );
+        }
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temp dir: {e}"));
+        // The storage port and the one after it, the native port and JMX must all be free.
+        let storage = loop {
+            let p = free_port();
+            if p < 65000 && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+                break p;
+            }
+        };
+        let (native_port, jmx) = (free_port(), free_port());
+        let log = std::fs::File::create(dir.path().join("cassandra.log"))
+            .unwrap_or_else(|e| panic!("cassandra log: {e}"));
+        let err = log
+            .try_clone()
+            .unwrap_or_else(|e| panic!("cassandra log: {e}"));
+        let child = Command::new("texu-cassandra")
+            .args(["--fast", "--die-with-parent", "--listen", "127.0.0.1"])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(["--native-port", &native_port.to_string()])
+            .args(["--storage-port", &storage.to_string()])
+            .args(["--jmx-port", &jmx.to_string()])
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start texu-cassandra: {e}"));
+        let mut node = CassandraNode {
+            child,
+            dir,
+            native_port,
+            ports: [storage, jmx],
+        };
+        let deadline = Instant::now() + CASSANDRA_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = node.child.try_wait() {
+                panic!("texu-cassandra exited with {status}:\n{}", node.log());
+            }
+            let ready = Command::new("texu-cassandra-ready")
+                .args(["--native-port", &native_port.to_string()])
+                .args(["--storage-port", &node.ports[0].to_string()])
+                .args(["--jmx-port", &node.ports[1].to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if ready {
+                return node;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "Cassandra not ready in {CASSANDRA_TIMEOUT:?}:\n{}",
+                    node.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        let text =
+            std::fs::read_to_string(self.dir.path().join("cassandra.log")).unwrap_or_default();
+        let tail: Vec<&str> = text.lines().rev().take(40).collect();
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+}
+
+impl Drop for CassandraNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -52,6 +155,9 @@ impl App {
         let store = match &backend {
             Backend::File => format!("file:{}", dir.path().join("ledger.redb").display()),
             Backend::Etcd(etcd) => format!("etcd://{}", etcd.endpoint()),
+            Backend::Cassandra(node) => {
+                format!("cassandra://127.0.0.1:{}/exchange?rf=1", node.native_port)
+            }
         };
         let mut app = App {
             child: None,
@@ -130,6 +236,11 @@ impl App {
     pub fn restart(&mut self) {
         self.kill();
         self.spawn();
+    }
+
+    /// The app's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// What the app has logged.
