@@ -3,7 +3,7 @@
 //! a recovery pass.
 //!
 //! Tables (created on start): `account_log` (partition = account code; static columns `account`
-//! (JSON: member, limits, state), `balance`, `entries`, `held`, `incoming`, `version`; clustering
+//! (JSON: member, limits, state), `balance`, `entry_count`, `held`, `incoming`, `version`; clustering
 //! rows `('e', seq)` statement entries and `('m', transfer#attempt)` step markers), `transfers`
 //! (`state`, `attempt`, `data` JSON), `journal` (transfers not yet final), `members`, `tokens`,
 //! `listings`. Every change to an account's statics bumps `version` and is one conditional
@@ -184,7 +184,7 @@ impl CassandraLedger {
             ),
             format!(
                 "CREATE TABLE IF NOT EXISTS {keyspace}.account_log (code text, kind text, \
-                 key text, data text, account text static, balance bigint static, entries \
+                 key text, data text, account text static, balance bigint static, entry_count \
                  bigint static, held bigint static, incoming bigint static, version bigint \
                  static, PRIMARY KEY (code, kind, key))"
             ),
@@ -238,7 +238,7 @@ impl CassandraLedger {
             self.exec(
                 "read account",
                 serial(
-                    "SELECT account, balance, entries, held, incoming, version FROM account_log \
+                    "SELECT account, balance, entry_count, held, incoming, version FROM account_log \
                      WHERE code = ? LIMIT 1",
                 ),
                 (code,),
@@ -430,7 +430,7 @@ impl CassandraLedger {
                 }
             };
             let update =
-                "UPDATE account_log SET balance = ?, entries = ?, held = ?, incoming = ?, \
+                "UPDATE account_log SET balance = ?, entry_count = ?, held = ?, incoming = ?, \
                           version = ? WHERE code = ? IF version = ?";
             let insert = "INSERT INTO account_log (code, kind, key, data) VALUES (?, ?, ?, ?)";
             let statics = (
@@ -605,7 +605,7 @@ impl Ledger for CassandraLedger {
         let ok = applied(
             self.exec(
                 "create account",
-                "INSERT INTO account_log (code, account, balance, entries, held, incoming, \
+                "INSERT INTO account_log (code, account, balance, entry_count, held, incoming, \
                  version) VALUES (?, ?, 0, 0, 0, 0, 1) IF NOT EXISTS",
                 (&account.code, to_json(account)),
             )
@@ -629,7 +629,7 @@ impl Ledger for CassandraLedger {
         let found = rows(
             self.exec(
                 "list accounts",
-                "SELECT DISTINCT code, account, balance, entries FROM account_log",
+                "SELECT DISTINCT code, account, balance, entry_count FROM account_log",
                 (),
             )
             .await?,

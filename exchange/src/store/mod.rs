@@ -16,28 +16,32 @@
 //! transfer, decide a payment request, recover) rather than around reads and writes, so a
 //! backend can run each operation as a small saga:
 //!
-//! 1. **Journal first.** `INSERT INTO transfers ... IF NOT EXISTS` with state `journaled` and the
-//!    request's fingerprint. The transfer id is the idempotency key: a retry finds the row and
-//!    answers from it (same fingerprint) or is refused as a conflict (different one).
-//! 2. **Debit the payer** in the payer's partition of `account_log` (partition = account code;
-//!    static columns hold the balance and the entry count; clustering rows hold statement entries
-//!    and one marker row per transfer id). One conditional batch, `IF entries = n` on the static
-//!    columns plus `IF NOT EXISTS` on the marker row, writes the new balance, entry `n+1` and the
-//!    marker together: the limit is checked against the balance read at `n`, and the condition
-//!    makes that check hold. A lost race re-reads and retries.
-//! 3. **Credit the payee** the same way in the payee's partition. A payee with a maximum balance
-//!    is reserved first (step 2a: `incoming += amount IF entries = n AND incoming = r`) so the
-//!    credit can never be refused after the debit.
-//! 4. **Mark the journal** `committed` (`IF state = 'journaled'`).
+//! 1. **Journal first.** An index row in `journal`, then `INSERT INTO transfers ... IF NOT
+//!    EXISTS` with state `journaled` and the request's fingerprint. The transfer id is the
+//!    idempotency key: a retry finds the row and answers from it (same fingerprint), or is
+//!    refused as a conflict (different one). A retry of a transfer still in flight drives it on.
+//! 2. **Reserve both sides.** Each account is one partition of `account_log`: static columns
+//!    hold the balance, the entry count, `held` (reserved debits), `incoming` (reserved credits)
+//!    and a `version`; clustering rows hold statement entries and one marker row per transfer
+//!    attempt. One conditional batch `IF version = v` changes the statics and writes the marker
+//!    (and the entry) together. The payer's reservation checks
+//!    `balance - held - amount >= creditLimit`, the payee's
+//!    `balance + incoming + amount <= maximumBalance`; a lost race re-reads and retries.
+//! 3. **Decide once.** An LWT on the transfer row moves it `journaled -> applying` (both
+//!    reserved) or `journaled -> cancelling` (a limit refused one side). Whichever driver wins,
+//!    every other one follows the row's state.
+//! 4. **Apply or release.** In `applying`, each side's reservation becomes a statement entry
+//!    (marker `reserved -> applied`); in `cancelling` it is released (`reserved -> released`;
+//!    a missing marker is written `released`, which fences a slow driver that has not reserved
+//!    yet). Then `applying -> committed` or `cancelling -> refused` (an accepted payment request
+//!    goes back to `pending`), and the journal row is deleted.
 //!
-//! A crash between steps leaves a `journaled` row. The **recovery pass** (at start and then
-//! periodically) reads journaled rows older than a grace period and, for each, looks for the
-//! payer's marker row: if the debit happened it completes steps 3 and 4 (the payee's marker
-//! makes a repeated credit a no-op); if not, it writes the payer's marker as `cancelled`
-//! (`IF NOT EXISTS`, so a slow request that debits later loses the race and stops), releases any
-//! reservation and marks the journal `refused`. Every step is conditional on the transfer id's
-//! marker, so the pass is idempotent and may run on several replicas at once; `in_flight` lists
-//! the journaled rows for `/v1/audit`. Reads and writes use QUORUM, conditions SERIAL.
+//! A crash between steps leaves a non-final row in `journal`. The **recovery pass** (at start
+//! and every few seconds, on every replica) drives each one older than a grace period through
+//! the same steps. Every step is conditional on the marker of that transfer attempt, so running
+//! it twice, or on two replicas at once, changes nothing more: no transfer is lost, doubled or
+//! left in flight. `in_flight` lists the non-final journal rows for `/v1/audit`. Reads and
+//! writes use QUORUM, conditions SERIAL.
 
 pub mod cassandra;
 pub mod kv;
