@@ -42,15 +42,15 @@ pub enum StoreUrl {
 pub enum StartError {
     #[error("--store {url:?}: {reason}")]
     BadStoreUrl { url: String, reason: String },
-    #[error("cannot open the data layer: {0}")]
+    #[error("cannot open the data layer")]
     Store(#[source] StoreError),
-    #[error("cannot open the data layer: {0}")]
+    #[error("cannot open the data layer")]
     Ledger(#[source] LedgerError),
-    #[error("admin token: {0}")]
+    #[error("cannot read or create the admin token")]
     Token(#[source] AuthError),
     #[error("--admin-token-file {0} has no file name")]
     TokenPath(PathBuf),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Listen {
         addr: SocketAddr,
         #[source]

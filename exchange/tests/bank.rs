@@ -4,8 +4,9 @@
 //! limits, every acknowledged transfer is on both statements exactly once, no refused one is.
 //!
 //! `EXCHANGE_BANK_CLIENTS` (default 16) and `EXCHANGE_BANK_TRANSFERS` (per client, default 500;
-//! `EXCHANGE_BANK_CASSANDRA_TRANSFERS`, default 50, on Cassandra) size the load. The etcd tests need /usr/bin/etcd, the Cassandra tests texu-cassandra (both
-//! from scripts/setup.sh); they fail without them.
+//! `EXCHANGE_BANK_CASSANDRA_TRANSFERS`, default 50, on Cassandra) size the load. The etcd tests
+//! need /usr/bin/etcd, the Cassandra tests texu-cassandra (both from scripts/setup.sh); they
+//! fail without them.
 
 mod common;
 

@@ -84,7 +84,13 @@ impl ApiError {
 
 impl From<LedgerError> for ApiError {
     fn from(e: LedgerError) -> Self {
-        let message = e.to_string();
+        // The whole chain of causes, once each: the client and the log see what failed below.
+        let mut message = e.to_string();
+        let mut cause = std::error::Error::source(&e);
+        while let Some(c) = cause {
+            message.push_str(&format!(": {c}"));
+            cause = c.source();
+        }
         match e {
             LedgerError::NotFound { .. } => Self::not_found(message),
             LedgerError::Exists { .. } | LedgerError::IdReused { .. } => {

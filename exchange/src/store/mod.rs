@@ -70,16 +70,16 @@ pub enum LedgerError {
         state: crate::model::TransferState,
     },
     /// A limit change the account's current balance would violate.
-    #[error("{0}")]
-    Refused(#[source] Refusal),
+    #[error(transparent)]
+    Refused(Refusal),
     /// Too many concurrent writers kept winning over this one.
     #[error("gave up after {attempts} conflicting attempts on {what}")]
     Contention { what: String, attempts: u32 },
     /// The backing store failed or could not be reached.
-    #[error("data layer: {0}")]
+    #[error("the data layer failed")]
     Store(#[source] texu_controller::store::StoreError),
     /// Cassandra refused a request or could not be reached.
-    #[error("cassandra ({op}): {source}")]
+    #[error("cassandra ({op}) failed")]
     Cassandra {
         op: &'static str,
         #[source]
@@ -89,7 +89,7 @@ pub enum LedgerError {
     #[error("inconsistent ledger: {what}")]
     Inconsistent { what: String },
     /// A stored record could not be decoded.
-    #[error("stored record {key} is unreadable: {source}")]
+    #[error("stored record {key} is unreadable")]
     Corrupt {
         key: String,
         #[source]
