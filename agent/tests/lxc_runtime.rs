@@ -65,6 +65,12 @@ impl Board {
             .prefix("texu-lxc-test-")
             .tempdir()
             .expect("temporary directory");
+        // Unprivileged containers' root walks through it (tempdir makes it 0700).
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o711),
+        )
+        .expect("chmod the temporary directory");
         let lxcpath = dir.path().join("lxc");
         let rt = LxcRuntime::new(&lxcpath).expect("LXC runtime");
         let lxcpath = rt.lxcpath().to_owned();
