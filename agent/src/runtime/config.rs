@@ -16,12 +16,13 @@ pub const HOST_DIRS: [&str; 6] = ["usr", "lib", "lib64", "bin", "sbin", "etc"];
 /// LXC's stock security settings (capabilities, devices cgroup, seccomp), if installed.
 const COMMON_CONF: &str = "/usr/share/lxc/config/common.conf";
 
-/// Capabilities an unprivileged container does without: LXC's own list (common.conf) and the
-/// rest that only matter to the board's kernel, clock, firmware or audit log. Mounting stays
-/// (`sys_admin` inside a user namespace reaches only the container's own mounts).
+/// Capabilities an unprivileged container does without: LXC's own list (common.conf), the
+/// rest that only matter to the board's kernel, clock, firmware or audit log, and `sys_admin`:
+/// inside a user namespace it reaches only the container's own mounts, but among those are
+/// its read-only binds of the board's /usr, /lib and /etc, which it could remount read-write.
 pub const DROPPED_CAPS: &str = "audit_control audit_read block_suspend mac_admin mac_override \
-                                sys_boot sys_module sys_pacct sys_rawio sys_time syslog \
-                                wake_alarm";
+                                sys_admin sys_boot sys_module sys_pacct sys_rawio sys_time \
+                                syslog wake_alarm";
 
 /// What an unprivileged container mounts for itself: /proc with its /proc/sys read-only,
 /// /sys read-only, its own cgroup read-write.
