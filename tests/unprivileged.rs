@@ -8,15 +8,6 @@ use std::time::Duration;
 
 use common::{wait_for, AgentProcess, ControllerProcess};
 
-fn apply_yaml(c: &ControllerProcess, yaml: &str) {
-    let out = c.texu_stdin(&["apply", "-f", "-"], yaml.as_bytes());
-    assert!(
-        out.status.success(),
-        "apply failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// The environment a board process started with, one `KEY=VALUE` per line.
 fn environ(pid: u32) -> String {
     std::fs::read(format!("/proc/{pid}/environ"))
@@ -82,7 +73,7 @@ fn containers_see_no_agent_secret_run_unprivileged_and_a_privileged_role_opts_ou
             ("TEXU_TOKEN", "texu-admin-secret-in-the-agents-env"),
         ],
     );
-    apply_yaml(&c, ROLES);
+    c.apply(ROLES);
     let init = |name: &str| {
         wait_for(Duration::from_secs(60), &format!("{name} running"), || {
             agent.init_pid(name)

@@ -135,6 +135,16 @@ impl ControllerProcess {
         texu_with(&self.server, &self.token, args, None)
     }
 
+    /// Applies manifests given as YAML text, failing the test if `texu apply` fails.
+    pub fn apply(&self, yaml: &str) {
+        let out = self.texu_stdin(&["apply", "-f", "-"], yaml.as_bytes());
+        assert!(
+            out.status.success(),
+            "apply failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Runs `texu ARGS...` with `stdin` as standard input.
     pub fn texu_stdin(&self, args: &[&str], stdin: &[u8]) -> Output {
         texu_with(&self.server, &self.token, args, Some(stdin))
