@@ -185,7 +185,7 @@ fn read_token_file(path: &std::path::Path) -> Result<String> {
 }
 
 /// What the agent keeps of its environment: PATH (to find ip and nft) and its log settings.
-const KEPT_ENV: [&str; 3] = ["PATH", "RUST_LOG", "RUST_BACKTRACE"];
+const KEPT_ENV: [&str; 4] = ["PATH", "RUST_LOG", "RUST_BACKTRACE", "NO_COLOR"];
 
 /// Runs this program again with only [`KEPT_ENV`] in its environment, if it has more. LXC
 /// starts each container's init with the environment this process started with (not the
