@@ -149,3 +149,39 @@ fn a_join_token_file_others_can_read_is_refused() {
     assert!(!out.status.success(), "{stderr}");
     assert!(stderr.contains("chmod 600"), "{stderr}");
 }
+
+#[test]
+fn a_join_token_from_the_environment_still_joins_and_leaves_the_environment() {
+    let c = ControllerProcess::start();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )
+    .unwrap();
+    let join = c.join_token();
+    let mut agent = std::process::Command::new(common::texu_bin())
+        .args(["--server", &c.server, "agent", "--name", "board-env"])
+        .args(["--no-network", "--data-dir"])
+        .arg(dir.path().join("agent"))
+        .env("TEXU_JOIN_TOKEN", &join)
+        .env("RUST_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn texu agent");
+    wait_for(Duration::from_secs(30), "board-env to join", || {
+        let nodes = c.get_json(&["nodes"]);
+        let found = nodes["items"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|n| n["metadata"]["name"] == "board-env"));
+        found.then_some(())
+    });
+    let env = environ(agent.id());
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert!(
+        !env.contains("TEXU_JOIN_TOKEN") && !env.contains(&join),
+        "the agent kept the token in its environment: {env}"
+    );
+}
