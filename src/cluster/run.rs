@@ -86,7 +86,6 @@ impl Cluster {
                 })
         };
         self.token = read("admin.token")?;
-        self.join_token = read("join.token")?;
         let api = self.api();
         self.wait_alive(
             "the controller to answer /healthz",
@@ -119,7 +118,9 @@ impl Cluster {
             .args(["--name", &plan.node_name(board)])
             .arg("--data-dir")
             .arg(plan.board_dir(board))
-            .args(["--join-token", &self.join_token])
+            // By file, never on the command line (where `ps` shows it to every user).
+            .arg("--join-token-file")
+            .arg(plan.controller_dir().join("join.token"))
             .args(["--address", &plan.board_address(board).to_string()])
             .args(["--bridge", BOARD_BRIDGE])
             .args(["--subnet", &plan.board_subnet(board)])

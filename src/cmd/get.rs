@@ -263,7 +263,7 @@ pub fn render(resource: Resource, items: &[Value], containers: &[Value], wide: b
         Resource::Roles => {
             let mut header = vec!["NAME", "READY", "IMAGE", "GENERATION", "AGE"];
             if wide {
-                header.extend(["PORTS", "STRATEGY", "STATEFUL"]);
+                header.extend(["PORTS", "STRATEGY", "STATEFUL", "PRIVILEGED"]);
             }
             let rows: Vec<Vec<String>> = items
                 .iter()
@@ -305,12 +305,14 @@ pub fn render(resource: Resource, items: &[Value], containers: &[Value], wide: b
                         } else {
                             strategy
                         });
-                        row.push(
-                            r.pointer("/spec/stateful")
-                                .and_then(Value::as_bool)
-                                .unwrap_or(false)
-                                .to_string(),
-                        );
+                        for flag in ["/spec/stateful", "/spec/privileged"] {
+                            row.push(
+                                r.pointer(flag)
+                                    .and_then(Value::as_bool)
+                                    .unwrap_or(false)
+                                    .to_string(),
+                            );
+                        }
                     }
                     row
                 })

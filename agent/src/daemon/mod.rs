@@ -36,8 +36,9 @@ pub use reconcile::Reconciler;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub server: String,
-    /// The cluster join token; needed only until the node has its own credential.
-    pub join_token: Option<String>,
+    /// The cluster join token; needed only until the node has its own credential, then
+    /// forgotten (in every copy of the config).
+    pub join_token: Option<JoinToken>,
     pub name: String,
     pub data_dir: PathBuf,
     pub labels: BTreeMap<String, String>,
@@ -56,6 +57,59 @@ pub struct Config {
     pub reserved_ports: Vec<u16>,
 }
 
+/// The cluster join token, shared by every copy of the agent's config so that forgetting it
+/// once forgets it everywhere. Its bytes are overwritten when dropped.
+#[derive(Clone)]
+pub struct JoinToken(Arc<std::sync::Mutex<Option<Secret>>>);
+
+impl JoinToken {
+    /// Holds `token`.
+    pub fn new(token: String) -> Self {
+        Self(Arc::new(std::sync::Mutex::new(Some(Secret(token)))))
+    }
+
+    /// The token, unless forgotten.
+    fn get(&self) -> Option<Secret> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Drops the token (and wipes it): the node holds its own credential now.
+    pub fn forget(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    /// Whether the token is still held.
+    pub fn is_held(&self) -> bool {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+}
+
+impl std::fmt::Debug for JoinToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.is_held() {
+            "JoinToken(held)"
+        } else {
+            "JoinToken(forgotten)"
+        })
+    }
+}
+
+/// A string whose bytes are zeroed when it is dropped.
+#[derive(Clone)]
+struct Secret(String);
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        let s = std::mem::take(&mut self.0);
+        let mut bytes = s.into_bytes();
+        for b in bytes.iter_mut() {
+            // SAFETY: a valid, exclusive pointer into the vector; volatile so the zeroing of a
+            // buffer about to be freed is not optimized away.
+            unsafe { std::ptr::write_volatile(b, 0) };
+        }
+    }
+}
+
 /// What stops the agent from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -65,7 +119,9 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
-    #[error("this node has no credential yet and no --join-token was given")]
+    #[error(
+        "this node has no credential yet and no --join-token-file (or --join-token) was given"
+    )]
     NoJoinToken,
     #[error("joining the cluster failed: {0}")]
     Join(#[source] ClientError),
@@ -118,10 +174,17 @@ pub async fn credential(config: &Config, client: &Client) -> Result<String, Agen
     if let Ok(text) = std::fs::read_to_string(&path) {
         let c = text.trim().to_string();
         if !c.is_empty() {
+            if let Some(t) = &config.join_token {
+                t.forget();
+            }
             return Ok(c);
         }
     }
-    let token = config.join_token.clone().ok_or(AgentError::NoJoinToken)?;
+    let token = config
+        .join_token
+        .as_ref()
+        .and_then(JoinToken::get)
+        .ok_or(AgentError::NoJoinToken)?;
     let spec = node_spec(config);
     let mut backoff = Duration::from_millis(200);
     loop {
@@ -133,7 +196,7 @@ pub async fn credential(config: &Config, client: &Client) -> Result<String, Agen
             token.clone(),
         );
         let result =
-            tokio::task::spawn_blocking(move || client.join(&token, &name, &labels, &spec))
+            tokio::task::spawn_blocking(move || client.join(&token.0, &name, &labels, &spec))
                 .await
                 .unwrap_or_else(|e| Err(ClientError::Decode(format!("join task failed: {e}"))));
         match result {
@@ -150,6 +213,9 @@ pub async fn credential(config: &Config, client: &Client) -> Result<String, Agen
                     source,
                 })?;
                 tracing::info!(node = %config.name, "joined the cluster");
+                if let Some(t) = &config.join_token {
+                    t.forget();
+                }
                 return Ok(credential);
             }
             // Refused outright: retrying will not help.

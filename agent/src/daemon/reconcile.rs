@@ -859,6 +859,7 @@ impl Reconciler {
             Err(e) => return Err(("InvalidImage", e.to_string())),
         };
         let mut spec = runtime::ContainerSpec::new(name.clone(), image);
+        spec.privileged = template.privileged;
         spec.command = template.command.clone();
         spec.env = template
             .env
