@@ -154,7 +154,7 @@ say "controller $CONTROLLER_PID at $TEXU_SERVER"
 
 # --- agent ----------------------------------------------------------------------------------
 NO_COLOR=1 RUST_LOG=warn,texu_agent=debug "$TEXU" --server "$TEXU_SERVER" agent --name "$NODE" \
-	--data-dir "$WORK/a" --join-token "$(cat "$WORK/c/join.token")" \
+	--data-dir "$WORK/a" --join-token-file "$WORK/c/join.token" \
 	--bridge "$BRIDGE" --subnet "$SUBNET" </dev/null >"$WORK/agent.log" 2>&1 &
 AGENT_PID=$!
 echo "$AGENT_PID" >"$WORK/agent.pid"

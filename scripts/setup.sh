@@ -32,5 +32,14 @@ done
 # Apache Cassandra 5.0 jars, config templates and the texu-cassandra launchers (no Debian package
 # ships Cassandra); fetched once, skipped while the stamp matches scripts/cassandra/pom.xml.
 "$(dirname "$(readlink -f "$0")")/cassandra/install.sh"
+# Unprivileged containers: the agent maps container ids onto a range of root's subordinate ids.
+for f in /etc/subuid /etc/subgid; do
+  if ! grep -q '^root:' "$f" 2>/dev/null; then
+    if [ "$(id -u)" -ne 0 ]; then
+      echo "setup: need root to add a root:1000000:65536 range to $f" >&2; exit 1
+    fi
+    echo "root:1000000:65536" >> "$f"
+  fi
+done
 command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust (rustup) first" >&2; exit 1; }
 echo "setup: all packages present"

@@ -423,6 +423,12 @@ async fn a_rastru_member_becomes_ready_in_a_host_container() {
         .prefix("texu-cassandra-lxc-")
         .tempdir()
         .expect("tempdir");
+    // The unprivileged container's root walks through it (tempdir makes it 0700).
+    fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o711),
+    )
+    .expect("chmod the temp dir");
     let rt = Arc::new(LxcRuntime::new(dir.path().join("lxc")).expect("LXC runtime"));
     let name = format!("cassandra-0-{}", std::process::id());
     // The body runs as a task so that the container goes away whether it passes or panics.

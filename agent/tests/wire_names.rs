@@ -138,7 +138,7 @@ async fn containers_with_path_names_from_the_wire_are_refused_and_create_nothing
     };
     let rt = Arc::new(FakeRuntime::new());
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let agent = tokio::spawn(daemon::run(config, rt.clone(), stop));
+    let agent = tokio::spawn(daemon::run(config, rt.clone(), stop, None));
 
     // The valid containers of the list and of the watch (after the bad events) are made.
     eventually("ok-0 and ok-1 created", || {

@@ -86,6 +86,11 @@ pub struct RoleSpec {
     /// Stable identities and volumes kept on their board; never moved automatically.
     #[serde(default, skip_serializing_if = "is_false")]
     pub stateful: bool,
+    /// Dangerous: run with the board's own ids and capabilities, so root in the container is
+    /// root on the board. Off by default: containers are unprivileged (their root is an
+    /// ordinary uid on the board).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub privileged: bool,
     /// Files rendered into the containers from live cluster state.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<FileTemplate>,
@@ -130,6 +135,7 @@ impl Default for RoleSpec {
             health: Health::default(),
             placement: Placement::default(),
             stateful: false,
+            privileged: false,
             files: Vec::new(),
             disconnect: Disconnect::default(),
             max_unavailable: 1,

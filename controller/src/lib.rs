@@ -3,6 +3,7 @@
 pub mod api;
 pub mod auth;
 pub mod clock;
+pub mod connections;
 pub mod detector;
 pub mod endpoints;
 pub mod events;
@@ -14,3 +15,4 @@ pub mod scheduler;
 pub mod scheduling;
 pub mod server;
 pub mod store;
+pub mod supervise;

@@ -95,3 +95,10 @@ async fn calls_fail_cleanly_when_etcd_is_gone() {
     ));
     assert!(store.watch("/", 0).await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_churning_writes_are_compacted_in_etcd() {
+    let etcd = EtcdServer::start();
+    let store: Arc<dyn Store> = Arc::new(connect(&etcd).await);
+    conformance::churn_with_compaction(store, 10_000).await;
+}

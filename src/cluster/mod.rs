@@ -159,7 +159,6 @@ pub struct Cluster {
     agents: Vec<Option<Child>>,
     server: String,
     token: String,
-    join_token: String,
     torn_down: bool,
 }
 
@@ -281,7 +280,6 @@ impl Cluster {
             controller: None,
             server: String::new(),
             token: String::new(),
-            join_token: String::new(),
             torn_down: false,
         };
         // Any error from here on drops `cluster`, which removes what was made.

@@ -10,6 +10,15 @@ use super::plan::BOARD_BRIDGE;
 use super::{net, procs};
 use super::{Cluster, ClusterError, Result};
 
+/// Run by `sh -c` in the agent's own mount namespace inside its board's network namespace:
+/// `$1` is a spare directory, the rest is the agent's command. It keeps the cgroup tree aside,
+/// mounts the board's sysfs, puts the cgroup tree back on it, and runs the agent.
+const BOARD_SYSFS: &str = "set -e; keep=$1; shift; \
+    mount --rbind /sys/fs/cgroup \"$keep\"; \
+    mount -t sysfs sysfs /sys; \
+    mount --move \"$keep\" /sys/fs/cgroup; \
+    exec \"$@\"";
+
 impl Cluster {
     /// Makes the network, starts the controller and the agents, waits for every board to be
     /// ready, and applies the configured manifests.
@@ -77,7 +86,6 @@ impl Cluster {
                 })
         };
         self.token = read("admin.token")?;
-        self.join_token = read("join.token")?;
         let api = self.api();
         self.wait_alive(
             "the controller to answer /healthz",
@@ -89,14 +97,30 @@ impl Cluster {
     /// Starts board `board`'s agent inside its namespace (again, after a power-off).
     pub(super) fn start_agent(&mut self, board: usize) -> Result<()> {
         let plan = &self.plan;
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &plan.netns(board)])
+        // The agent needs the board's own /sys (liblxc looks its bridge up in /sys/class/net)
+        // and the machine's cgroup hierarchies (liblxc sets each container's cgroups up there).
+        // `ip netns exec` gives it the first but hides the second under a fresh /sys, so the
+        // agent gets a private mount namespace where the cgroup tree is moved onto the board's
+        // sysfs.
+        let keep = plan.board_dir(board).join(".cgroup");
+        std::fs::create_dir_all(&keep).map_err(|source| ClusterError::Io {
+            what: "make the agent's cgroup mount point".into(),
+            path: keep.clone(),
+            source,
+        })?;
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", plan.netns(board)))
+            .args(["--", "unshare", "--mount", "--propagation", "private", "--"])
+            .args(["sh", "-c", BOARD_SYSFS, "sh"])
+            .arg(&keep)
             .arg(&self.config.texu_bin)
             .args(["--server", &self.server, "agent"])
             .args(["--name", &plan.node_name(board)])
             .arg("--data-dir")
             .arg(plan.board_dir(board))
-            .args(["--join-token", &self.join_token])
+            // By file, never on the command line (where `ps` shows it to every user).
+            .arg("--join-token-file")
+            .arg(plan.controller_dir().join("join.token"))
             .args(["--address", &plan.board_address(board).to_string()])
             .args(["--bridge", BOARD_BRIDGE])
             .args(["--subnet", &plan.board_subnet(board)])

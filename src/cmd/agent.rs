@@ -15,8 +15,14 @@ use texu_agent::runtime::LxcRuntime;
 pub struct Args {
     /// The cluster join token (from the controller's DATA_DIR/join.token); needed only on the
     /// first start, after which the node's own credential is kept in the data dir.
+    /// Prefer --join-token-file: a token on the command line is visible to every user of the
+    /// board in `ps`.
     #[arg(long, env = "TEXU_JOIN_TOKEN", hide_env_values = true)]
     join_token: Option<String>,
+    /// A file holding the cluster join token (mode 0600; a file others can read is refused).
+    /// Wins over --join-token.
+    #[arg(long)]
+    join_token_file: Option<PathBuf>,
     /// This board's node name (a DNS label).
     #[arg(long)]
     name: String,
@@ -97,11 +103,22 @@ pub fn run(args: &Args, server: Option<String>) -> Result<ExitCode> {
     if !nix_is_root() {
         bail!("texu agent runs LXC containers and must run as root");
     }
+    let from_env = std::env::var("TEXU_JOIN_TOKEN").ok();
+    reexec_clean(
+        &server,
+        from_env
+            .as_deref()
+            .filter(|_| args.join_token_file.is_none()),
+    )?;
+    let join_token = match &args.join_token_file {
+        Some(path) => Some(read_token_file(path)?),
+        None => args.join_token.clone(),
+    };
     let requested = args.subnet.as_deref().map(Subnet::parse).transpose()?;
     let network = (!args.no_network).then(|| (args.bridge.clone(), requested));
     let config = Config {
         server,
-        join_token: args.join_token.clone(),
+        join_token: join_token.map(daemon::JoinToken::new),
         name: args.name.clone(),
         // LXC config needs absolute paths.
         data_dir: std::path::absolute(&args.data_dir)
@@ -136,14 +153,76 @@ pub fn run(args: &Args, server: Option<String>) -> Result<ExitCode> {
             super::controller::shutdown_signal().await;
             let _ = stop_tx.send(true);
         });
-        if let Some(addr) = args.metrics_listen {
-            tokio::spawn(texu_agent::metrics::serve(addr, stop.clone()));
-        }
         tracing::info!(node = %config.name, server = %config.server, "agent starting");
-        daemon::run(config, Arc::new(lxc), stop).await?;
+        daemon::run(config, Arc::new(lxc), stop, args.metrics_listen).await?;
         tracing::info!("agent stopped; containers keep running");
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Reads the join token from a file only its owner can read.
+fn read_token_file(path: &std::path::Path) -> Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("--join-token-file {}", path.display()))?;
+    if meta.mode() & 0o077 != 0 {
+        bail!(
+            "--join-token-file {}: mode {:o} lets others read the token; chmod 600 it",
+            path.display(),
+            meta.mode() & 0o777
+        );
+    }
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--join-token-file {}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        bail!("--join-token-file {} is empty", path.display());
+    }
+    Ok(token.to_string())
+}
+
+/// What the agent keeps of its environment: PATH (to find ip and nft) and its log settings.
+const KEPT_ENV: [&str; 4] = ["PATH", "RUST_LOG", "RUST_BACKTRACE", "NO_COLOR"];
+
+/// Runs this program again with only [`KEPT_ENV`] in its environment, if it has more. LXC
+/// starts each container's init with the environment this process started with (not the
+/// current one), so removing variables in place is not enough: TEXU_JOIN_TOKEN or an admin's
+/// exported TEXU_TOKEN would show in every container's /proc/1/environ. The server goes onto
+/// the command line and a join token from the environment through a pipe (`/dev/fd/N`).
+fn reexec_clean(server: &str, pass_token: Option<&str>) -> Result<()> {
+    use std::os::fd::IntoRawFd;
+    use std::os::unix::process::CommandExt;
+    let dirty = std::env::vars_os().any(|(k, _)| !KEPT_ENV.iter().any(|kept| k == *kept));
+    if !dirty {
+        return Ok(());
+    }
+    let mut argv = std::env::args_os();
+    let arg0 = argv.next().unwrap_or_else(|| "texu".into());
+    let mut args: Vec<std::ffi::OsString> = vec!["--server".into(), server.into()];
+    while let Some(a) = argv.next() {
+        if a == "--server" {
+            argv.next();
+        } else if !a.to_string_lossy().starts_with("--server=") {
+            args.push(a);
+        }
+    }
+    if let Some(token) = pass_token {
+        let (read, write) = nix::unistd::pipe().context("cannot make a pipe for the join token")?;
+        std::io::Write::write_all(&mut std::fs::File::from(write), token.as_bytes())
+            .context("cannot pass the join token on")?;
+        // Left open across exec: the new process reads it as its --join-token-file.
+        let fd = read.into_raw_fd();
+        args.push("--join-token-file".into());
+        args.push(format!("/dev/fd/{fd}").into());
+    }
+    let kept = std::env::vars_os().filter(|(k, _)| KEPT_ENV.iter().any(|kept| k == *kept));
+    let err = std::process::Command::new("/proc/self/exe")
+        .arg0(arg0)
+        .args(args)
+        .env_clear()
+        .envs(kept)
+        .exec();
+    Err(err).context("cannot run the agent again with a clean environment")
 }
 
 fn nix_is_root() -> bool {

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
+use texu_controller::connections::Limits;
 use texu_controller::server::{Config, Controller};
+use texu_controller::store::compactor::Retention;
 
 use crate::config::{self, ClientConfig};
 
@@ -33,6 +35,21 @@ pub struct Args {
     /// Do not write the local user's client config.
     #[arg(long)]
     no_client_config: bool,
+    /// Most API connections open at once; at the cap the oldest idle one is closed.
+    #[arg(long, default_value_t = Limits::default().max_connections)]
+    max_connections: usize,
+    /// A client must send its request head within this long (slowloris guard).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    header_read_timeout: std::time::Duration,
+    /// A connection with no request in flight is closed after this long.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    idle_timeout: std::time::Duration,
+    /// How often the store's history is compacted.
+    #[arg(long, default_value = "1m", value_parser = parse_duration)]
+    compact_every: std::time::Duration,
+    /// Revisions of history kept behind the current one for watches to resume from.
+    #[arg(long, default_value_t = Retention::default().keep_revisions)]
+    history_revisions: i64,
 }
 
 /// Parses `etcd://h1:2379,h2:2379` into endpoints.
@@ -70,6 +87,15 @@ pub fn run(args: &Args, config_path: Option<PathBuf>) -> Result<ExitCode> {
         node_grace: args.node_grace,
         cluster_cidr: args.cluster_cidr,
         settle: args.settle,
+        limits: Limits {
+            max_connections: args.max_connections.max(1),
+            header_read_timeout: args.header_read_timeout,
+            idle_timeout: args.idle_timeout,
+        },
+        retention: Retention {
+            every: args.compact_every,
+            keep_revisions: args.history_revisions,
+        },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -89,7 +115,7 @@ pub fn run(args: &Args, config_path: Option<PathBuf>) -> Result<ExitCode> {
         if !args.no_client_config {
             write_client_config(&server, controller.admin_token.secret(), config_path);
         }
-        controller.serve(shutdown_signal()).await;
+        controller.serve(shutdown_signal()).await?;
         Ok(ExitCode::SUCCESS)
     })
 }

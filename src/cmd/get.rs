@@ -151,51 +151,90 @@ fn print_objects(
     Ok(ExitCode::SUCCESS)
 }
 
-/// Prints the list, then one line per change: `MODIFIED role/app generation=2`.
+/// Prints the list, then one line per change: `MODIFIED role/app generation=2`. When the
+/// controller has compacted the history the watch would resume from (410 Gone), lists again,
+/// prints the fresh table after a `RESYNC` line, and watches on from the new revision.
 fn watch(client: &Client, resource: Resource, path: &str, list: &Value) -> Result<ExitCode> {
     use std::io::BufRead;
-    let items = list["items"].as_array().cloned().unwrap_or_default();
-    let containers = if resource == Resource::Roles {
-        containers(client)?
-    } else {
-        Vec::new()
-    };
-    print!("{}", render(resource, &items, &containers, false));
-    let revision = list["revision"].as_i64().unwrap_or(0);
+    let mut list = list.clone();
     let sep = if path.contains('?') { '&' } else { '?' };
-    let reader = client.watch(&format!("{path}{sep}watch=true&revision={revision}"))?;
-    for line in reader.lines() {
-        let event: Value = serde_json::from_str(&line?)?;
-        if event["type"] == "ERROR" {
-            bail!("watch ended: {}", s(&event, "/error"));
-        }
-        if event["type"] == "BOOKMARK" {
-            continue;
-        }
-        let object = &event["object"];
-        let mut out = format!(
-            "{} {}/{}",
-            s(&event, "/type"),
-            resource.singular(),
-            s(object, "/metadata/name")
-        );
-        for (label, pointer) in [
-            ("phase", "/status/phase"),
-            ("node", "/spec/node"),
-            ("generation", "/metadata/generation"),
-        ] {
-            if let Some(v) = object.pointer(pointer).filter(|v| !v.is_null()) {
-                out.push_str(&format!(
-                    " {label}={}",
-                    v.as_str()
-                        .map(str::to_string)
-                        .unwrap_or_else(|| v.to_string())
-                ));
+    loop {
+        let items = list["items"].as_array().cloned().unwrap_or_default();
+        let containers = if resource == Resource::Roles {
+            containers(client)?
+        } else {
+            Vec::new()
+        };
+        print!("{}", render(resource, &items, &containers, false));
+        let revision = list["revision"].as_i64().unwrap_or(0);
+        let reader = match client.watch(&format!("{path}{sep}watch=true&revision={revision}")) {
+            Err(e) if is_gone(&e) => {
+                resync(client, path, &mut list)?;
+                continue;
             }
+            other => other?,
+        };
+        let mut gone = false;
+        for line in reader.lines() {
+            let event: Value = serde_json::from_str(&line?)?;
+            if event["type"] == "ERROR" {
+                if event["code"] == 410 {
+                    gone = true;
+                    break;
+                }
+                bail!("watch ended: {}", s(&event, "/error"));
+            }
+            if event["type"] == "BOOKMARK" {
+                continue;
+            }
+            println!("{}", output::escape(&change_line(resource, &event)));
         }
-        println!("{}", output::escape(&out));
+        if !gone {
+            return Ok(ExitCode::SUCCESS);
+        }
+        resync(client, path, &mut list)?;
     }
-    Ok(ExitCode::SUCCESS)
+}
+
+fn is_gone(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<crate::client::ApiFailure>()
+        .is_some_and(|f| f.status == 410)
+}
+
+/// Lists again after the watch's revision was compacted away.
+fn resync(client: &Client, path: &str, list: &mut Value) -> Result<()> {
+    *list = client.get(path)?;
+    println!(
+        "RESYNC history compacted; listed again at revision {}",
+        s(list, "/revision")
+    );
+    Ok(())
+}
+
+/// One watch event as a line: `MODIFIED role/app generation=2`.
+fn change_line(resource: Resource, event: &Value) -> String {
+    let object = &event["object"];
+    let mut out = format!(
+        "{} {}/{}",
+        s(event, "/type"),
+        resource.singular(),
+        s(object, "/metadata/name")
+    );
+    for (label, pointer) in [
+        ("phase", "/status/phase"),
+        ("node", "/spec/node"),
+        ("generation", "/metadata/generation"),
+    ] {
+        if let Some(v) = object.pointer(pointer).filter(|v| !v.is_null()) {
+            out.push_str(&format!(
+                " {label}={}",
+                v.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| v.to_string())
+            ));
+        }
+    }
+    out
 }
 
 fn containers(client: &Client) -> Result<Vec<Value>> {
@@ -227,7 +266,7 @@ pub fn render(resource: Resource, items: &[Value], containers: &[Value], wide: b
         Resource::Roles => {
             let mut header = vec!["NAME", "READY", "IMAGE", "GENERATION", "AGE"];
             if wide {
-                header.extend(["PORTS", "STRATEGY", "STATEFUL"]);
+                header.extend(["PORTS", "STRATEGY", "STATEFUL", "PRIVILEGED"]);
             }
             let rows: Vec<Vec<String>> = items
                 .iter()
@@ -269,12 +308,14 @@ pub fn render(resource: Resource, items: &[Value], containers: &[Value], wide: b
                         } else {
                             strategy
                         });
-                        row.push(
-                            r.pointer("/spec/stateful")
-                                .and_then(Value::as_bool)
-                                .unwrap_or(false)
-                                .to_string(),
-                        );
+                        for flag in ["/spec/stateful", "/spec/privileged"] {
+                            row.push(
+                                r.pointer(flag)
+                                    .and_then(Value::as_bool)
+                                    .unwrap_or(false)
+                                    .to_string(),
+                            );
+                        }
                     }
                     row
                 })

@@ -19,6 +19,8 @@ pub struct ControllerProcess {
     store: Option<String>,
     extra_args: Vec<String>,
     _tmp: Option<tempfile::TempDir>,
+    /// Run under `prlimit --nofile=N:N` (a board whose service manager gives 1,024 files).
+    pub file_limit: Option<u64>,
 }
 
 impl ControllerProcess {
@@ -44,6 +46,25 @@ impl ControllerProcess {
             store,
             extra_args: extra_args.iter().map(|a| a.to_string()).collect(),
             _tmp: Some(tmp),
+            file_limit: None,
+        };
+        c.spawn();
+        c
+    }
+
+    /// Starts a controller on the embedded store whose open-file limit (soft and hard) is
+    /// `limit`, as `prlimit` (util-linux) sets it.
+    pub fn start_with_file_limit(limit: u64) -> ControllerProcess {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let mut c = ControllerProcess {
+            child: None,
+            data_dir: tmp.path().join("controller"),
+            server: String::new(),
+            token: String::new(),
+            store: None,
+            extra_args: Vec::new(),
+            _tmp: Some(tmp),
+            file_limit: Some(limit),
         };
         c.spawn();
         c
@@ -52,7 +73,14 @@ impl ControllerProcess {
     /// (Re)starts the process on the same data dir and waits until it answers /healthz.
     pub fn spawn(&mut self) {
         let _ = std::fs::remove_file(self.data_dir.join("controller.addr"));
-        let mut cmd = Command::new(texu_bin());
+        let mut cmd = match self.file_limit {
+            Some(n) => {
+                let mut cmd = Command::new("prlimit");
+                cmd.arg(format!("--nofile={n}:{n}")).arg(texu_bin());
+                cmd
+            }
+            None => Command::new(texu_bin()),
+        };
         cmd.arg("controller")
             .arg("--data-dir")
             .arg(&self.data_dir)
@@ -133,6 +161,16 @@ impl ControllerProcess {
     /// Runs `texu ARGS...` against this controller.
     pub fn texu(&self, args: &[&str]) -> Output {
         texu_with(&self.server, &self.token, args, None)
+    }
+
+    /// Applies manifests given as YAML text, failing the test if `texu apply` fails.
+    pub fn apply(&self, yaml: &str) {
+        let out = self.texu_stdin(&["apply", "-f", "-"], yaml.as_bytes());
+        assert!(
+            out.status.success(),
+            "apply failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// Runs `texu ARGS...` with `stdin` as standard input.
@@ -245,7 +283,8 @@ pub struct AgentProcess {
     /// Where the agent serves /metrics and /healthz.
     pub metrics_addr: String,
     server: String,
-    join_token: String,
+    join_token_file: PathBuf,
+    extra_env: Vec<(String, String)>,
     /// More `texu agent` arguments.
     extra_args: Vec<String>,
     _tmp: tempfile::TempDir,
@@ -260,8 +299,25 @@ impl AgentProcess {
 
     /// [`AgentProcess::start`] with more `texu agent` arguments.
     pub fn start_with(c: &ControllerProcess, name: &str, net: u8, args: &[&str]) -> AgentProcess {
+        Self::start_with_env(c, name, net, args, &[])
+    }
+
+    /// [`AgentProcess::start_with`] with more environment variables for the agent.
+    pub fn start_with_env(
+        c: &ControllerProcess,
+        name: &str,
+        net: u8,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> AgentProcess {
         require_root_and_lxc();
         let tmp = tempfile::tempdir().expect("temp dir");
+        // Unprivileged containers' root walks through it to their rootfs (tempdir makes 0700).
+        std::fs::set_permissions(
+            tmp.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o711),
+        )
+        .expect("chmod the agent's temp dir");
         let mut agent = AgentProcess {
             child: None,
             name: name.to_string(),
@@ -270,8 +326,12 @@ impl AgentProcess {
             subnet: format!("198.19.{net}.0/24"),
             metrics_addr: format!("127.0.0.1:{}", 19000 + u16::from(net)),
             server: c.server.clone(),
-            join_token: c.join_token(),
+            join_token_file: c.data_dir.join("join.token"),
             extra_args: args.iter().map(|a| a.to_string()).collect(),
+            extra_env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             _tmp: tmp,
         };
         agent.spawn();
@@ -285,11 +345,13 @@ impl AgentProcess {
             .args(["--server", &self.server, "agent", "--name", &self.name])
             .arg("--data-dir")
             .arg(&self.data_dir)
-            .args(["--join-token", &self.join_token])
+            .arg("--join-token-file")
+            .arg(&self.join_token_file)
             .args(["--bridge", &self.bridge, "--subnet", &self.subnet])
             .args(["--metrics-listen", &self.metrics_addr])
             .args(&self.extra_args)
             .env("RUST_LOG", "warn")
+            .envs(self.extra_env.iter().cloned())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -342,6 +404,11 @@ impl AgentProcess {
             .split_whitespace()
             .map(str::to_string)
             .collect()
+    }
+
+    /// The agent process's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// A container's init PID as LXC reports it (None when not running).

@@ -5,6 +5,10 @@
 //! runtime toward that desired state and keeps each container's status, and a heartbeat that
 //! carries those statuses to the controller. The controller being unreachable changes nothing
 //! on the board: containers keep running and the agent retries with capped backoff.
+//!
+//! These parts (and the route keeper and the metrics server) run supervised: one that panics or
+//! ends while the agent is meant to run stops the agent with an error and a non-zero exit, so
+//! systemd restarts it, instead of leaving a board that heartbeats but no longer reconciles.
 
 pub mod client;
 pub mod contact;
@@ -38,8 +42,9 @@ pub use reconcile::Reconciler;
 #[derive(Debug, Clone)]
 pub struct Config {
     pub server: String,
-    /// The cluster join token; needed only until the node has its own credential.
-    pub join_token: Option<String>,
+    /// The cluster join token; needed only until the node has its own credential, then
+    /// forgotten (in every copy of the config).
+    pub join_token: Option<JoinToken>,
     pub name: String,
     pub data_dir: PathBuf,
     pub labels: BTreeMap<String, String>,
@@ -58,6 +63,59 @@ pub struct Config {
     pub reserved_ports: Vec<u16>,
 }
 
+/// The cluster join token, shared by every copy of the agent's config so that forgetting it
+/// once forgets it everywhere. Its bytes are overwritten when dropped.
+#[derive(Clone)]
+pub struct JoinToken(Arc<std::sync::Mutex<Option<Secret>>>);
+
+impl JoinToken {
+    /// Holds `token`.
+    pub fn new(token: String) -> Self {
+        Self(Arc::new(std::sync::Mutex::new(Some(Secret(token)))))
+    }
+
+    /// The token, unless forgotten.
+    fn get(&self) -> Option<Secret> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Drops the token (and wipes it): the node holds its own credential now.
+    pub fn forget(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+
+    /// Whether the token is still held.
+    pub fn is_held(&self) -> bool {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).is_some()
+    }
+}
+
+impl std::fmt::Debug for JoinToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.is_held() {
+            "JoinToken(held)"
+        } else {
+            "JoinToken(forgotten)"
+        })
+    }
+}
+
+/// A string whose bytes are zeroed when it is dropped.
+#[derive(Clone)]
+struct Secret(String);
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        let s = std::mem::take(&mut self.0);
+        let mut bytes = s.into_bytes();
+        for b in bytes.iter_mut() {
+            // SAFETY: a valid, exclusive pointer into the vector; volatile so the zeroing of a
+            // buffer about to be freed is not optimized away.
+            unsafe { std::ptr::write_volatile(b, 0) };
+        }
+    }
+}
+
 /// What stops the agent from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -67,7 +125,9 @@ pub enum AgentError {
         #[source]
         source: std::io::Error,
     },
-    #[error("this node has no credential yet and no --join-token was given")]
+    #[error(
+        "this node has no credential yet and no --join-token-file (or --join-token) was given"
+    )]
     NoJoinToken,
     #[error("joining the cluster failed: {0}")]
     Join(#[source] ClientError),
@@ -75,6 +135,9 @@ pub enum AgentError {
     Network(#[from] network::NetworkError),
     #[error(transparent)]
     Runtime(#[from] crate::runtime::RuntimeError),
+    /// A supervised part of the agent ended while the agent was meant to run.
+    #[error("the agent stopped: its {task} task {how}")]
+    Task { task: &'static str, how: String },
 }
 
 /// File holding the node's credential inside the data dir (mode 0600).
@@ -119,10 +182,17 @@ pub async fn credential(config: &Config, client: &Client) -> Result<String, Agen
     if let Ok(text) = std::fs::read_to_string(&path) {
         let c = text.trim().to_string();
         if !c.is_empty() {
+            if let Some(t) = &config.join_token {
+                t.forget();
+            }
             return Ok(c);
         }
     }
-    let token = config.join_token.clone().ok_or(AgentError::NoJoinToken)?;
+    let token = config
+        .join_token
+        .as_ref()
+        .and_then(JoinToken::get)
+        .ok_or(AgentError::NoJoinToken)?;
     let spec = node_spec(config);
     let mut backoff = Duration::from_millis(200);
     loop {
@@ -134,7 +204,7 @@ pub async fn credential(config: &Config, client: &Client) -> Result<String, Agen
             token.clone(),
         );
         let result =
-            tokio::task::spawn_blocking(move || client.join(&token, &name, &labels, &spec))
+            tokio::task::spawn_blocking(move || client.join(&token.0, &name, &labels, &spec))
                 .await
                 .unwrap_or_else(|e| Err(ClientError::Decode(format!("join task failed: {e}"))));
         match result {
@@ -151,6 +221,9 @@ pub async fn credential(config: &Config, client: &Client) -> Result<String, Agen
                     source,
                 })?;
                 tracing::info!(node = %config.name, "joined the cluster");
+                if let Some(t) = &config.join_token {
+                    t.forget();
+                }
                 return Ok(credential);
             }
             // Refused outright: retrying will not help.
@@ -183,11 +256,13 @@ fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     std::fs::rename(tmp, path)
 }
 
-/// Runs the agent until `stop` flips to true.
+/// Runs the agent (and its metrics server on `metrics`) until `stop` flips to true, or until one
+/// of its tasks fails.
 pub async fn run(
     config: Config,
     runtime: Arc<dyn Runtime>,
     stop: watch::Receiver<bool>,
+    metrics: Option<std::net::SocketAddr>,
 ) -> Result<(), AgentError> {
     std::fs::create_dir_all(&config.data_dir).map_err(|source| AgentError::DataDir {
         path: config.data_dir.clone(),
@@ -200,6 +275,7 @@ pub async fn run(
     ));
     let client = Client::new(&config.server);
     let credential = credential(&config, &client).await?;
+    let mut tasks = Tasks::default();
     let network = match &config.network {
         Some((bridge, _)) => {
             let subnet = assigned_subnet(&client, &credential, &config.name).await;
@@ -208,24 +284,30 @@ pub async fn run(
             let cluster = std::fs::read_to_string(config.data_dir.join(CLUSTER_CIDR_FILE))
                 .ok()
                 .and_then(|t| network::Subnet::parse(t.trim()).ok());
-            tokio::spawn(routes::run(
-                client.clone(),
-                credential.clone(),
-                config.name.clone(),
-                routes::Bounds::new(subnet, cluster),
-                stop.clone(),
-            ));
+            tasks.spawn(
+                "route",
+                routes::run(
+                    client.clone(),
+                    credential.clone(),
+                    config.name.clone(),
+                    routes::Bounds::new(subnet, cluster),
+                    stop.clone(),
+                ),
+            );
             Some((bridge.clone(), subnet))
         }
         None => None,
     };
+    if let Some(addr) = metrics {
+        tasks.spawn("metrics server", crate::metrics::serve(addr, stop.clone()));
+    }
     let statuses: Arc<Mutex<Vec<Reported>>> = Arc::new(Mutex::new(Vec::new()));
     // Cut off after three heartbeat periods (plus any injected jitter) without one getting
     // through.
     let contact = Arc::new(Contact::new(config.heartbeat * 3 + config.heartbeat_jitter));
     let (desired_tx, desired_rx) = mpsc::channel::<Desired>(1024);
 
-    spawn_watcher(
+    let watcher_ended = spawn_watcher(
         client.clone(),
         credential.clone(),
         config.name.clone(),
@@ -239,16 +321,23 @@ pub async fn run(
         desired_tx.clone(),
         stop.clone(),
     );
+    // The watcher is a thread (it blocks on the stream); this task ends when it does.
+    tasks.spawn("container watch", async move {
+        let _ = watcher_ended.await;
+    });
     let changed = Arc::new(Notify::new());
-    let heartbeat = tokio::spawn(heartbeat_loop(
-        client.clone(),
-        credential.clone(),
-        config.clone(),
-        statuses.clone(),
-        changed.clone(),
-        contact.clone(),
-        stop.clone(),
-    ));
+    tasks.spawn(
+        "heartbeat",
+        heartbeat_loop(
+            client.clone(),
+            credential.clone(),
+            config.clone(),
+            statuses.clone(),
+            changed.clone(),
+            contact.clone(),
+            stop.clone(),
+        ),
+    );
     let mut reconciler = Reconciler::new(
         &config,
         network,
@@ -258,9 +347,57 @@ pub async fn run(
         contact,
     )?;
     reconciler.notify_changes(changed);
-    reconciler.run(desired_rx, statuses, stop).await;
-    let _ = heartbeat.await;
-    Ok(())
+    let reconcile_stop = stop.clone();
+    tasks.spawn("reconciler", async move {
+        reconciler.run(desired_rx, statuses, reconcile_stop).await;
+    });
+    tasks.supervise(stop).await
+}
+
+/// The agent's long-running tasks, by name.
+#[derive(Default)]
+struct Tasks {
+    set: tokio::task::JoinSet<()>,
+    names: Vec<(tokio::task::Id, &'static str)>,
+}
+
+impl Tasks {
+    fn spawn(
+        &mut self,
+        name: &'static str,
+        task: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        let id = self.set.spawn(task).id();
+        self.names.push((id, name));
+    }
+
+    /// Runs until `stop` flips (then waits for every task) or a task ends first (an error).
+    async fn supervise(mut self, mut stop: watch::Receiver<bool>) -> Result<(), AgentError> {
+        let ended = tokio::select! {
+            _ = stop.wait_for(|s| *s) => None,
+            Some(ended) = self.set.join_next_with_id() => Some(ended),
+        };
+        let failure = ended.filter(|_| !*stop.borrow()).map(|ended| {
+            let (id, how) = match ended {
+                Ok((id, ())) => (id, "returned".to_string()),
+                Err(e) if e.is_panic() => (e.id(), "panicked".to_string()),
+                Err(e) => (e.id(), format!("failed: {e}")),
+            };
+            let task = self
+                .names
+                .iter()
+                .find(|(i, _)| *i == id)
+                .map_or("unnamed", |(_, n)| n);
+            AgentError::Task { task, how }
+        });
+        if let Some(e) = &failure {
+            tracing::error!(error = %e, "an agent task failed; stopping");
+            // The others stop on the same signal the admin's SIGTERM would flip.
+            self.set.abort_all();
+        }
+        while self.set.join_next().await.is_some() {}
+        failure.map_or(Ok(()), Err)
+    }
 }
 
 /// The subnet the controller assigned to this node (it keeps it across rejoins); retries until
@@ -345,10 +482,13 @@ fn spawn_watcher(
     contact: Arc<Contact>,
     tx: mpsc::Sender<Desired>,
     stop: watch::Receiver<bool>,
-) {
+) -> tokio::sync::oneshot::Receiver<()> {
+    // Dropped when the thread ends, however it ends (a panic unwinds through it too).
+    let (alive, ended) = tokio::sync::oneshot::channel::<()>();
     std::thread::Builder::new()
         .name("texu-watch".into())
         .spawn(move || {
+            let _alive = alive;
             let mut backoff = Duration::from_millis(100);
             while !*stop.borrow() {
                 if contact.is_cut_off() {
@@ -389,8 +529,14 @@ fn spawn_watcher(
                 if tx.is_closed() {
                     return;
                 }
-                if let Err(e) = result {
-                    tracing::warn!(error = %e, "watch of this node's containers failed; retrying in {backoff:?}");
+                match result {
+                    // The revision listed was compacted away meanwhile: list again at once.
+                    Err(ClientError::Status { status: 410, .. }) => {
+                        tracing::info!("watch history compacted; listing this node's containers again");
+                        continue;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "watch of this node's containers failed; retrying in {backoff:?}"),
+                    Ok(()) => {}
                 }
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -398,6 +544,7 @@ fn spawn_watcher(
         })
         .map(|_| ())
         .unwrap_or_else(|e| tracing::error!(error = %e, "cannot start the watch thread"));
+    ended
 }
 
 /// A random duration in `[0, max)` for chaos testing; no need for a good generator here.

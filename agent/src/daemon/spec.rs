@@ -165,6 +165,7 @@ pub fn runtime_spec(
         Err(e) => return Err(Failure::new(Reason::InvalidImage, e.to_string())),
     };
     let mut spec = runtime::ContainerSpec::new(name.clone(), image);
+    spec.privileged = template.privileged;
     spec.command = template.command.clone();
     spec.env = template
         .env

@@ -7,6 +7,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::cgroup::CgroupLayout;
+use super::idmap::IdMap;
 use super::{ContainerSpec, Image};
 
 /// The board's directories a host-image container sees, read-only, in mount order.
@@ -14,6 +15,18 @@ pub const HOST_DIRS: [&str; 6] = ["usr", "lib", "lib64", "bin", "sbin", "etc"];
 
 /// LXC's stock security settings (capabilities, devices cgroup, seccomp), if installed.
 const COMMON_CONF: &str = "/usr/share/lxc/config/common.conf";
+
+/// Capabilities an unprivileged container does without: LXC's own list (common.conf), the
+/// rest that only matter to the board's kernel, clock, firmware or audit log, and `sys_admin`:
+/// inside a user namespace it reaches only the container's own mounts, but among those are
+/// its read-only binds of the board's /usr, /lib and /etc, which it could remount read-write.
+pub const DROPPED_CAPS: &str = "audit_control audit_read block_suspend mac_admin mac_override \
+                                sys_admin sys_boot sys_module sys_pacct sys_rawio sys_time \
+                                syslog wake_alarm";
+
+/// What an unprivileged container mounts for itself: /proc with its /proc/sys read-only,
+/// /sys read-only, its own cgroup read-write.
+pub const UNPRIVILEGED_MOUNT_AUTO: &str = "proc:mixed sys:ro cgroup:mixed";
 
 /// Name of the hook script in a container's directory.
 pub const HOOK_FILE: &str = "texu-hook";
@@ -44,6 +57,8 @@ pub struct HostLayout {
     pub common_conf: Option<PathBuf>,
     /// Whether the board has /etc/hostname and /etc/hosts to mount the container's own over.
     pub etc_files: bool,
+    /// Root's subordinate ids, which unprivileged containers' ids map onto.
+    pub idmap: Option<IdMap>,
 }
 
 impl HostLayout {
@@ -69,6 +84,7 @@ impl HostLayout {
             dirs,
             common_conf: Some(PathBuf::from(COMMON_CONF)).filter(|p| p.is_file()),
             etc_files: Path::new("/etc/hostname").is_file() && Path::new("/etc/hosts").is_file(),
+            idmap: IdMap::detect().ok(),
         }
     }
 }
@@ -130,6 +146,9 @@ pub fn config_items(spec: &ContainerSpec, ctx: &ConfigContext<'_>) -> Vec<Config
     }
 
     items.push(("lxc.uts.name", spec.hostname().to_owned()));
+    if !spec.privileged {
+        security_items(&mut items, ctx.host.idmap.as_ref());
+    }
 
     match &spec.network {
         None => {
@@ -171,20 +190,11 @@ pub fn config_items(spec: &ContainerSpec, ctx: &ConfigContext<'_>) -> Vec<Config
         items.push(("lxc.environment", env));
     }
     for v in &spec.volumes {
-        items.push(bind_entry(
-            &v.host_path,
-            &v.container_path,
-            "rw,bind,create=dir",
-        ));
+        items.push(bind_entry(&v.host_path, &v.container_path, VOLUME_OPTIONS));
     }
-    // After the volumes: a file may sit in a volume's directory. `create=file` makes a missing
-    // mount point (see `ContainerView::check_file_target` for where it can).
+    // After the volumes: a file may sit in a volume's directory.
     for f in &spec.files {
-        items.push(bind_entry(
-            &f.host_path,
-            &f.container_path,
-            "ro,bind,create=file",
-        ));
+        items.push(bind_entry(&f.host_path, &f.container_path, FILE_OPTIONS));
     }
 
     items.push(("lxc.log.file", format!("{dir}/{LOG_FILE}")));
@@ -197,14 +207,34 @@ pub fn config_items(spec: &ContainerSpec, ctx: &ConfigContext<'_>) -> Vec<Config
     items
 }
 
+/// Mount options of a volume. `create=dir` stays only where the agent cannot make the mount
+/// point itself (in a filesystem mounted fresh at start; see `targets`).
+pub const VOLUME_OPTIONS: &str = "rw,bind,create=dir";
+/// Mount options of a rendered file (see [`VOLUME_OPTIONS`]).
+pub const FILE_OPTIONS: &str = "ro,bind,create=file";
+
 /// A mount entry binding `host` at the container path `target`.
-fn bind_entry(host: &Path, target: &Path, options: &str) -> ConfigItem {
+pub fn bind_entry(host: &Path, target: &Path, options: &str) -> ConfigItem {
     let target = target.display().to_string();
     let target = target.trim_start_matches('/');
     (
         "lxc.mount.entry",
         format!("{} {target} none {options} 0 0", host.display()),
     )
+}
+
+/// What makes a container unprivileged: its ids mapped onto root's subordinate range, the
+/// capabilities it does without dropped, no gaining privileges through setuid files, and only
+/// read-only views of the board's /proc/sys and /sys (after a template's or common.conf's
+/// `lxc.mount.auto`, which the empty value clears).
+fn security_items(items: &mut Vec<ConfigItem>, idmap: Option<&IdMap>) {
+    if let Some(map) = idmap {
+        items.extend(map.config_items());
+    }
+    items.push(("lxc.cap.drop", DROPPED_CAPS.to_owned()));
+    items.push(("lxc.no_new_privs", "1".to_owned()));
+    items.push(("lxc.mount.auto", String::new()));
+    items.push(("lxc.mount.auto", UNPRIVILEGED_MOUNT_AUTO.to_owned()));
 }
 
 /// Items every container that is not built by a template needs.
@@ -368,6 +398,11 @@ mod tests {
             ],
             common_conf: Some(COMMON_CONF.into()),
             etc_files: true,
+            idmap: Some(IdMap {
+                uid_start: 1_000_000,
+                gid_start: 1_000_000,
+                count: 65536,
+            }),
         }
     }
 
@@ -568,7 +603,40 @@ mod tests {
         let mut spec = host_spec();
         spec.memory_limit_bytes = Some(64 << 20);
         for (k, v) in items_for(&spec, &layout(Some(v1()))) {
-            assert!(!v.contains('\n') && !v.is_empty(), "{k} = {v:?}");
+            assert!(!v.contains('\n'), "{k} = {v:?}");
+            assert!(!v.is_empty() || k == "lxc.mount.auto", "{k} is empty");
+        }
+    }
+
+    #[test]
+    fn containers_are_unprivileged_unless_asked() {
+        for image in [Image::Host, Image::Template("busybox".into())] {
+            let mut spec = host_spec();
+            spec.image = image;
+            let items = items_for(&spec, &layout(None));
+            assert_eq!(
+                values(&items, "lxc.idmap"),
+                vec!["u 0 1000000 65536", "g 0 1000000 65536"]
+            );
+            assert_eq!(values(&items, "lxc.no_new_privs"), vec!["1"]);
+            let dropped = values(&items, "lxc.cap.drop").join(" ");
+            for cap in [
+                "sys_module",
+                "sys_time",
+                "sys_rawio",
+                "sys_boot",
+                "mac_admin",
+            ] {
+                assert!(dropped.split(' ').any(|c| c == cap), "{cap} in {dropped}");
+            }
+            // Whatever a template or common.conf mounted, the last word is read-only /sys.
+            let auto = values(&items, "lxc.mount.auto");
+            assert_eq!(auto[auto.len() - 2..], ["", UNPRIVILEGED_MOUNT_AUTO]);
+
+            spec.privileged = true;
+            let items = items_for(&spec, &layout(None));
+            assert!(values(&items, "lxc.idmap").is_empty());
+            assert!(values(&items, "lxc.no_new_privs").is_empty());
         }
     }
 

@@ -11,9 +11,11 @@
 pub mod cgroup;
 pub mod config;
 pub mod fake;
+pub mod idmap;
 pub mod lxc;
 pub mod resolve;
 mod spec;
+pub mod targets;
 
 use std::path::PathBuf;
 use std::process::ExitStatus;
@@ -276,6 +278,20 @@ pub enum RuntimeError {
         /// What is wrong with it.
         problem: &'static str,
     },
+    /// A volume's or file's mount point cannot be made safely in the container.
+    #[error("container {name}: cannot make the mount point {path:?}")]
+    MountTarget {
+        /// Container name.
+        name: String,
+        /// The container path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: targets::TargetError,
+    },
+    /// No range of subordinate ids for unprivileged containers.
+    #[error("cannot run unprivileged containers")]
+    IdMap(#[source] idmap::IdMapError),
     /// The blocking task running liblxc panicked or was cancelled.
     #[error("the blocking task for container {name} failed")]
     Blocking {

@@ -51,6 +51,27 @@ pub enum FileTargetError {
     },
 }
 
+/// Where the mount point for a container path is made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetBase {
+    /// Under this host directory (the rootfs or a writable bind mount's source), at this
+    /// relative path: the agent makes it (see `targets`).
+    Under {
+        /// The rootfs or the bind source.
+        root: PathBuf,
+        /// The rest of the container path below it.
+        rel: PathBuf,
+    },
+    /// On a filesystem mounted fresh at start (a tmpfs): only LXC can make it, in an empty
+    /// filesystem the image has no symlinks in.
+    Fresh,
+    /// Under a read-only bind (a host image's /etc): cannot be made.
+    ReadOnly {
+        /// The container path of that mount.
+        mount: PathBuf,
+    },
+}
+
 /// Parses an fstab-style `lxc.mount.entry` value. `None` for lines that are not mounts.
 pub fn parse_mount_entry(line: &str) -> Option<MountEntry> {
     let mut fields = line.split_whitespace();
@@ -184,6 +205,30 @@ impl ContainerView {
             return Ok(());
         }
         Ok(())
+    }
+
+    /// Where the mount point for the absolute container path `path` is to be made, by its
+    /// literal components (symlinks are for `targets` to resolve inside the base).
+    pub fn target_base(&self, path: &Path) -> TargetBase {
+        let comps = components(&path.to_string_lossy());
+        // The mounts above it, not its own.
+        let above = comps.len().saturating_sub(1);
+        let Some(m) = self.covering(&comps[..above]) else {
+            return TargetBase::Under {
+                root: self.rootfs.clone(),
+                rel: comps.iter().collect(),
+            };
+        };
+        match &m.source {
+            _ if m.read_only => TargetBase::ReadOnly {
+                mount: Path::new("/").join(m.target.iter().collect::<PathBuf>()),
+            },
+            Some(src) => TargetBase::Under {
+                root: src.clone(),
+                rel: comps[m.target.len()..].iter().collect(),
+            },
+            None => TargetBase::Fresh,
+        }
     }
 
     /// Follows `path` component by component, symlinks included, to the container path (as

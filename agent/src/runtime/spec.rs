@@ -88,6 +88,9 @@ pub struct ContainerSpec {
     pub network: Option<NetConfig>,
     /// Hostname; defaults to the container name.
     pub hostname: Option<String>,
+    /// Run with the board's own ids and capabilities (root inside is root on the board). By
+    /// default containers are unprivileged: their ids map onto root's subordinate range.
+    pub privileged: bool,
 }
 
 /// What is wrong with a spec.
@@ -161,6 +164,7 @@ impl ContainerSpec {
             cpu_millis: None,
             network: None,
             hostname: None,
+            privileged: false,
         }
     }
 

@@ -101,9 +101,10 @@ impl From<ObjectError> for ApiError {
             }
             ObjectError::NotFound { .. } => ApiError::not_found(e.to_string()),
             ObjectError::Exhausted { .. } => ApiError::new(StatusCode::CONFLICT, e.to_string()),
-            ObjectError::Store(StoreError::Compacted { .. }) => {
-                ApiError::new(StatusCode::GONE, e.to_string())
-            }
+            ObjectError::Store(StoreError::Compacted { .. }) => ApiError {
+                details: vec![super::watch::RESYNC_HINT.to_string()],
+                ..ApiError::new(StatusCode::GONE, e.to_string())
+            },
             ObjectError::Store(StoreError::Closed) => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the controller is shutting down",

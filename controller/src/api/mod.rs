@@ -9,6 +9,7 @@ mod error;
 mod events;
 mod nodes;
 mod watch;
+pub use watch::WatchLimit;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -81,6 +82,8 @@ pub struct ApiState {
     pub metrics: Arc<Metrics>,
     /// Flips to true when the controller shuts down; open watches end then.
     pub shutdown: signal::Receiver<bool>,
+    /// Open watches per credential.
+    pub watches: WatchLimit,
 }
 
 /// The warp filter serving the whole API.
@@ -92,6 +95,8 @@ pub fn routes(
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
         .and(warp::header::headers_cloned())
         .and(warp::addr::remote())
+        // The address as the controller's own accept loop records it (connections.rs).
+        .and(warp::ext::optional::<crate::connections::PeerAddr>())
         .and(warp::body::stream())
         .then(
             move |method,
@@ -99,6 +104,7 @@ pub fn routes(
                   query: String,
                   headers,
                   remote: Option<std::net::SocketAddr>,
+                  peer: Option<crate::connections::PeerAddr>,
                   body| {
                 let state = state.clone();
                 async move {
@@ -107,7 +113,7 @@ pub fn routes(
                         path: path.as_str().to_string(),
                         query: parse_query(&query),
                         headers,
-                        remote: remote.map(|a| a.ip()),
+                        remote: remote.or(peer.map(|p| p.0)).map(|a| a.ip()),
                     };
                     handle(state, request, Box::pin(body)).await
                 }
@@ -607,7 +613,7 @@ pub(super) async fn list<T: Object>(state: &ApiState, req: &Request) -> Answer {
                 ))
             })?,
         };
-        return watch::serve(state, T::KIND, after, role_filter, node_filter).await;
+        return watch::serve(state, req, T::KIND, after, role_filter, node_filter).await;
     }
     let (mut items, revision) = state.objects.list::<T>().await?;
     if T::KIND == Kind::Container {

@@ -33,6 +33,7 @@ fn fixture() -> Fixture {
         join_token: Token::from_secret("join"),
         metrics: Arc::new(Metrics::new()),
         shutdown,
+        watches: Default::default(),
     });
     Fixture {
         state,

@@ -1,6 +1,13 @@
 //! Watch over HTTP: a stream of newline-delimited JSON events, one per change.
+//!
+//! Each credential may hold a bounded number of open watches ([`MAX_WATCHES`]; 429 beyond), and
+//! each watch buffers a bounded number of lines for a slow client. A watch from a revision that
+//! compaction removed is answered 410 Gone (or, when the history goes while it streams, an
+//! `ERROR` line with `"code": 410`): the client lists again and watches from the new revision.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use futures::StreamExt;
 use texu_api::{Container, Kind};
@@ -9,10 +16,58 @@ use warp::http::{header, StatusCode};
 use warp::reply::Response;
 use warp::Reply;
 
-use super::{ApiError, ApiState};
+use super::{ApiError, ApiState, Request};
+use crate::store::StoreError;
 
-/// Events waiting to be written to a slow client before the watch gives up on it.
-const CLIENT_BUFFER: usize = 256;
+/// Events waiting to be written to a slow client; the watch waits for it meanwhile.
+const CLIENT_BUFFER: usize = 16;
+/// Most watches one credential may have open at once.
+pub const MAX_WATCHES: usize = 32;
+/// What a client told its watch is gone should do.
+pub const RESYNC_HINT: &str =
+    "resync: list again (the same GET without watch=true) and watch from the list's revision";
+
+/// Open watches per credential.
+#[derive(Default)]
+pub struct WatchLimit {
+    open: Arc<Mutex<HashMap<u64, usize>>>,
+}
+
+/// One open watch, counted against its credential until dropped.
+struct WatchSlot {
+    open: Arc<Mutex<HashMap<u64, usize>>>,
+    key: u64,
+}
+
+impl WatchLimit {
+    fn acquire(&self, credential: &str) -> Option<WatchSlot> {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        credential.hash(&mut hasher);
+        let key = hasher.finish();
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = open.entry(key).or_default();
+        if *count >= MAX_WATCHES {
+            return None;
+        }
+        *count += 1;
+        Some(WatchSlot {
+            open: self.open.clone(),
+            key,
+        })
+    }
+}
+
+impl Drop for WatchSlot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.key) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
 /// How often a quiet watch sends a `BOOKMARK` line, so a client can tell a quiet stream from a
 /// dead connection (a partition leaves TCP silent) and list again.
 pub const BOOKMARK_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
@@ -20,11 +75,23 @@ pub const BOOKMARK_EVERY: std::time::Duration = std::time::Duration::from_secs(2
 /// Answers `?watch=true`: every change after revision `after` (0: from now), as NDJSON lines.
 pub async fn serve(
     state: &ApiState,
+    req: &Request,
     kind: Kind,
     after: i64,
     role: Option<&String>,
     node: Option<&String>,
 ) -> Result<Response, ApiError> {
+    let credential = req
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let slot = state.watches.acquire(credential).ok_or_else(|| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("too many open watches for this credential (at most {MAX_WATCHES})"),
+        )
+    })?;
     let mut events = Box::pin(state.objects.watch(kind, after).await?);
     // A DELETED event carries only a name: remember which names matched the filters.
     let filtered = role.is_some() || node.is_some();
@@ -42,6 +109,7 @@ pub async fn serve(
     let mut shutdown = state.shutdown.clone();
     let (role, node) = (role.cloned(), node.cloned());
     tokio::spawn(async move {
+        let _slot = slot;
         let mut bookmark = tokio::time::interval(BOOKMARK_EVERY);
         bookmark.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         bookmark.tick().await;
@@ -65,7 +133,17 @@ pub async fn serve(
                 Some(Ok(events)) => events,
                 Some(Err(e)) => {
                     // Tell the client why the stream ends, so it can list again and resume.
-                    let line = serde_json::json!({ "type": "ERROR", "error": e.to_string() });
+                    let line = match &e {
+                        crate::objects::ObjectError::Store(StoreError::Compacted { .. }) => {
+                            serde_json::json!({
+                                "type": "ERROR",
+                                "code": 410,
+                                "error": e.to_string(),
+                                "details": [RESYNC_HINT],
+                            })
+                        }
+                        _ => serde_json::json!({ "type": "ERROR", "error": e.to_string() }),
+                    };
                     let _ = tx.send(Ok(line_of(&line))).await;
                     break;
                 }

@@ -6,7 +6,9 @@
 //! revision, and acknowledges them after that single sync. Reads run on tokio's blocking pool
 //! against redb snapshots and never wait for the writer. Besides the keys the file keeps a history
 //! log (revision -> events) that watches replay from, until `compact` trims it; nothing trims it
-//! on its own, so the controller is expected to compact now and then.
+//! on its own, so the controller compacts on a schedule ([`super::compactor`]). A compaction that
+//! removed history also gives the freed pages back to the file system (redb's own `compact`), so
+//! the file shrinks to what the keys and the kept history need.
 
 use std::path::Path;
 use std::sync::{mpsc, Arc, Mutex, PoisonError, RwLock};
@@ -37,6 +39,9 @@ const MAX_GROUP: usize = 256;
 const LIVE_CAPACITY: usize = 1024;
 /// Revisions a catching-up watch reads from history per blocking call.
 const REPLAY_CHUNK: usize = 512;
+/// Bytes of history records a catching-up watch reads per blocking call (one record may pass
+/// it), so watches replaying big objects hold a bounded amount each.
+const REPLAY_BYTES: usize = 1 << 20;
 
 /// What went wrong inside the embedded store (the source of [`StoreError::Embedded`]).
 #[derive(Debug, thiserror::Error)]
@@ -311,7 +316,10 @@ fn commit_group(shared: &Shared, group: Vec<Request>) {
     };
     drop(guard);
     match applied {
-        Ok((outcomes, events, revision, compacted)) => {
+        Ok((outcomes, events, revision, compacted, trimmed)) => {
+            if trimmed {
+                shrink_file(shared);
+            }
             {
                 let mut live = lock(&shared.live);
                 live.revision = revision;
@@ -342,14 +350,26 @@ fn commit_group(shared: &Shared, group: Vec<Request>) {
     }
 }
 
-/// Per request its answer (or why it was refused), then the group's events, revision and
-/// compacted revision.
+/// Per request its answer (or why it was refused), then the group's events, revision,
+/// compacted revision and whether a compaction removed history.
 type Applied = (
     Vec<std::result::Result<TxnResult, EmbeddedError>>,
     Vec<Event>,
     i64,
     i64,
+    bool,
 );
+
+/// Gives pages freed by a compaction back to the file system. Holds the database exclusively
+/// (reads wait) for as long as redb needs; a failure only leaves the file larger than needed.
+fn shrink_file(shared: &Shared) {
+    let mut guard = shared.db.write().unwrap_or_else(PoisonError::into_inner);
+    if let Some(db) = guard.as_mut() {
+        if let Err(e) = db.compact() {
+            tracing::warn!(path = %shared.path, error = %e, "cannot shrink the store file");
+        }
+    }
+}
 
 /// Applies a group of requests in one write transaction; commits only if something changed.
 fn apply_group(db: &Database, group: &[Request]) -> Res<Applied> {
@@ -358,6 +378,7 @@ fn apply_group(db: &Database, group: &[Request]) -> Res<Applied> {
     let mut outcomes = Vec::with_capacity(group.len());
     let mut events = Vec::new();
     let mut changed = false;
+    let mut trimmed = false;
     let (revision, compacted) = {
         let mut kv = tx.open_table(KV)?;
         let mut history = tx.open_table(HISTORY)?;
@@ -387,6 +408,7 @@ fn apply_group(db: &Database, group: &[Request]) -> Res<Applied> {
                         history.retain_in(..*target, |_, _| false)?;
                         compacted = *target;
                         changed = true;
+                        trimmed = true;
                     }
                     outcomes.push(Ok(TxnResult {
                         succeeded: true,
@@ -407,7 +429,7 @@ fn apply_group(db: &Database, group: &[Request]) -> Res<Applied> {
         // Nothing to write: an idle or refused write must not touch the disk.
         tx.abort()?;
     }
-    Ok((outcomes, events, revision, compacted))
+    Ok((outcomes, events, revision, compacted, trimmed))
 }
 
 fn stored(kv: &redb::Table<&str, &[u8]>, key: &str) -> Res<Option<KeyValue>> {
@@ -712,14 +734,15 @@ impl Watch {
             }
             let history = snapshot.open_table(HISTORY)?;
             let mut events = Vec::new();
-            let mut seen = 0;
+            let (mut seen, mut bytes) = (0, 0);
             let mut last = to;
             for entry in history.range(from..=to)? {
                 let (rev, record) = entry?;
                 let batch = codec::decode_events(record.value())?;
                 events.extend(batch.into_iter().filter(|e| e.kv.key.starts_with(&prefix)));
                 seen += 1;
-                if seen == REPLAY_CHUNK {
+                bytes += record.value().len();
+                if seen == REPLAY_CHUNK || bytes >= REPLAY_BYTES {
                     last = rev.value();
                     break;
                 }
@@ -891,6 +914,17 @@ mod tests {
     async fn passes_the_conformance_suite_on_one_thread() {
         let (_dir, path) = temp_db();
         conformance::run_all(open(&path)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ten_thousand_churning_writes_leave_a_small_file_after_compaction() {
+        let (_dir, path) = temp_db();
+        let store = open(&path);
+        conformance::churn_with_compaction(store.clone(), 10_000).await;
+        store.close().await.expect("close");
+        let size = std::fs::metadata(&path).expect("file").len();
+        println!("state.redb after 10,000 writes and compaction: {size} bytes");
+        assert!(size < 4 << 20, "the store file is {size} bytes");
     }
 
     #[tokio::test]

@@ -6,6 +6,7 @@
 //! change under a prefix from a given revision, then follows live changes. Two backends implement
 //! it: [`embedded::EmbeddedStore`] (redb, one file) and [`etcd::EtcdStore`] (a real etcd cluster).
 
+pub mod compactor;
 pub mod embedded;
 pub mod etcd;
 

@@ -24,7 +24,7 @@ use std::collections::HashSet;
 use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -35,6 +35,7 @@ use self::files::{io_err, nul_split, InitRecord, INIT_FILE, STOPPED_FILE};
 use self::lifecycle::HOME_CGROUPS;
 use super::cgroup::{keyed_value, CgroupLayout, ProcessCgroups};
 use super::config::{HostLayout, OOM_RECORD_FILE};
+use super::idmap::IdMap;
 use super::{
     ContainerSpec, ContainerState, ExecOutput, ExitReason, Phase, Result, Runtime, RuntimeError,
     Usage,
@@ -101,14 +102,25 @@ impl LxcRuntime {
         Self::with_host(lxcpath, HostLayout::detect())
     }
 
-    /// A runtime over `lxcpath` with a given view of the board (tests).
-    pub fn with_host(lxcpath: impl Into<PathBuf>, host: HostLayout) -> Result<Self> {
+    /// A runtime over `lxcpath` with a given view of the board (tests). The board must have
+    /// a range of subordinate ids for root (see [`IdMap`]).
+    pub fn with_host(lxcpath: impl Into<PathBuf>, mut host: HostLayout) -> Result<Self> {
+        if host.idmap.is_none() {
+            host.idmap = Some(IdMap::detect().map_err(RuntimeError::IdMap)?);
+        }
         let lxcpath = lxcpath.into();
+        // Searchable by others, not listable: an unprivileged container's root (an ordinary
+        // uid on the board) walks through it to its rootfs, volumes and files.
         fs::DirBuilder::new()
             .recursive(true)
-            .mode(0o700)
+            .mode(0o711)
             .create(&lxcpath)
             .map_err(io_err("", "create the LXC path", &lxcpath))?;
+        fs::set_permissions(&lxcpath, fs::Permissions::from_mode(0o711)).map_err(io_err(
+            "",
+            "set the mode of the LXC path",
+            &lxcpath,
+        ))?;
         let lxcpath =
             fs::canonicalize(&lxcpath).map_err(io_err("", "resolve the LXC path", &lxcpath))?;
         if !is_plain_path(&lxcpath) {
@@ -116,6 +128,17 @@ impl LxcRuntime {
                 path: lxcpath,
                 problem: "may hold only letters, digits and / . _ - + @ , (it goes into LXC \
                           config lines and hook commands)",
+            });
+        }
+        if let Some(closed) = lxcpath
+            .ancestors()
+            .find(|a| fs::metadata(a).is_ok_and(|m| m.mode() & 0o001 == 0))
+        {
+            return Err(RuntimeError::LxcPath {
+                path: closed.to_owned(),
+                problem: "(a directory above the LXC path) must be searchable by others \
+                          (chmod o+x): unprivileged containers' root, an ordinary uid on the \
+                          board, walks through it to its root filesystem",
             });
         }
         let cgroup_prefix = format!("texu-{:016x}", fnv1a(lxcpath.as_os_str().as_bytes()));
@@ -186,6 +209,11 @@ impl LxcRuntime {
 impl Inner {
     fn dir(&self, name: &str) -> PathBuf {
         self.lxcpath.join(name)
+    }
+
+    /// The id map a container gets: none when privileged.
+    fn idmap_for(&self, privileged: bool) -> Option<&IdMap> {
+        self.host.idmap.as_ref().filter(|_| !privileged)
     }
 
     fn open(&self, name: &str) -> Result<LxcContainer> {

@@ -14,6 +14,7 @@ use tracing::info;
 use super::files::{io_err, log_since, write_atomic};
 use super::Inner;
 use crate::lxc::{self, LxcContainer};
+use crate::runtime::idmap::IdMap;
 use crate::runtime::{Result, RuntimeError};
 
 /// The directory under the LXC path that holds the bases (an LXC path of its own: LXC does not
@@ -118,14 +119,16 @@ impl Inner {
 /// Copies a root filesystem: directories and files with their owners and modes (setuid too),
 /// device nodes and fifos made anew, and symlinks hard-linked to the base's (a symlink never
 /// changes in place, and on ext4 making one costs about a millisecond: busybox has 268).
-/// Extended attributes and timestamps are not copied. On failure the partial copy is removed.
-pub(super) fn copy_rootfs(name: &str, from: &Path, to: &Path) -> Result<()> {
+/// Extended attributes and timestamps are not copied. With an id map, owners are shifted into
+/// its range on the way (no extra pass: every entry is chowned anyway). On failure the partial
+/// copy is removed.
+pub(super) fn copy_rootfs(name: &str, from: &Path, to: &Path, idmap: Option<&IdMap>) -> Result<()> {
     if fs::symlink_metadata(to).is_ok() {
         return Err(io_err(name, "copy the template rootfs to", to)(
             io::Error::from(io::ErrorKind::AlreadyExists),
         ));
     }
-    let result = copy_tree(from, to);
+    let result = copy_tree(from, to, idmap);
     if let Err((path, e)) = result {
         let _ = fs::remove_dir_all(to);
         return Err(io_err(name, "copy the template rootfs at", &path)(e));
@@ -135,7 +138,7 @@ pub(super) fn copy_rootfs(name: &str, from: &Path, to: &Path) -> Result<()> {
 
 type CopyError = (PathBuf, io::Error);
 
-fn copy_tree(from: &Path, to: &Path) -> std::result::Result<(), CopyError> {
+fn copy_tree(from: &Path, to: &Path, idmap: Option<&IdMap>) -> std::result::Result<(), CopyError> {
     let at = |path: &Path| {
         let path = path.to_owned();
         move |e: io::Error| (path, e)
@@ -151,14 +154,17 @@ fn copy_tree(from: &Path, to: &Path) -> std::result::Result<(), CopyError> {
         let m = fs::symlink_metadata(&src).map_err(at(&src))?;
         let kind = m.file_type();
         if kind.is_dir() {
-            copy_tree(&src, &dst)?;
+            copy_tree(&src, &dst, idmap)?;
             continue;
         }
         if kind.is_symlink() {
+            // A shared symlink keeps the base's owner (nobody, inside an unprivileged
+            // container): following it and deleting it do not depend on that.
             if fs::hard_link(&src, &dst).is_err() {
                 // Another filesystem, or links not allowed: a symlink of its own.
                 let target = fs::read_link(&src).map_err(at(&src))?;
                 std::os::unix::fs::symlink(target, &dst).map_err(at(&dst))?;
+                own(&dst, &m, idmap).map_err(at(&dst))?;
             }
             continue;
         }
@@ -175,15 +181,22 @@ fn copy_tree(from: &Path, to: &Path) -> std::result::Result<(), CopyError> {
             )
             .map_err(|e| (dst.clone(), io::Error::from(e)))?;
         }
-        own(&dst, &m).map_err(at(&dst))?;
+        own(&dst, &m, idmap).map_err(at(&dst))?;
     }
-    own(to, &meta).map_err(at(to))
+    own(to, &meta, idmap).map_err(at(to))
 }
 
-/// Gives `path` the owner and mode (with setuid/setgid/sticky bits) of `like`; the owner
-/// first, as changing it clears setuid.
-fn own(path: &Path, like: &fs::Metadata) -> io::Result<()> {
-    std::os::unix::fs::lchown(path, Some(like.uid()), Some(like.gid()))?;
+/// Gives `path` the owner (shifted by `idmap`) and mode (with setuid/setgid/sticky bits) of
+/// `like`; the owner first, as changing it clears setuid. A symlink's mode is not its own.
+fn own(path: &Path, like: &fs::Metadata, idmap: Option<&IdMap>) -> io::Result<()> {
+    let (uid, gid) = match idmap {
+        Some(map) => (map.uid(like.uid()), map.gid(like.gid())),
+        None => (like.uid(), like.gid()),
+    };
+    std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
+    if like.file_type().is_symlink() {
+        return Ok(());
+    }
     fs::set_permissions(path, fs::Permissions::from_mode(like.mode() & 0o7777))
 }
 
@@ -236,7 +249,7 @@ mod tests {
         )
         .unwrap();
 
-        copy_rootfs("t", &base, &copy).unwrap();
+        copy_rootfs("t", &base, &copy, None).unwrap();
         let mode = |p: &str| fs::symlink_metadata(copy.join(p)).unwrap().mode();
         assert_eq!(mode("tmp") & 0o7777, 0o1777);
         assert_eq!(mode("bin/busybox") & 0o7777, 0o4755);
@@ -265,7 +278,7 @@ mod tests {
         assert_eq!(fs::read(base.join("bin/busybox")).unwrap(), b"#!binary");
 
         // An existing destination is refused and left as it was.
-        let err = copy_rootfs("t", &base, &copy).unwrap_err();
+        let err = copy_rootfs("t", &base, &copy, None).unwrap_err();
         let cause = std::error::Error::source(&err).map(ToString::to_string);
         assert!(cause.is_some_and(|c| c.contains("exists")), "{err:?}");
         assert_eq!(fs::read(copy.join("bin/busybox")).unwrap(), b"changed");
