@@ -42,6 +42,10 @@ elif [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   trap - EXIT
   echo "cassandra install: $(ls "$home/lib" | wc -l) jars in $home/lib"
 fi
+# mktemp made lib/ 0700: open it (also on installs made before this line) so that an
+# unprivileged container's root, nobody on the board, can read the jars through the host image.
+chmod 0755 "$home/lib"
+chmod -R a+rX "$home/lib"
 
 mkdir -p "$home/conf" "$bin_dir"
 install -m 0644 "$here/cassandra.yaml.in" "$here/logback.xml" "$here/logback-tools.xml" "$home/conf/"
