@@ -4,10 +4,13 @@
 //! segments and answers JSON. Routing by hand keeps every `/v1` route behind one authentication
 //! check and gives one place that turns errors into `{ "error": ..., "details": ... }`.
 
+mod admin;
 mod endpoints;
 mod error;
 mod events;
+mod images;
 mod nodes;
+mod objects;
 mod watch;
 pub use watch::WatchLimit;
 
@@ -18,7 +21,7 @@ use std::time::Instant;
 use bytes::Buf;
 use futures::{Stream, StreamExt};
 use serde::Serialize;
-use texu_api::{Container, Kind, Node, Role, RoleBodyError};
+use texu_api::{Container, Kind, Role};
 use tokio::sync::watch as signal;
 use warp::http::{header, Method, StatusCode};
 use warp::reply::Response;
@@ -27,11 +30,14 @@ use warp::Filter;
 pub use error::ApiError;
 
 use crate::auth::Token;
-use crate::images::{self, ImageError, ImageStore};
+use crate::images::ImageStore;
 use crate::metrics::Metrics;
 use crate::nodes::Nodes;
-use crate::objects::{Object, Objects};
+use crate::objects::Objects;
+use admin::{cordon, remove_node, replace, Cordon};
+use images::{blob, import_image, list_images};
 use nodes::{heartbeat, join, label_node, list_nodes, read_node};
+use objects::{delete, get, list, put_role, read_one, List};
 
 /// Request bodies above this size are refused with 413.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
@@ -337,229 +343,6 @@ where
     }
 }
 
-/// What `cordon` does to a node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Cordon {
-    /// No new containers.
-    Only,
-    /// No new containers, and the ones there move off, make-before-break.
-    Drain,
-    /// Schedulable again (ends a drain too).
-    Uncordon,
-}
-
-/// Marks a node unschedulable (no new containers), draining, or schedulable again.
-async fn cordon(state: &ApiState, req: &Request, name: &str, mode: Cordon) -> Answer {
-    only(req, &[Method::POST])?;
-    valid_name(name)?;
-    let (unschedulable, draining, result) = match mode {
-        Cordon::Only => (true, None, "cordoned"),
-        Cordon::Drain => (true, Some(true), "draining"),
-        Cordon::Uncordon => (false, Some(false), "uncordoned"),
-    };
-    for _ in 0..8 {
-        let Some(mut node) = state.objects.get::<Node>(name).await? else {
-            return Err(ApiError::not_found(format!("node {name} not found")));
-        };
-        let draining = draining.unwrap_or(node.spec.draining);
-        if node.spec.unschedulable == unschedulable && node.spec.draining == draining {
-            return Ok(json(
-                StatusCode::OK,
-                &serde_json::json!({ "result": format!("already {result}"), "name": name }),
-            ));
-        }
-        node.spec.unschedulable = unschedulable;
-        node.spec.draining = draining;
-        match state.objects.replace(&node).await {
-            Ok(_) => {
-                tracing::info!(node = name, result, "node");
-                return Ok(json(
-                    StatusCode::OK,
-                    &serde_json::json!({ "result": result, "name": name }),
-                ));
-            }
-            Err(crate::objects::ObjectError::Stale { .. }) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(ApiError::new(
-        StatusCode::CONFLICT,
-        format!("node {name} kept changing; try again"),
-    ))
-}
-
-/// `texu replace ROLE-N --node NODE`: moves one member (a stateful one, whose board is gone)
-/// to another board, where it starts with `replaces` set to its old address.
-async fn replace(state: &ApiState, req: &Request, name: &str) -> Answer {
-    only(req, &[Method::POST])?;
-    valid_name(name)?;
-    let Some(target) = req.query.get("node") else {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "say where: ?node=NODE".to_string(),
-        ));
-    };
-    valid_name(target)?;
-    for _ in 0..8 {
-        let Some(current) = state.objects.get::<Container>(name).await? else {
-            return Err(ApiError::not_found(format!("container {name} not found")));
-        };
-        let Some(role) = state.objects.get::<Role>(&current.spec.role).await? else {
-            return Err(ApiError::not_found(format!(
-                "role {} not found",
-                current.spec.role
-            )));
-        };
-        let (nodes, _) = state.objects.list::<Node>().await?;
-        let (containers, _) = state.objects.list::<Container>().await?;
-        let catalog = crate::scheduling::catalog(&state.objects).await?;
-        let next = crate::scheduler::replace(&role, &nodes, &containers, &catalog, name, target)
-            .map_err(|why| ApiError::new(StatusCode::CONFLICT, why))?;
-        match state.objects.replace(&next).await {
-            Ok(_) => {
-                let from = current.spec.node.as_deref().unwrap_or("no node");
-                let message = format!(
-                    "{name} moves from {from} to {target}{}",
-                    next.spec
-                        .replaces
-                        .map(|a| format!(", replacing {a}"))
-                        .unwrap_or_default()
-                );
-                state.objects.events().record(
-                    texu_api::EventKind::Replacing,
-                    format!("container/{name}"),
-                    Some(target),
-                    message.clone(),
-                );
-                return Ok(json(
-                    StatusCode::OK,
-                    &serde_json::json!({
-                        "result": "replacing",
-                        "name": name,
-                        "node": target,
-                        "replaces": next.spec.replaces,
-                        "message": message,
-                    }),
-                ));
-            }
-            Err(crate::objects::ObjectError::Stale { .. }) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Err(ApiError::new(
-        StatusCode::CONFLICT,
-        format!("container {name} kept changing; try again"),
-    ))
-}
-
-async fn remove_node(state: &ApiState, name: &str) -> Answer {
-    valid_name(name)?;
-    if state.nodes.remove(name).await? {
-        Ok(json(
-            StatusCode::OK,
-            &serde_json::json!({ "result": "deleted", "kind": "Node", "name": name }),
-        ))
-    } else {
-        Err(ApiError::not_found(format!("node {name} not found")))
-    }
-}
-
-async fn list_images(state: &ApiState, req: &Request) -> Answer {
-    only(req, &[Method::GET])?;
-    let items = ImageStore::list(&state.objects).await?;
-    Ok(json(StatusCode::OK, &serde_json::json!({ "items": items })))
-}
-
-async fn import_image<S, B>(
-    state: &ApiState,
-    req: &Request,
-    name: &str,
-    tag: &str,
-    arch: &str,
-    body: S,
-) -> Answer
-where
-    S: Stream<Item = Result<B, warp::Error>> + Unpin + Send,
-    B: Buf,
-{
-    only(req, &[Method::PUT])?;
-    texu_api::ImageRef::parse(&format!("{name}:{tag}"))
-        .map_err(|e| ApiError::bad_request(format!("image {name}:{tag}: {e}")))?;
-    let arch: texu_api::Arch = arch.parse().map_err(|_| {
-        ApiError::bad_request(format!(
-            "unknown architecture {arch:?}: expected amd64, arm64, armhf or armel"
-        ))
-    })?;
-    let declared = req
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > images::MAX_IMAGE_BYTES) {
-        return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            ImageError::TooLarge.to_string(),
-        ));
-    }
-    let variant = state
-        .images
-        .import(name, tag, arch, body)
-        .await
-        .map_err(|e| match e {
-            ImageError::TooLarge => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
-            ImageError::Upload(_) => ApiError::bad_request(e.to_string()),
-            ImageError::Object(o) => o.into(),
-            _ => ApiError::internal(e.to_string()),
-        })?;
-    Ok(json(StatusCode::OK, &variant))
-}
-
-/// Streams a blob by digest: agents download images this way and verify the digest.
-async fn blob(state: &ApiState, req: &Request, digest: &str) -> Answer {
-    only(req, &[Method::GET])?;
-    let path = state
-        .images
-        .blob_path(digest)
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let mut file = match tokio::fs::File::open(&path).await {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(ApiError::not_found(format!(
-                "blob sha256:{digest} not found"
-            )))
-        }
-        Err(e) => return Err(ApiError::internal(format!("cannot open blob: {e}"))),
-    };
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
-    tokio::spawn(async move {
-        use tokio::io::AsyncReadExt;
-        loop {
-            let mut buf = vec![0u8; 64 << 10];
-            match file.read(&mut buf).await {
-                Ok(0) => return,
-                Ok(n) => {
-                    buf.truncate(n);
-                    if tx.send(Ok(buf)).await.is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    let _ = tx.send(Err(e)).await;
-                    return;
-                }
-            }
-        }
-    });
-    let mut response = warp::Reply::into_response(warp::reply::stream(
-        tokio_stream::wrappers::ReceiverStream::new(rx),
-    ));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/octet-stream"),
-    );
-    Ok(response)
-}
-
 fn only(req: &Request, allowed: &[Method]) -> Result<(), ApiError> {
     if allowed.contains(&req.method) {
         Ok(())
@@ -583,142 +366,6 @@ async fn metrics(state: &ApiState, req: &Request) -> Answer {
         ),
     );
     Ok(response)
-}
-
-/// A list of objects with the revision it was read at, so a client can resume a watch.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-pub(super) struct List<T> {
-    api_version: &'static str,
-    kind: String,
-    revision: i64,
-    items: Vec<T>,
-}
-
-pub(super) async fn list<T: Object>(state: &ApiState, req: &Request) -> Answer {
-    only(req, &[Method::GET])?;
-    let (role_filter, node_filter) = (req.query.get("role"), req.query.get("node"));
-    for (param, value) in [("role", role_filter), ("node", node_filter)] {
-        if let Some(v) = value {
-            texu_api::validate_name(v)
-                .map_err(|why| ApiError::bad_request(format!("query parameter {param}: {why}")))?;
-        }
-    }
-    if req.query.get("watch").map(String::as_str) == Some("true") {
-        let after = match req.query.get("revision") {
-            None => 0,
-            Some(r) => r.parse::<i64>().ok().filter(|r| *r >= 0).ok_or_else(|| {
-                ApiError::bad_request(format!(
-                    "revision must be a non-negative integer, got {r:?}"
-                ))
-            })?,
-        };
-        return watch::serve(state, req, T::KIND, after, role_filter, node_filter).await;
-    }
-    let (mut items, revision) = state.objects.list::<T>().await?;
-    if T::KIND == Kind::Container {
-        items.retain(|item| {
-            let value = serde_json::to_value(item).unwrap_or_default();
-            watch::matches_filters(&value, role_filter, node_filter)
-        });
-    }
-    Ok(json(
-        StatusCode::OK,
-        &List {
-            api_version: texu_api::API_VERSION,
-            kind: format!("{}List", T::KIND.as_str()),
-            revision,
-            items,
-        },
-    ))
-}
-
-async fn read_one<T: Object>(state: &ApiState, req: &Request, name: &str) -> Answer {
-    only(req, &[Method::GET])?;
-    get::<T>(state, name).await
-}
-
-async fn get<T: Object>(state: &ApiState, name: &str) -> Answer {
-    valid_name(name)?;
-    match state.objects.get::<T>(name).await? {
-        Some(obj) => Ok(json(StatusCode::OK, &obj)),
-        None => Err(ApiError::not_found(format!(
-            "{} {name} not found",
-            T::KIND.as_str().to_lowercase()
-        ))),
-    }
-}
-
-/// The answer to an apply: what happened and the object as stored.
-#[derive(Serialize)]
-struct Applied<T> {
-    result: &'static str,
-    #[serde(rename = "dryRun", skip_serializing_if = "std::ops::Not::not")]
-    dry_run: bool,
-    object: T,
-}
-
-async fn put_role<S, B>(state: &ApiState, req: &Request, name: &str, body: S) -> Answer
-where
-    S: Stream<Item = Result<B, warp::Error>> + Unpin + Send,
-    B: Buf,
-{
-    valid_name(name)?;
-    let bytes = read_body(req, body).await?;
-    let role = texu_api::parse_json_role(&bytes).map_err(|e| match e {
-        RoleBodyError::Invalid(errors) => ApiError::unprocessable(
-            format!("role {name} is invalid"),
-            errors.iter().map(ToString::to_string).collect(),
-        ),
-        RoleBodyError::TooLarge { .. } => {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
-        }
-        RoleBodyError::Json { .. } => ApiError::bad_request(e.to_string()),
-    })?;
-    if role.metadata.name != name {
-        return Err(ApiError::bad_request(format!(
-            "metadata.name {:?} does not match the name in the path {name:?}",
-            role.metadata.name
-        )));
-    }
-    let dry_run = req.query.get("dryRun").map(String::as_str) == Some("true");
-    let (outcome, stored) = state.objects.apply_role(role, dry_run).await?;
-    let status = match outcome {
-        crate::objects::ApplyOutcome::Created if !dry_run => StatusCode::CREATED,
-        _ => StatusCode::OK,
-    };
-    if !dry_run {
-        tracing::info!(
-            role = name,
-            result = outcome.as_str(),
-            generation = stored.meta().generation,
-            "role applied"
-        );
-    }
-    Ok(json(
-        status,
-        &Applied {
-            result: outcome.as_str(),
-            dry_run,
-            object: stored,
-        },
-    ))
-}
-
-async fn delete(state: &ApiState, kind: Kind, name: &str) -> Answer {
-    valid_name(name)?;
-    if state.objects.delete(kind, name).await? {
-        tracing::info!(kind = kind.as_str(), name, "deleted");
-        Ok(json(
-            StatusCode::OK,
-            &serde_json::json!({ "result": "deleted", "kind": kind.as_str(), "name": name }),
-        ))
-    } else {
-        Err(ApiError::not_found(format!(
-            "{} {name} not found",
-            kind.as_str().to_lowercase()
-        )))
-    }
 }
 
 fn valid_name(name: &str) -> Result<(), ApiError> {

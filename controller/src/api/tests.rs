@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use futures::stream;
-use texu_api::{Role, RoleSpec};
+use texu_api::{Node, Role, RoleSpec};
 use warp::http::{HeaderMap, HeaderValue, Method, StatusCode};
 
 use super::*;
