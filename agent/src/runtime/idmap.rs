@@ -131,6 +131,19 @@ impl IdMap {
         Ok(())
     }
 
+    /// Gives a container its volume. A volume whose top is still owned by the board's root was
+    /// either just made, or written by a privileged container (before containers ran
+    /// unprivileged by default, or before the role dropped `privileged: true`): its whole tree
+    /// shifts into the range once, so the same users inside own the same files. Later starts
+    /// find the top in the range and walk nothing.
+    pub fn adopt_volume(&self, path: &Path) -> io::Result<()> {
+        let m = fs::symlink_metadata(path)?;
+        if m.uid() == 0 && m.gid() == 0 {
+            self.shift_tree(path)?;
+        }
+        Ok(())
+    }
+
     /// Shifts the owners of everything under `root` (itself included, symlinks not followed)
     /// into the range: an unpacked image's tree made for this container alone. Ids already
     /// in the range stay, so shifting twice changes nothing.
@@ -173,6 +186,62 @@ mod tests {
         assert_eq!(
             parse_range("root:x:65536\nroot:4294967295:65536", "root"),
             None
+        );
+    }
+
+    /// Needs root (it changes owners), as the agent does; CI runs tests as root.
+    #[test]
+    fn a_volume_written_by_a_privileged_container_is_shifted_once() {
+        use std::os::unix::fs::{lchown, symlink};
+        assert!(
+            nix::unistd::Uid::effective().is_root(),
+            "this test changes file owners: run it as root (CI does)"
+        );
+        let m = IdMap {
+            uid_start: 1_000_000,
+            gid_start: 1_000_000,
+            count: 65536,
+        };
+        let dir = tempfile::tempdir().expect("temp dir");
+        let volume = dir.path().join("data");
+        fs::create_dir_all(volume.join("commitlog")).expect("mkdir");
+        fs::write(volume.join("commitlog/seg-1"), b"x").expect("write");
+        lchown(volume.join("commitlog"), Some(999), Some(999)).expect("chown");
+        lchown(volume.join("commitlog/seg-1"), Some(999), Some(999)).expect("chown");
+        // A symlink pointing out of the volume: its own owner shifts, its target is untouched.
+        let outside = dir.path().join("outside");
+        fs::write(&outside, b"board").expect("write");
+        symlink(&outside, volume.join("link")).expect("symlink");
+
+        m.adopt_volume(&volume).expect("adopt");
+        let owner = |p: &Path| {
+            let md = fs::symlink_metadata(p).expect("stat");
+            (md.uid(), md.gid())
+        };
+        assert_eq!(
+            owner(&volume),
+            (1_000_000, 1_000_000),
+            "root's dir -> container root"
+        );
+        assert_eq!(
+            owner(&volume.join("commitlog/seg-1")),
+            (1_000_999, 1_000_999)
+        );
+        assert_eq!(owner(&volume.join("link")), (1_000_000, 1_000_000));
+        assert_eq!(
+            owner(&outside),
+            (0, 0),
+            "a symlink's target is not followed"
+        );
+
+        // A file the container's user makes later (in range) stays as it is on the next start,
+        // and a board-root file under an adopted top is not walked to.
+        fs::write(volume.join("late"), b"y").expect("write");
+        m.adopt_volume(&volume).expect("adopt again");
+        assert_eq!(
+            owner(&volume.join("late")),
+            (0, 0),
+            "no walk once the top is in range"
         );
     }
 

@@ -133,7 +133,7 @@ impl Inner {
         }
         if let Some(map) = idmap {
             for v in &spec.volumes {
-                map.give_to_root(&v.host_path).map_err(io_err(
+                map.adopt_volume(&v.host_path).map_err(io_err(
                     name,
                     "give the container the volume",
                     &v.host_path,
