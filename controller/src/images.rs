@@ -13,6 +13,9 @@ use tokio::io::AsyncWriteExt;
 use crate::objects::{ObjectError, Objects, KEY_ROOT};
 use crate::store::Txn;
 
+/// An image upload that sends nothing for this long is abandoned (its partial blob removed).
+pub const UPLOAD_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Largest image accepted.
 pub const MAX_IMAGE_BYTES: u64 = 2 << 30;
 
@@ -113,7 +116,18 @@ impl ImageStore {
                 .map_err(Self::io(&tmp))?;
             let mut hasher = Sha256::new();
             let mut size = 0u64;
-            while let Some(chunk) = body.next().await {
+            loop {
+                let next = tokio::time::timeout(UPLOAD_IDLE, body.next())
+                    .await
+                    .map_err(|_| {
+                        ImageError::Upload(format!(
+                            "no data for {} s after {size} bytes",
+                            UPLOAD_IDLE.as_secs()
+                        ))
+                    })?;
+                let Some(chunk) = next else {
+                    break;
+                };
                 let mut chunk = chunk.map_err(|e| ImageError::Upload(e.to_string()))?;
                 while chunk.has_remaining() {
                     let part = chunk.chunk();

@@ -42,6 +42,12 @@ use objects::{delete, get, list, put_role, read_one, List};
 /// Request bodies above this size are refused with 413.
 pub const MAX_BODY_BYTES: usize = 1 << 20;
 
+/// A request body (at most [`MAX_BODY_BYTES`]) must have arrived this long after its head, or
+/// the request is answered 408: a client trickling a body a byte at a time holds a connection
+/// (and, before authentication, a join) only this long. The server's header-read timeout
+/// covers the head; this covers the body.
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Every `/v1` route as (method, pattern); `{name}` stands for an object name.
 pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/roles"),
@@ -394,7 +400,21 @@ where
         return Err(too_large());
     }
     let mut out = Vec::with_capacity(declared.unwrap_or(0) as usize);
-    while let Some(chunk) = body.next().await {
+    let deadline = tokio::time::Instant::now() + BODY_TIMEOUT;
+    loop {
+        let Ok(next) = tokio::time::timeout_at(deadline, body.next()).await else {
+            return Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!(
+                    "the request body did not arrive within {} s ({} bytes came)",
+                    BODY_TIMEOUT.as_secs(),
+                    out.len()
+                ),
+            ));
+        };
+        let Some(chunk) = next else {
+            break;
+        };
         let mut chunk =
             chunk.map_err(|e| ApiError::bad_request(format!("cannot read request body: {e}")))?;
         if out.len() + chunk.remaining() > MAX_BODY_BYTES {

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use futures::stream;
+use futures::{stream, StreamExt};
 use texu_api::{Node, Role, RoleSpec};
 use warp::http::{HeaderMap, HeaderValue, Method, StatusCode};
 
@@ -157,6 +157,44 @@ async fn v1_needs_the_token_and_health_does_not() {
     assert_eq!(v["kind"], "RoleList");
     let (s, _) = call(&f, Method::GET, "/healthz", None, b"").await;
     assert_eq!(s, StatusCode::OK);
+}
+
+/// A client that sends a body a byte and then nothing (slowloris on the body) gets 408 after
+/// [`BODY_TIMEOUT`] (a join with the join token as well as an admin's apply), and nothing is
+/// stored. A body is read only after its credential was checked.
+#[tokio::test(start_paused = true)]
+async fn a_trickled_body_is_cut_off() {
+    let f = fixture();
+    for (method, path, token) in [
+        (Method::POST, "/v1/join", "Bearer join"),
+        (Method::PUT, "/v1/roles/app", "Bearer secret"),
+    ] {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static(token));
+        let req = Request {
+            method,
+            path: path.to_string(),
+            query: Default::default(),
+            headers,
+            remote: None,
+        };
+        let first: Result<bytes::Bytes, warp::Error> = Ok(bytes::Bytes::from_static(b"{"));
+        let trickle = stream::iter(vec![first]).chain(stream::pending());
+        let started = tokio::time::Instant::now();
+        let response = handle(f.state.clone(), req, Box::pin(trickle)).await;
+        assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT, "{path}");
+        assert!(
+            started.elapsed() >= BODY_TIMEOUT,
+            "{path}: cut off too early"
+        );
+        let body = String::from_utf8(http_body_util_collect(response).await).unwrap();
+        assert!(
+            body.contains("did not arrive within 30 s (1 bytes came)"),
+            "{body}"
+        );
+    }
+    let (s, _) = call(&f, Method::GET, "/v1/roles/app", Some("secret"), b"").await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "nothing was stored");
 }
 
 #[tokio::test]
