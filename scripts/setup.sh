@@ -10,6 +10,7 @@ PKGS=(
   libprotobuf-dev                                 # descriptor.proto for etcd-client
   apache2 iproute2 nftables curl procps psmisc    # proxy tier, networking, test tools
   openjdk-17-jre-headless maven unzip             # Apache Cassandra (jars from Maven Central)
+  chromium chromium-driver                        # the /ui dashboard test (headless, WebDriver)
 )
 missing=()
 for p in "${PKGS[@]}"; do

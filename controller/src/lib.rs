@@ -16,3 +16,4 @@ pub mod scheduling;
 pub mod server;
 pub mod store;
 pub mod supervise;
+pub mod ui;

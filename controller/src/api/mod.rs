@@ -184,6 +184,7 @@ where
     match segments.as_slice() {
         ["healthz"] => ("/healthz", only(req, &[Method::GET]).map(|_| text("ok\n"))),
         ["metrics"] => ("/metrics", metrics(state, req).await),
+        ["ui", rest @ ..] => ("/ui", crate::ui::serve(req, rest)),
         ["v1", "join"] => ("/v1/join", join(state, req, body).await),
         ["v1", rest @ ..] => match authenticate(state, req).await {
             Err(e) => ("/v1", Err(e)),
