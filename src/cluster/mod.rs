@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 pub use api::{Api, Progress};
 pub use down::DownReport;
 pub use plan::Plan;
+pub use procs::with_cmdline_containing;
 
 /// What can go wrong building, using or removing a local cluster.
 #[derive(Debug, thiserror::Error)]
