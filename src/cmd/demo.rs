@@ -152,6 +152,11 @@ fn print_what_to_try(cluster: &Cluster, exe: &std::path::Path) -> Result<()> {
             .collect::<Vec<_>>()
             .join(" ")
     );
+    println!(
+        "Dashboard:   {}/ui     (admin token: {})",
+        cluster.server(),
+        plan.controller_dir().join("admin.token").display()
+    );
     println!("Logs:        {}", plan.dir().join("logs").display());
     println!("\ntexu demo: running; Ctrl-C stops it and removes everything.");
     Ok(())

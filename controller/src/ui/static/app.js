@@ -51,8 +51,9 @@ async function api(path, signal) {
   });
   if (response.status === 401 || response.status === 403) throw new Unauthorized();
   if (!response.ok) throw new Error(path + ' answered ' + response.status);
-  const date = response.headers.get('Date');
-  if (date) state.skewMs = Date.parse(date) - Date.now();
+  // The Date header has whole seconds: only a clock clearly off is corrected for.
+  const skew = Date.parse(response.headers.get('Date') || '') - Date.now();
+  if (!Number.isNaN(skew)) state.skewMs = Math.abs(skew) > 3000 ? skew : 0;
   return response.json();
 }
 
@@ -365,8 +366,10 @@ function renderSummary() {
   const readyNodes = nodes.filter((n) => n.status && n.status.phase === 'Ready').length;
   const containers = [...state.containers.values()];
   const readyContainers = containers.filter((c) => phaseOf(c) === 'Ready').length;
-  byId('summary').textContent = readyNodes + '/' + nodes.length + ' boards Ready \u00b7 ' +
-    state.roles.size + ' roles \u00b7 ' + readyContainers + '/' + containers.length + ' containers Ready';
+  const plural = (n, word) => n + ' ' + word + (n === 1 ? '' : 's');
+  byId('summary').textContent = readyNodes + '/' + plural(nodes.length, 'board') + ' Ready \u00b7 ' +
+    plural(state.roles.size, 'role') + ' \u00b7 ' + readyContainers + '/' +
+    plural(containers.length, 'container') + ' Ready';
   const live = Object.values(state.live).every(Boolean);
   const connection = byId('connection');
   connection.textContent = live ? 'live' : 'reconnecting\u2026';
