@@ -331,13 +331,31 @@ spec:
     maxPerNode: 2
 "#;
 
-/// (board, phase) of each container as the page's Containers table shows it, by name.
+/// (name, board, phase) of each container as the page's Containers table shows it, by name.
 fn shown_containers(browser: &Browser) -> Result<Vec<(String, String, String)>> {
-    Ok(browser
+    let mut shown: Vec<(String, String, String)> = browser
         .rows("containers")?
         .iter()
         .map(|r| (r.cell(0).into(), r.cell(2).into(), r.cell(3).into()))
-        .collect())
+        .collect();
+    shown.sort();
+    Ok(shown)
+}
+
+/// (name, node, phase) of each container as the API lists it, by name.
+fn api_containers(c: &Cluster) -> Result<Vec<(String, String, String)>> {
+    let mut listed: Vec<(String, String, String)> = c
+        .api()
+        .containers()?
+        .into_iter()
+        .map(|k| {
+            let phase = k.status.map_or(ContainerPhase::Pending, |s| s.phase);
+            let node = k.spec.node.unwrap_or_default();
+            (k.metadata.name, node, phase.as_str().to_string())
+        })
+        .collect();
+    listed.sort();
+    Ok(listed)
 }
 
 #[test]
@@ -408,23 +426,15 @@ fn the_dashboard_lists_the_boards_and_shows_a_powered_off_board_not_ready_and_it
             (ready == boards).then_some(())
         },
     )?;
-    let placed: Vec<(String, String)> = c
-        .api()
-        .containers()?
-        .into_iter()
-        .map(|k| (k.metadata.name, k.spec.node.unwrap_or_default()))
-        .collect();
+    let placed = api_containers(&c)?;
+    ensure!(
+        placed.len() == 3 && placed.iter().all(|(_, _, phase)| phase == "Ready"),
+        "the API lists {placed:?}"
+    );
     wait_until(
         Duration::from_secs(30),
         "the page to show every container Ready on its board",
-        || {
-            let shown = shown_containers(&browser).ok()?;
-            let want: Vec<(String, String, String)> = placed
-                .iter()
-                .map(|(name, node)| (name.clone(), node.clone(), "Ready".to_string()))
-                .collect();
-            (shown == want).then_some(())
-        },
+        || (shown_containers(&browser).ok()? == placed).then_some(()),
     )?;
     let node_rows = browser.rows("nodes")?;
     for row in &node_rows {
@@ -481,8 +491,8 @@ fn the_dashboard_lists_the_boards_and_shows_a_powered_off_board_not_ready_and_it
     // by itself (the same page, never reloaded).
     let lost: Vec<String> = placed
         .iter()
-        .filter(|(_, node)| *node == boards[1])
-        .map(|(name, _)| name.clone())
+        .filter(|(_, node, _)| *node == boards[1])
+        .map(|(name, _, _)| name.clone())
         .collect();
     ensure!(!lost.is_empty(), "board 2 runs none of {placed:?}");
     let off = Instant::now();
@@ -520,22 +530,19 @@ fn the_dashboard_lists_the_boards_and_shows_a_powered_off_board_not_ready_and_it
         "power-off to containers Ready elsewhere on the page: {:?}",
         off.elapsed()
     );
-    // What the page shows is what the controller says.
-    let api: Vec<(String, String, String)> = c
-        .api()
-        .containers()?
-        .into_iter()
-        .map(|k| {
-            let phase = k.status.map_or(ContainerPhase::Pending, |s| s.phase);
-            (
-                k.metadata.name,
-                k.spec.node.unwrap_or_default(),
-                phase.as_str().to_string(),
-            )
-        })
-        .collect();
+    // What the page shows is what the controller says (read both until they agree: the page
+    // follows the controller a moment later).
+    let mut api = Vec::new();
+    let agreed = wait_until(
+        Duration::from_secs(10),
+        "the page to agree with the API",
+        || {
+            api = api_containers(&c).ok()?;
+            (shown_containers(&browser).ok()? == api).then_some(())
+        },
+    );
     ensure!(
-        moved == api,
+        agreed.is_ok(),
         "the page shows {moved:?}, the API says {api:?}"
     );
     let others: Vec<Row> = browser.rows("nodes")?;
