@@ -11,6 +11,7 @@ PKGS=(
   apache2 iproute2 nftables curl procps psmisc    # proxy tier, networking, test tools
   openjdk-17-jre-headless maven unzip             # Apache Cassandra (jars from Maven Central)
   chromium chromium-driver                        # the /ui dashboard test (headless, WebDriver)
+  prometheus                                      # promtool for tests/metrics.rs
 )
 missing=()
 for p in "${PKGS[@]}"; do
@@ -25,7 +26,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 # Debian starts etcd and apache2 as services on install; the tests start their own on loopback.
-for svc in etcd apache2; do
+for svc in etcd apache2 prometheus; do
   if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
     systemctl stop "$svc" || true
   fi

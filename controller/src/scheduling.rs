@@ -61,6 +61,7 @@ pub async fn run(objects: Objects, settings: scheduler::Settings, mut stop: watc
 
 /// One scheduling pass over a fresh snapshot.
 pub async fn pass(objects: &Objects, settings: &scheduler::Settings) -> Result<(), ObjectError> {
+    let _timer = crate::metrics::PassTimer::start();
     let (roles, _) = objects.list::<Role>().await?;
     let (nodes, _) = objects.list::<Node>().await?;
     let (containers, _) = objects.list::<Container>().await?;

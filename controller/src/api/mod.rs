@@ -365,6 +365,10 @@ async fn metrics(state: &ApiState, req: &Request) -> Answer {
         let count = state.objects.count(kind).await?;
         state.metrics.set_objects(kind.as_str(), count as i64);
     }
+    let (nodes, containers) = (state.objects.list().await?.0, state.objects.list().await?.0);
+    state
+        .metrics
+        .set_cluster(&nodes, &containers, crate::clock::now_secs());
     let mut response = text(state.metrics.encode());
     response.headers_mut().insert(
         header::CONTENT_TYPE,
