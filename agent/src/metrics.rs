@@ -1,7 +1,11 @@
 //! The agent's Prometheus metrics: containers by phase, probe results, restarts, reconcile
-//! duration and heartbeat round-trip, served with `/healthz` on `--metrics-listen`.
+//! duration, heartbeat round-trip, live template steps, and each container's CPU and memory
+//! use next to its limits, served with `/healthz` on `--metrics-listen`.
 
-use std::sync::OnceLock;
+#[path = "metrics_containers.rs"]
+mod containers;
+
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -10,7 +14,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use texu_api::ContainerPhase;
+use texu_api::{Container, ContainerPhase};
+
+use crate::runtime::Runtime;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PhaseLabels {
@@ -36,6 +42,7 @@ struct Metrics {
     probe_failures: Counter,
     reconcile: Histogram,
     heartbeat: Histogram,
+    usage: Arc<containers::Containers>,
 }
 
 fn metrics() -> &'static Metrics {
@@ -70,7 +77,10 @@ fn metrics() -> &'static Metrics {
             "Round-trip time of heartbeats to the controller",
             heartbeat.clone(),
         );
+        let usage = Arc::new(containers::Containers::default());
+        registry.register_collector(Box::new(usage.clone()));
         Metrics {
+            usage,
             registry,
             files,
             containers,
@@ -94,6 +104,12 @@ pub fn reconciled(took: Duration, phases: &[ContainerPhase]) {
             })
             .inc();
     }
+}
+
+/// Sets the containers assigned to this board, whose use and limits a scrape shows.
+pub fn assigned<'a>(containers: impl IntoIterator<Item = &'a Container>) {
+    let placed = containers.into_iter().map(containers::Placed::of).collect();
+    metrics().usage.set(placed);
 }
 
 /// Records a container restart and why.
@@ -132,8 +148,13 @@ pub fn encode() -> String {
     out
 }
 
-/// Serves `/metrics` and `/healthz` on `addr` until `stop`.
-pub async fn serve(addr: std::net::SocketAddr, stop: tokio::sync::watch::Receiver<bool>) {
+/// Serves `/metrics` and `/healthz` on `addr` until `stop`; a scrape reads each container's
+/// use through `runtime`.
+pub async fn serve(
+    addr: std::net::SocketAddr,
+    runtime: Arc<dyn Runtime>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,
@@ -159,6 +180,7 @@ pub async fn serve(addr: std::net::SocketAddr, stop: tokio::sync::watch::Receive
                 }
             },
         };
+        let runtime = runtime.clone();
         tokio::spawn(async move {
             let mut buf = [0u8; 1024];
             let n = match tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await {
@@ -167,6 +189,9 @@ pub async fn serve(addr: std::net::SocketAddr, stop: tokio::sync::watch::Receive
             };
             let request = String::from_utf8_lossy(&buf[..n]);
             let path = request.split_whitespace().nth(1).unwrap_or("/");
+            if path == "/metrics" {
+                metrics().usage.sample(runtime.as_ref()).await;
+            }
             let (status, kind, body) = match path {
                 "/metrics" => (
                     "200 OK",

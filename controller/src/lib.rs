@@ -7,6 +7,7 @@ pub mod connections;
 pub mod detector;
 pub mod endpoints;
 pub mod events;
+pub mod failover;
 pub mod images;
 pub mod metrics;
 pub mod nodes;

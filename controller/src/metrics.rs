@@ -1,6 +1,9 @@
 //! The controller's Prometheus metrics: requests by route and status, latency, objects by kind,
-//! events by kind, nodes by phase, heartbeat age per node, containers pending by reason and
-//! scheduling pass duration.
+//! events by kind, nodes by phase, heartbeat age per node, containers pending by reason,
+//! scheduling pass duration, failovers and their duration, and store operation latency.
+//!
+//! Series that the scheduler, the failover tracker and the store record are process-wide
+//! ([`shared`]): they are recorded far from the API state that owns a [`Metrics`].
 
 use std::sync::atomic::AtomicU64;
 use std::sync::OnceLock;
@@ -39,6 +42,8 @@ pub struct Metrics {
     nodes: Family<PhaseLabels, Gauge>,
     heartbeat_age: Family<NodeLabels, Gauge<f64, AtomicU64>>,
     pending: Family<ReasonLabels, Gauge>,
+    failovers_open: Gauge,
+    failover_open_seconds: Gauge<f64, AtomicU64>,
 }
 
 /// Labels of a count by phase.
@@ -59,10 +64,69 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
-/// Durations of scheduling passes, shared by every [`Metrics`] of the process.
-fn scheduling_passes() -> &'static Histogram {
-    static PASSES: OnceLock<Histogram> = OnceLock::new();
-    PASSES.get_or_init(|| Histogram::new(exponential_buckets(0.0005, 2.5, 12)))
+/// Labels of a store operation.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabels {
+    pub op: &'static str,
+}
+
+/// Labels of a failover count.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
+}
+
+/// The series recorded outside the API, shared by every [`Metrics`] of the process.
+struct Shared {
+    passes: Histogram,
+    store_ops: Family<OpLabels, Histogram>,
+    store_errors: Family<OpLabels, Counter>,
+    failovers: Family<OutcomeLabels, Counter>,
+    failover_durations: Histogram,
+}
+
+fn shared() -> &'static Shared {
+    static SHARED: OnceLock<Shared> = OnceLock::new();
+    SHARED.get_or_init(|| {
+        let failovers = Family::<OutcomeLabels, Counter>::default();
+        // Both outcomes exist from the start, so `increase()` sees the first failover.
+        for outcome in ["completed", "returned"] {
+            let _ = failovers.get_or_create(&OutcomeLabels { outcome });
+        }
+        Shared {
+            passes: Histogram::new(exponential_buckets(0.0005, 2.5, 12)),
+            store_ops: Family::new_with_constructor(
+                (|| Histogram::new(exponential_buckets(0.00005, 3.0, 12))) as fn() -> Histogram,
+            ),
+            store_errors: Family::default(),
+            failovers,
+            // 0.25 s to about 8.5 min: the target is under 5 s.
+            failover_durations: Histogram::new(exponential_buckets(0.25, 2.0, 12)),
+        }
+    })
+}
+
+/// Records one store operation (`get`, `range`, `txn`, ...), how long it took and whether it
+/// failed.
+pub fn store_operation(op: &'static str, seconds: f64, ok: bool) {
+    let s = shared();
+    s.store_ops.get_or_create(&OpLabels { op }).observe(seconds);
+    if !ok {
+        s.store_errors.get_or_create(&OpLabels { op }).inc();
+    }
+}
+
+/// Records a failover that ended (see [`crate::failover`]).
+pub fn failover_ended(outcome: crate::failover::Outcome) {
+    let s = shared();
+    s.failovers
+        .get_or_create(&OutcomeLabels {
+            outcome: outcome.as_str(),
+        })
+        .inc();
+    if let crate::failover::Outcome::Completed { seconds } = outcome {
+        s.failover_durations.observe(seconds);
+    }
 }
 
 /// Records how long one scheduling pass took when dropped, whichever way the pass ends.
@@ -76,7 +140,7 @@ impl PassTimer {
 
 impl Drop for PassTimer {
     fn drop(&mut self) {
-        scheduling_passes().observe(self.0.elapsed().as_secs_f64());
+        shared().passes.observe(self.0.elapsed().as_secs_f64());
     }
 }
 
@@ -126,10 +190,43 @@ impl Metrics {
             "Containers in phase Pending by reason",
             pending.clone(),
         );
+        let shared = shared();
         registry.register(
             "scheduling_pass_duration_seconds",
             "Duration of one scheduling pass",
-            scheduling_passes().clone(),
+            shared.passes.clone(),
+        );
+        registry.register(
+            "store_operation_duration_seconds",
+            "Latency of store operations by operation",
+            shared.store_ops.clone(),
+        );
+        registry.register(
+            "store_errors",
+            "Failed store operations by operation",
+            shared.store_errors.clone(),
+        );
+        registry.register(
+            "failovers",
+            "Failovers that ended: completed (every replacement Ready) or returned (the board came back first)",
+            shared.failovers.clone(),
+        );
+        registry.register(
+            "failover_duration_seconds",
+            "From a board seen NotReady until all its replacements are Ready",
+            shared.failover_durations.clone(),
+        );
+        let failovers_open = Gauge::<i64>::default();
+        registry.register(
+            "failovers_open",
+            "Failovers under way",
+            failovers_open.clone(),
+        );
+        let failover_open_seconds = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "failover_open_seconds",
+            "How long the oldest failover under way has lasted (0 when none)",
+            failover_open_seconds.clone(),
         );
         Metrics {
             registry,
@@ -139,6 +236,8 @@ impl Metrics {
             nodes,
             heartbeat_age,
             pending,
+            failovers_open,
+            failover_open_seconds,
         }
     }
 
@@ -174,8 +273,13 @@ impl Metrics {
             .set(count);
     }
 
-    /// Sets the board and pending-container series from a snapshot taken at `now` (Unix seconds).
+    /// Sets the board and pending-container series from a snapshot taken at `now` (Unix seconds),
+    /// and the failovers under way.
     pub fn set_cluster(&self, nodes: &[Node], containers: &[Container], now: i64) {
+        let open = crate::failover::open_now();
+        self.failovers_open.set(open.len() as i64);
+        self.failover_open_seconds
+            .set(open.into_iter().fold(0.0, f64::max));
         self.nodes.clear();
         for phase in [NodePhase::Ready, NodePhase::NotReady] {
             self.phase_gauge(phase.as_str()).set(0);
@@ -250,23 +354,10 @@ mod tests {
 
     #[test]
     fn counts_nodes_by_phase_heartbeat_age_and_pending_reasons() {
-        let mut ready = Node::new(
-            "b1",
-            texu_api::NodeSpec {
-                address: "198.18.0.2".into(),
-                arch: texu_api::Arch::Amd64,
-                cpus: 2,
-                memory_bytes: 1 << 30,
-                subnet: None,
-                unschedulable: false,
-                draining: false,
-            },
-        );
-        ready.status = Some(texu_api::NodeStatus {
-            phase: NodePhase::Ready,
-            last_heartbeat: Some("1970-01-01T00:01:40Z".into()),
-            ..Default::default()
-        });
+        let mut ready = crate::failover::tests::node("b1", NodePhase::Ready);
+        if let Some(s) = ready.status.as_mut() {
+            s.last_heartbeat = Some("1970-01-01T00:01:40Z".into());
+        }
         let mut pending = Container::new("app-0", Default::default());
         pending.status = Some(texu_api::ContainerStatus {
             reason: Some("NoNodeFits".into()),

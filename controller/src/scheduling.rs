@@ -65,6 +65,7 @@ pub async fn pass(objects: &Objects, settings: &scheduler::Settings) -> Result<(
     let (roles, _) = objects.list::<Role>().await?;
     let (nodes, _) = objects.list::<Node>().await?;
     let (containers, _) = objects.list::<Container>().await?;
+    crate::failover::observe(&roles, &nodes, &containers);
     let catalog = catalog(objects).await?;
     let plan = scheduler::plan_with(
         &roles,

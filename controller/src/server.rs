@@ -25,6 +25,7 @@ use crate::scheduling;
 use crate::store::compactor::{self, Retention};
 use crate::store::embedded::EmbeddedStore;
 use crate::store::etcd::EtcdStore;
+use crate::store::timed::TimedStore;
 use crate::store::{Store, StoreError};
 use crate::supervise::{Supervisor, TaskError};
 
@@ -131,7 +132,7 @@ impl Controller {
             auth::load_or_create(&config.data_dir, auth::ADMIN_TOKEN_FILE, "texu-admin-")?;
         let (join_token, _) =
             auth::load_or_create(&config.data_dir, auth::JOIN_TOKEN_FILE, "texu-join-")?;
-        let store = open_store(config).await?;
+        let store: Arc<dyn Store> = Arc::new(TimedStore::new(open_store(config).await?));
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .map_err(|source| ServerError::Listen {

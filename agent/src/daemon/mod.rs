@@ -299,7 +299,10 @@ pub async fn run(
         None => None,
     };
     if let Some(addr) = metrics {
-        tasks.spawn("metrics server", crate::metrics::serve(addr, stop.clone()));
+        tasks.spawn(
+            "metrics server",
+            crate::metrics::serve(addr, runtime.clone(), stop.clone()),
+        );
     }
     let statuses: Arc<Mutex<Vec<Reported>>> = Arc::new(Mutex::new(Vec::new()));
     // Cut off after three heartbeat periods (plus any injected jitter) without one getting

@@ -140,6 +140,7 @@ impl Reconciler {
                         while let Ok(more) = desired.try_recv() {
                             self.apply(more);
                         }
+                        crate::metrics::assigned(self.desired.values());
                     }
                     None => break,
                 },

@@ -365,7 +365,8 @@ async fn metrics(state: &ApiState, req: &Request) -> Answer {
         let count = state.objects.count(kind).await?;
         state.metrics.set_objects(kind.as_str(), count as i64);
     }
-    let (nodes, containers) = (state.objects.list().await?.0, state.objects.list().await?.0);
+    let (mut nodes, containers) = (state.objects.list().await?.0, state.objects.list().await?.0);
+    state.nodes.fill_last_heartbeats(&mut nodes).await;
     state
         .metrics
         .set_cluster(&nodes, &containers, crate::clock::now_secs());

@@ -9,6 +9,7 @@
 pub mod compactor;
 pub mod embedded;
 pub mod etcd;
+pub mod timed;
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
