@@ -141,11 +141,28 @@ pub fn heartbeat_rtt(took: Duration) {
     metrics().heartbeat.observe(took.as_secs_f64());
 }
 
-/// The Prometheus text exposition.
+/// The OpenMetrics text exposition.
 pub fn encode() -> String {
+    encode_for(Some("application/openmetrics-text")).1
+}
+
+/// The exposition in the format an `Accept` header asks for, with its `Content-Type`:
+/// OpenMetrics when asked (Prometheus asks), else the classic text format 0.0.4 (curl,
+/// promtool), as Prometheus's own clients negotiate it.
+pub fn encode_for(accept: Option<&str>) -> (&'static str, String) {
     let mut out = String::new();
-    let _ = prometheus_client::encoding::text::encode(&mut out, &metrics().registry);
-    out
+    let registry = &metrics().registry;
+    // Writing into a String cannot fail.
+    if accept.is_some_and(|a| a.contains("application/openmetrics-text")) {
+        let _ = prometheus_client::encoding::text::encode(&mut out, registry);
+        (
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            out,
+        )
+    } else {
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, registry);
+        ("text/plain; version=0.0.4; charset=utf-8", out)
+    }
 }
 
 /// Serves `/metrics` and `/healthz` on `addr` until `stop`; a scrape reads each container's
@@ -192,12 +209,15 @@ pub async fn serve(
             if path == "/metrics" {
                 metrics().usage.sample(runtime.as_ref()).await;
             }
+            let accept = request.lines().find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("accept").then_some(value.trim())
+            });
             let (status, kind, body) = match path {
-                "/metrics" => (
-                    "200 OK",
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    encode(),
-                ),
+                "/metrics" => {
+                    let (kind, body) = encode_for(accept);
+                    ("200 OK", kind, body)
+                }
                 "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
                 _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
             };

@@ -315,10 +315,50 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> String {
+        self.encode_as(Format::OpenMetrics)
+    }
+
+    /// Every metric in `format`.
+    pub fn encode_as(&self, format: Format) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let _ = match format {
+            Format::OpenMetrics => {
+                prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            }
+            Format::Prometheus => {
+                prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+            }
+        };
         out
+    }
+}
+
+/// The text format a scrape gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// OpenMetrics 1.0, for clients that ask for it (Prometheus does).
+    OpenMetrics,
+    /// The classic Prometheus text format 0.0.4, for everything else (curl, promtool).
+    Prometheus,
+}
+
+impl Format {
+    /// The format an `Accept` header asks for, as Prometheus's own clients negotiate it.
+    pub fn from_accept(accept: Option<&str>) -> Format {
+        if accept.is_some_and(|a| a.contains("application/openmetrics-text")) {
+            Format::OpenMetrics
+        } else {
+            Format::Prometheus
+        }
+    }
+
+    /// Its `Content-Type`.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Format::Prometheus => "text/plain; version=0.0.4; charset=utf-8",
+        }
     }
 }
 
@@ -340,6 +380,24 @@ mod tests {
         ));
         assert!(text.contains("texu_controller_objects{kind=\"role\"} 3"));
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn prometheus_gets_openmetrics_and_other_clients_the_classic_text_format() {
+        // What Prometheus 2.x sends.
+        let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+        assert_eq!(Format::from_accept(Some(prometheus)), Format::OpenMetrics);
+        assert_eq!(Format::from_accept(Some("*/*")), Format::Prometheus);
+        assert_eq!(Format::from_accept(None), Format::Prometheus);
+        let m = Metrics::new();
+        m.observe_request("/v1/roles", "GET", 200, 0.002);
+        let classic = m.encode_as(Format::Prometheus);
+        // promtool wants the help text under the counter's sample name.
+        assert!(
+            classic.contains("# HELP texu_controller_http_requests_total "),
+            "{classic}"
+        );
+        assert!(!classic.contains("# EOF"), "{classic}");
     }
 
     #[test]

@@ -370,12 +370,15 @@ async fn metrics(state: &ApiState, req: &Request) -> Answer {
     state
         .metrics
         .set_cluster(&nodes, &containers, crate::clock::now_secs());
-    let mut response = text(state.metrics.encode());
+    let accept = req
+        .headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    let format = crate::metrics::Format::from_accept(accept);
+    let mut response = text(state.metrics.encode_as(format));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
-        header::HeaderValue::from_static(
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        ),
+        header::HeaderValue::from_static(format.content_type()),
     );
     Ok(response)
 }
