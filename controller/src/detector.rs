@@ -129,9 +129,10 @@ impl Detector {
         self.last
     }
 
-    /// Seconds since the last heartbeat (or since `since` if none came).
+    /// Seconds since the last heartbeat, or since `since` (e.g. a new leader's takeover) if
+    /// none came after it: silence from before `since` does not count.
     pub fn silence(&self, now: f64, since: f64) -> f64 {
-        now - self.last.unwrap_or(since)
+        now - self.last.map_or(since, |last| last.max(since))
     }
 
     /// The silence, in seconds, at which a board with this history is judged dead.

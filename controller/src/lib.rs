@@ -8,6 +8,8 @@ pub mod detector;
 pub mod endpoints;
 pub mod events;
 pub mod images;
+pub mod leader;
+pub mod leading;
 pub mod metrics;
 pub mod nodes;
 pub mod objects;

@@ -42,6 +42,9 @@ pub enum StoreError {
     /// The store was closed.
     #[error("store is closed")]
     Closed,
+    /// A leader-only write from a controller that does not lead (or no longer does).
+    #[error("this controller is not the leader")]
+    NotLeader,
 }
 
 /// One key with its value and revisions, as etcd reports it.
