@@ -19,11 +19,28 @@ pub fn run(client: &Client) -> Result<ExitCode> {
         items("/v1/roles")?,
         items("/v1/containers")?,
     );
-    print!(
-        "{}",
-        crate::output::escape_text(&render(client.server(), &nodes, &roles, &containers))
-    );
+    let mut text = render(&client.server(), &nodes, &roles, &containers);
+    // Several controllers: say which leads (a single controller's output stays as it was).
+    if let Ok(leader) = client.get::<Value>("/v1/leader") {
+        if let Some(line) = leader_line(&leader) {
+            let at = text.find('\n').map_or(text.len(), |i| i + 1);
+            text.insert_str(at, &line);
+        }
+    }
+    print!("{}", crate::output::escape_text(&text));
     Ok(ExitCode::SUCCESS)
+}
+
+/// `Leader: URL (N controllers)` when several controllers share the store.
+pub fn leader_line(answer: &Value) -> Option<String> {
+    let controllers = answer["controllers"].as_array().map_or(0, Vec::len);
+    if controllers < 2 {
+        return None;
+    }
+    let leader = answer["leader"].as_str().unwrap_or("none elected yet");
+    Some(format!(
+        "Leader:      {leader} ({controllers} controllers)\n"
+    ))
 }
 
 /// The summary text.
