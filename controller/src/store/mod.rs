@@ -12,6 +12,8 @@ pub mod etcd;
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+#[cfg(any(test, feature = "conformance"))]
+pub mod etcd_cluster;
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
