@@ -55,8 +55,12 @@ impl Cluster {
         let what = format!("controller {n}");
         let log = self.plan.log_path(&format!("controller-{n}"));
         let child = procs::spawn_logged(&mut cmd, &what, &log)?;
-        self.more_controllers.push((Some(child), String::new()));
-        let index = self.more_controllers.len() - 1;
+        let index = n - 2;
+        if index < self.more_controllers.len() {
+            self.more_controllers[index].0 = Some(child);
+        } else {
+            self.more_controllers.push((Some(child), String::new()));
+        }
         let addr_file = dir.join("controller.addr");
         let addr = self.wait_alive(
             &format!("{what} to write its address"),
@@ -112,6 +116,18 @@ impl Cluster {
                 procs::kill_child(&mut c);
             }
         }
+    }
+
+    /// Starts controller `n` again on the same data dir after [`Cluster::kill_controller_n`]
+    /// (controllers 2 and up get a new port; agents learn it from heartbeat answers).
+    pub fn restart_controller_n(&mut self, n: usize) -> Result<()> {
+        if n == 1 {
+            return self.restart_controller();
+        }
+        if self.controller_pid(n).is_some() {
+            return Ok(());
+        }
+        self.start_more_controller(n)
     }
 
     /// Sends `signal` (SIGSTOP, SIGCONT) to controller `n`; false when it does not run.
