@@ -155,6 +155,19 @@ impl Detector {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn silence_from_before_a_takeover_does_not_count() {
+        let mut d = Detector::new(Duration::from_secs(2));
+        for i in 0..20 {
+            d.beat(f64::from(i) * 0.5);
+        }
+        // Last beat at 9.5 s; a new leader takes over at 60 s: judged from 60 s, not 9.5 s.
+        assert!(!d.is_dead(61.0, 60.0));
+        assert!((d.silence(61.0, 60.0) - 1.0).abs() < 1e-9);
+        assert!(d.is_dead(63.0, 60.0));
+    }
+
     use super::*;
 
     #[test]

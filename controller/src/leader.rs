@@ -430,3 +430,64 @@ impl Round<'_> {
         let _ = timed(self.client.lease_client().revoke(self.lease)).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::embedded::EmbeddedStore;
+
+    #[tokio::test]
+    async fn a_deposed_leaders_write_is_refused_and_lands_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(EmbeddedStore::open(&dir.path().join("state.redb")).unwrap());
+        let term = store.put(LEADER_KEY, b"a".to_vec()).await.unwrap();
+        let a = Leadership::elected("http://a");
+        a.set(|v| v.term = Some(term));
+        let fenced = a.fence(store.clone());
+        assert!(
+            fenced
+                .txn(Txn::new().put("/k", "1"))
+                .await
+                .unwrap()
+                .succeeded
+        );
+        // Another controller takes the key over (A's lease expired while it was frozen).
+        store.put(LEADER_KEY, b"b".to_vec()).await.unwrap();
+        let before = store.revision().await.unwrap();
+        assert!(matches!(
+            fenced.txn(Txn::new().put("/k", "2")).await,
+            Err(StoreError::NotLeader)
+        ));
+        assert_eq!(store.revision().await.unwrap(), before, "nothing written");
+        assert_eq!(store.get("/k").await.unwrap().unwrap().value, b"1");
+        assert!(!a.is_leader(), "a refused write ends the term");
+        assert!(matches!(
+            fenced.txn(Txn::new().put("/k", "3")).await,
+            Err(StoreError::NotLeader)
+        ));
+        assert_eq!(a.refused_writes.get(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_callers_own_failed_compare_is_not_a_lost_term() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> =
+            Arc::new(EmbeddedStore::open(&dir.path().join("state.redb")).unwrap());
+        let term = store.put(LEADER_KEY, b"a".to_vec()).await.unwrap();
+        let a = Leadership::elected("http://a");
+        a.set(|v| v.term = Some(term));
+        let fenced = a.fence(store.clone());
+        let stale = Txn::new().when_mod_revision("/k", 99).put("/k", "x");
+        assert!(!fenced.txn(stale).await.unwrap().succeeded);
+        assert!(a.is_leader());
+    }
+
+    #[test]
+    fn the_only_controller_leads_and_is_not_fenced() {
+        let sole = Leadership::sole("http://127.0.0.1:7080");
+        assert!(sole.is_leader());
+        assert_eq!(sole.leader_elsewhere(), None);
+        assert_eq!(sole.leading.get(), 1);
+    }
+}
