@@ -111,6 +111,19 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn the_leader_shows_only_when_there_are_several_controllers() {
+        let one = json!({"leader": "http://a:1", "controllers": ["http://a:1"]});
+        assert_eq!(leader_line(&one), None);
+        let three = json!({"leader": "http://b:2", "controllers": ["http://a:1", "http://b:2", "http://c:3"]});
+        assert_eq!(
+            leader_line(&three).as_deref(),
+            Some("Leader:      http://b:2 (3 controllers)\n")
+        );
+        let none = json!({"leader": null, "controllers": ["http://a:1", "http://b:2"]});
+        assert!(leader_line(&none).is_some_and(|l| l.contains("none elected yet")));
+    }
+
+    #[test]
     fn summarises_nodes_and_roles() {
         let nodes = vec![
             json!({"status": {"phase": "Ready"}}),

@@ -566,3 +566,34 @@ fn event_acceptable(event: &WatchEvent) -> bool {
 fn hex_string(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_silent_controller_is_skipped_and_a_named_leader_preferred() {
+        let s = Servers::new("http://a:1, http://b:2/,");
+        assert_eq!((s.current().as_str(), s.len()), ("http://a:1", 2));
+        s.failed("http://a:1");
+        assert_eq!(s.current(), "http://b:2");
+        // A late failure report about a controller already left behind changes nothing.
+        s.failed("http://a:1");
+        assert_eq!(s.current(), "http://b:2");
+        s.failed("http://b:2");
+        assert_eq!(s.current(), "http://a:1", "round and round");
+        s.prefer("http://c:3/");
+        assert_eq!((s.current().as_str(), s.len()), ("http://c:3", 3));
+        s.learn(&["http://a:1".into(), "http://d:4".into(), String::new()]);
+        assert_eq!(s.len(), 4, "only new, non-empty addresses are added");
+        assert_eq!(s.current(), "http://c:3", "learning does not move");
+    }
+
+    #[test]
+    fn only_urls_count_as_controllers() {
+        let v =
+            serde_json::json!({ "controllers": ["http://a:1", "file:///etc", 7, "https://b:2"] });
+        assert_eq!(named_controllers(&v), vec!["http://a:1", "https://b:2"]);
+        assert!(named_controllers(&serde_json::json!({ "result": "ok" })).is_empty());
+    }
+}
