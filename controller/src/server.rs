@@ -1,9 +1,9 @@
 //! The controller process: opens the store, makes credentials, serves the API until a signal.
 //!
-//! Its long-running parts (the API server, the node monitor, the scheduler, the store
-//! compactor, the event flusher) run supervised: the first that panics or returns while the
-//! controller is meant to run stops the controller with an error, so that systemd restarts it
-//! rather than leaving it half alive.
+//! Its long-running parts (the API server, the leader election, and the leader's work: node
+//! monitor, scheduler, store compactor, event flusher, see [`crate::leading`]) run supervised:
+//! the first that panics or returns while the controller is meant to run stops the controller
+//! with an error, so that systemd restarts it rather than leaving it half alive.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
