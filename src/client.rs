@@ -1,4 +1,11 @@
 //! A small blocking HTTP client for the controller's `/v1` API.
+//!
+//! `server` may list several controllers, comma separated: a request that cannot reach one
+//! goes to the next, and a follower's "the leader is X" is followed.
+
+// Each attempt is a closure returning ureq's own `Result<Response, ureq::Error>`, which is what
+// ureq hands back; boxing it per call would only move the same bytes to the heap.
+#![allow(clippy::result_large_err)]
 
 use std::time::Duration;
 
@@ -7,6 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::config::ClientConfig;
+use texu_agent::daemon::client::Servers;
 
 /// An error answer from the controller.
 #[derive(Debug, thiserror::Error)]
@@ -21,10 +29,10 @@ fn details_suffix(details: &[String]) -> String {
     details.iter().map(|d| format!("\n  {d}")).collect()
 }
 
-/// A client bound to one controller and token.
+/// A client of the controllers, with one token.
 pub struct Client {
     agent: ureq::Agent,
-    server: String,
+    servers: Servers,
     token: String,
 }
 
@@ -37,67 +45,111 @@ impl Client {
             .build();
         Client {
             agent,
-            server: config.server,
+            servers: Servers::new(&config.server),
             token: config.token,
         }
     }
 
-    /// The controller's base URL.
-    pub fn server(&self) -> &str {
-        &self.server
+    /// The base URL of the controller it talks to now.
+    pub fn server(&self) -> String {
+        self.servers.current()
+    }
+
+    /// Sends `request(base URL)` to the current controller; when it cannot be reached (or
+    /// answers that another leads) to the next, once per known controller.
+    fn send(
+        &self,
+        request: impl Fn(&str) -> std::result::Result<ureq::Response, ureq::Error>,
+    ) -> (String, std::result::Result<ureq::Response, ureq::Error>) {
+        let attempts = self.servers.len().max(1) + 1;
+        let mut server = self.servers.current();
+        let mut result = request(&server);
+        for _ in 1..attempts {
+            match result {
+                Err(ureq::Error::Transport(_)) => self.servers.failed(&server),
+                Err(ureq::Error::Status(503, response)) => {
+                    let text = response.into_string().unwrap_or_default();
+                    let body: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+                    match body.get("leader").map(|l| l.as_str()) {
+                        Some(Some(leader)) if leader != server => self.servers.prefer(leader),
+                        Some(_) => self.servers.failed(&server),
+                        None => {
+                            let again = ureq::Response::new(503, "Service Unavailable", &text);
+                            return (server, again.and_then(|r| Err(ureq::Error::Status(503, r))));
+                        }
+                    }
+                }
+                other => return (server, other),
+            }
+            server = self.servers.current();
+            result = request(&server);
+        }
+        (server, result)
     }
 
     /// GETs a path and decodes the JSON answer.
     pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
-        self.call(self.request("GET", path).call())
+        self.call(self.send(|s| self.request(s, "GET", path).call()))
     }
 
     /// PUTs a JSON body and decodes the JSON answer.
     pub fn put<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
         let body = serde_json::to_string(body)?;
-        self.call(
-            self.request("PUT", path)
+        self.call(self.send(|s| {
+            self.request(s, "PUT", path)
                 .set("Content-Type", "application/json")
-                .send_string(&body),
-        )
+                .send_string(&body)
+        }))
     }
 
     /// PUTs a file as the request body (streamed) and decodes the JSON answer.
     pub fn put_file<T: DeserializeOwned>(&self, path: &str, file: &std::path::Path) -> Result<T> {
-        let f = std::fs::File::open(file)
-            .map_err(|e| anyhow!("cannot open {}: {e}", file.display()))?;
-        let size = f.metadata()?.len();
+        let size = std::fs::metadata(file)
+            .map_err(|e| anyhow!("cannot open {}: {e}", file.display()))?
+            .len();
         let agent = ureq::AgentBuilder::new()
             .timeout_connect(Duration::from_secs(5))
             .timeout_read(Duration::from_secs(600))
             .build();
-        let response = agent
-            .put(&format!("{}{path}", self.server))
-            .set("Authorization", &format!("Bearer {}", self.token))
-            .set("Content-Type", "application/octet-stream")
-            .set("Content-Length", &size.to_string())
-            .send(f);
-        self.call(response)
+        // A file can be streamed once per attempt: open it again for each controller tried.
+        let attempts = self.servers.len().max(1);
+        let mut attempt = 1;
+        loop {
+            let server = self.servers.current();
+            let f = std::fs::File::open(file)
+                .map_err(|e| anyhow!("cannot open {}: {e}", file.display()))?;
+            let sent = agent
+                .put(&format!("{server}{path}"))
+                .set("Authorization", &format!("Bearer {}", self.token))
+                .set("Content-Type", "application/octet-stream")
+                .set("Content-Length", &size.to_string())
+                .send(f);
+            if attempt == attempts || !matches!(sent, Err(ureq::Error::Transport(_))) {
+                return self.call((server, sent));
+            }
+            self.servers.failed(&server);
+            attempt += 1;
+        }
     }
 
     /// POSTs with an empty body and decodes the JSON answer.
     pub fn post<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
-        self.call(self.request("POST", path).send_string(""))
+        self.call(self.send(|s| self.request(s, "POST", path).send_string("")))
     }
 
     /// POSTs a JSON body and decodes the JSON answer.
     pub fn post_json<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
         let body = serde_json::to_string(body)?;
-        self.call(
-            self.request("POST", path)
+        self.call(self.send(|s| {
+            self.request(s, "POST", path)
                 .set("Content-Type", "application/json")
-                .send_string(&body),
-        )
+                .send_string(&body)
+        }))
     }
 
     /// DELETEs a path and decodes the JSON answer.
     pub fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
-        self.call(self.request("DELETE", path).call())
+        self.call(self.send(|s| self.request(s, "DELETE", path).call()))
     }
 
     /// Opens a watch: GET with `watch=true`; returns a reader of NDJSON lines.
@@ -105,38 +157,37 @@ impl Client {
         let agent = ureq::AgentBuilder::new()
             .timeout_connect(Duration::from_secs(5))
             .build();
-        let url = format!("{}{path}", self.server);
-        let response = agent
-            .get(&url)
-            .set("Authorization", &format!("Bearer {}", self.token))
-            .call();
+        let response = self.send(|server| {
+            agent
+                .get(&format!("{server}{path}"))
+                .set("Authorization", &format!("Bearer {}", self.token))
+                .call()
+        });
         let response = self.check(response)?;
         Ok(std::io::BufReader::new(response.into_reader()))
     }
 
-    fn request(&self, method: &str, path: &str) -> ureq::Request {
+    fn request(&self, server: &str, method: &str, path: &str) -> ureq::Request {
         self.agent
-            .request(method, &format!("{}{path}", self.server))
+            .request(method, &format!("{server}{path}"))
             .set("Authorization", &format!("Bearer {}", self.token))
     }
 
     fn call<T: DeserializeOwned>(
         &self,
-        result: std::result::Result<ureq::Response, ureq::Error>,
+        sent: (String, std::result::Result<ureq::Response, ureq::Error>),
     ) -> Result<T> {
-        let response = self.check(result)?;
+        let server = sent.0.clone();
+        let response = self.check(sent)?;
         let text = response.into_string()?;
         serde_json::from_str(&text).map_err(|e| {
-            anyhow!(
-                "the controller at {} sent an answer that is not the expected JSON: {e}",
-                self.server
-            )
+            anyhow!("the controller at {server} sent an answer that is not the expected JSON: {e}")
         })
     }
 
     fn check(
         &self,
-        result: std::result::Result<ureq::Response, ureq::Error>,
+        (server, result): (String, std::result::Result<ureq::Response, ureq::Error>),
     ) -> Result<ureq::Response> {
         match result {
             Ok(response) => Ok(response),
@@ -176,8 +227,7 @@ impl Client {
                     _ => "",
                 };
                 Err(anyhow!(
-                    "cannot reach the controller at {}: {t}{hint}",
-                    self.server
+                    "cannot reach the controller at {server}: {t}{hint}"
                 ))
             }
         }

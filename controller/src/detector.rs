@@ -129,9 +129,10 @@ impl Detector {
         self.last
     }
 
-    /// Seconds since the last heartbeat (or since `since` if none came).
+    /// Seconds since the last heartbeat, or since `since` (e.g. a new leader's takeover) if
+    /// none came after it: silence from before `since` does not count.
     pub fn silence(&self, now: f64, since: f64) -> f64 {
-        now - self.last.unwrap_or(since)
+        now - self.last.map_or(since, |last| last.max(since))
     }
 
     /// The silence, in seconds, at which a board with this history is judged dead.
@@ -154,6 +155,19 @@ impl Detector {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn silence_from_before_a_takeover_does_not_count() {
+        let mut d = Detector::new(Duration::from_secs(2));
+        for i in 0..20 {
+            d.beat(f64::from(i) * 0.5);
+        }
+        // Last beat at 9.5 s; a new leader takes over at 60 s: judged from 60 s, not 9.5 s.
+        assert!(!d.is_dead(61.0, 60.0));
+        assert!((d.silence(61.0, 60.0) - 1.0).abs() < 1e-9);
+        assert!(d.is_dead(63.0, 60.0));
+    }
+
     use super::*;
 
     #[test]

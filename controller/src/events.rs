@@ -181,7 +181,9 @@ impl Events {
         let mut ring = self.lock();
         let mut events: VecDeque<Event> = loaded.into();
         let mut seq = highest;
-        for mut early in ring.events.drain(..) {
+        // Events already saved are in `loaded` (a new leader reads them again at takeover).
+        let flushed = ring.flushed_seq;
+        for mut early in ring.events.drain(..).filter(|e| e.seq > flushed) {
             seq += 1;
             early.seq = seq;
             events.push_back(early);

@@ -9,6 +9,8 @@ pub mod endpoints;
 pub mod events;
 pub mod failover;
 pub mod images;
+pub mod leader;
+pub mod leading;
 pub mod metrics;
 pub mod nodes;
 pub mod objects;

@@ -241,6 +241,28 @@ impl Metrics {
         }
     }
 
+    /// Also exports this controller's leadership: `leader` (1 while it leads),
+    /// `elections_total` (terms it won) and `fenced_writes_total` (writes its fence refused).
+    pub fn with_leadership(mut self, leadership: &crate::leader::Leadership) -> Self {
+        let r = &mut self.registry;
+        r.register(
+            "leader",
+            "1 while this controller leads",
+            leadership.leading.clone(),
+        );
+        r.register(
+            "elections",
+            "Terms this controller won",
+            leadership.elections.clone(),
+        );
+        r.register(
+            "fenced_writes",
+            "Leader writes refused because this controller no longer led",
+            leadership.refused_writes.clone(),
+        );
+        self
+    }
+
     /// Also exports how many events of each kind `events` recorded (`events_total{kind}`).
     pub fn with_events(mut self, events: &crate::events::Events) -> Self {
         self.registry

@@ -27,6 +27,7 @@ use tokio::sync::Mutex;
 
 use crate::clock;
 use crate::detector::Detector;
+use crate::leader::Leadership;
 use crate::objects::{ObjectError, Objects};
 
 /// Where per-node credential hashes are kept.
@@ -52,6 +53,9 @@ pub struct JoinResponse {
     /// The cluster's container range: agents route only to subnets inside it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_cidr: Option<String>,
+    /// Every controller's API URL, so the agent can move to another when its own stops.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub controllers: Vec<String>,
 }
 
 /// A board's facts and requested labels reach the store at most this often; a change of
@@ -98,6 +102,10 @@ pub struct Nodes {
     written: Mutex<HashMap<String, tokio::time::Instant>>,
     /// Failed joins per source address.
     throttle: JoinThrottle,
+    /// Heartbeats and the monitor write through this: the leader's fenced store.
+    leader_objects: Objects,
+    /// Who leads; `None` for the only controller.
+    leadership: Option<Leadership>,
 }
 
 fn hash(secret: &str) -> String {
@@ -129,13 +137,46 @@ impl Nodes {
     /// Node bookkeeping over `objects`; a node is NotReady after `grace` without heartbeats.
     pub fn new(objects: Objects, grace: Duration, cluster_cidr: Cidr) -> Self {
         Nodes {
-            objects,
+            objects: objects.clone(),
             cluster_cidr,
             detectors: Mutex::new(HashMap::new()),
             epoch: Instant::now(),
             grace,
             written: Mutex::new(HashMap::new()),
             throttle: JoinThrottle::default(),
+            leader_objects: objects,
+            leadership: None,
+        }
+    }
+
+    /// Takes heartbeats only while `leadership` leads, and writes them and the monitor's
+    /// verdicts through `fenced` (the same objects over the fenced store).
+    pub fn with_leadership(mut self, leadership: Leadership, fenced: Objects) -> Self {
+        self.leadership = Some(leadership);
+        self.leader_objects = fenced;
+        self
+    }
+
+    /// Every controller's API URL (the join answer and heartbeat answers carry it).
+    pub fn controllers(&self) -> Vec<String> {
+        self.leadership
+            .as_ref()
+            .map(|l| l.view().controllers)
+            .unwrap_or_default()
+    }
+
+    /// The leadership, when several controllers share the store.
+    pub fn leadership(&self) -> Option<&Leadership> {
+        self.leadership.as_ref()
+    }
+
+    /// `Err(NotLeader)` with where the leader is, unless this controller leads.
+    fn must_lead(&self) -> Result<(), NodeError> {
+        match &self.leadership {
+            Some(l) if !l.is_leader() => Err(NodeError::NotLeader {
+                leader: l.leader_elsewhere(),
+            }),
+            _ => Ok(()),
         }
     }
 
@@ -165,6 +206,7 @@ impl Nodes {
     /// Takes a heartbeat: marks the node seen, and writes node and container status that changed.
     /// Facts that fail [`texu_api::validate_node_facts`] refuse the whole heartbeat.
     pub async fn heartbeat(&self, name: &str, beat: Heartbeat) -> Result<(), NodeError> {
+        self.must_lead()?;
         let errors = texu_api::validate_node_facts(&beat.spec, &beat.labels);
         if !errors.is_empty() {
             return Err(NodeError::Invalid {
@@ -217,7 +259,7 @@ impl Nodes {
                 s.last_heartbeat = Some(clock::now_rfc3339());
             }
             node = next;
-            self.objects.replace(&node).await?;
+            self.leader_objects.replace(&node).await?;
             self.written
                 .lock()
                 .await
@@ -258,7 +300,7 @@ impl Nodes {
                 else {
                     break;
                 };
-                match self.objects.replace(&next).await {
+                match self.leader_objects.replace(&next).await {
                     Err(ObjectError::Stale { .. }) => continue,
                     Err(e) => return Err(e.into()),
                     Ok(_) => break,
@@ -437,7 +479,7 @@ impl Nodes {
                 s.message = Some(message.clone());
                 s.since = Some(clock::now_rfc3339());
             }
-            if self.objects.replace(&node).await.is_ok() {
+            if self.leader_objects.replace(&node).await.is_ok() {
                 let name = &node.metadata.name;
                 self.objects.events().record(
                     texu_api::EventKind::NodeNotReady,

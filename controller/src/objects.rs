@@ -133,6 +133,14 @@ impl Objects {
         }
     }
 
+    /// The same event log over another store (the leader's fenced one).
+    pub fn with_store(&self, store: Arc<dyn Store>) -> Self {
+        Objects {
+            store,
+            events: self.events.clone(),
+        }
+    }
+
     /// The store underneath.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store

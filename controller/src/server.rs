@@ -1,9 +1,9 @@
 //! The controller process: opens the store, makes credentials, serves the API until a signal.
 //!
-//! Its long-running parts (the API server, the node monitor, the scheduler, the store
-//! compactor, the event flusher) run supervised: the first that panics or returns while the
-//! controller is meant to run stops the controller with an error, so that systemd restarts it
-//! rather than leaving it half alive.
+//! Its long-running parts (the API server, the leader election, and the leader's work: node
+//! monitor, scheduler, store compactor, event flusher, see [`crate::leading`]) run supervised:
+//! the first that panics or returns while the controller is meant to run stops the controller
+//! with an error, so that systemd restarts it rather than leaving it half alive.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,13 +16,13 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, ApiState};
 use crate::auth::{self, Token};
 use crate::connections::{self, Limits};
-use crate::events;
 use crate::images::ImageStore;
+use crate::leader::{self, Leadership};
+use crate::leading::{self, LeaderWork};
 use crate::metrics::Metrics;
 use crate::nodes::Nodes;
 use crate::objects::Objects;
-use crate::scheduling;
-use crate::store::compactor::{self, Retention};
+use crate::store::compactor::Retention;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::etcd::EtcdStore;
 use crate::store::timed::TimedStore;
@@ -60,6 +60,9 @@ pub struct Config {
     pub limits: Limits,
     /// How much store history is kept, and how often older history is compacted away.
     pub retention: Retention,
+    /// The API URL other controllers, agents and the CLI reach this one at (default: the
+    /// bound address).
+    pub advertise: Option<String>,
 }
 
 /// What can stop the controller from starting.
@@ -101,6 +104,10 @@ pub struct Controller {
     settings: crate::scheduler::Settings,
     limits: Limits,
     retention: Retention,
+    leadership: Leadership,
+    /// etcd endpoints to campaign on; empty for the only controller.
+    etcd_endpoints: Vec<String>,
+    fenced: Objects,
     /// The admin token, for writing the local client config.
     pub admin_token: Token,
     /// Where the admin token is kept.
@@ -155,18 +162,31 @@ impl Controller {
         let (stop, shutdown) = watch::channel(false);
         let objects = Objects::new(store.clone());
         objects.events().load(store.as_ref()).await?;
-        let nodes = Arc::new(Nodes::new(
-            objects.clone(),
-            config.node_grace,
-            config.cluster_cidr,
-        ));
+        let address = config
+            .advertise
+            .clone()
+            .unwrap_or_else(|| format!("http://{local_addr}"));
+        let leadership = if config.etcd_endpoints.is_empty() {
+            Leadership::sole(&address)
+        } else {
+            Leadership::elected(&address)
+        };
+        let fenced = objects.with_store(leadership.fence(store.clone()));
+        let nodes = Arc::new(
+            Nodes::new(objects.clone(), config.node_grace, config.cluster_cidr)
+                .with_leadership(leadership.clone(), fenced.clone()),
+        );
         let state = Arc::new(ApiState {
             objects: objects.clone(),
             admin_token: admin_token.clone(),
             join_token,
             nodes,
             images: ImageStore::new(config.data_dir.join("images"), objects.clone()),
-            metrics: Arc::new(Metrics::new().with_events(objects.events())),
+            metrics: Arc::new(
+                Metrics::new()
+                    .with_events(objects.events())
+                    .with_leadership(&leadership),
+            ),
             shutdown,
             watches: Default::default(),
         });
@@ -180,6 +200,9 @@ impl Controller {
             },
             limits,
             retention: config.retention,
+            leadership,
+            etcd_endpoints: config.etcd_endpoints.clone(),
+            fenced,
             admin_token,
             admin_token_path: config.data_dir.join(auth::ADMIN_TOKEN_FILE),
             admin_token_created: created,
@@ -194,21 +217,8 @@ impl Controller {
         self,
         signal: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
-        let shutdown = self.state.shutdown.clone();
         let stopping = CancellationToken::new();
         let mut tasks = Supervisor::new(stopping.clone());
-        tasks.spawn(
-            "node monitor",
-            self.state.nodes.clone().monitor(shutdown.clone()),
-        );
-        tasks.spawn(
-            "scheduler",
-            scheduler(self.state.objects.clone(), self.settings, shutdown.clone()),
-        );
-        tasks.spawn(
-            "store compactor",
-            compactor::run(self.store.clone(), self.retention, shutdown.clone()),
-        );
         let api_stop = stopping.clone();
         tasks.spawn(
             "API server",
@@ -219,19 +229,38 @@ impl Controller {
                 async move { api_stop.cancelled().await },
             ),
         );
-        // The flusher stops after the loops that record events, so its last flush saves all.
-        let (stop_flusher, flusher_stopped) = watch::channel(false);
-        let mut flusher = tokio::spawn(self.state.objects.events().clone().run_flusher(
-            self.store.clone(),
-            events::FLUSH_INTERVAL,
-            flusher_stopped,
+        // The election outlives the leader's work, so a leader saves its last events before
+        // it gives the key up.
+        let resign = CancellationToken::new();
+        let mut election = tokio::spawn(match self.etcd_endpoints.is_empty() {
+            true => futures::future::Either::Left(std::future::pending::<()>()),
+            false => futures::future::Either::Right(leader::campaign(
+                self.etcd_endpoints.clone(),
+                self.leadership.clone(),
+                resign.clone(),
+            )),
+        });
+        let mut leading = tokio::spawn(leading::run(
+            self.leadership.clone(),
+            LeaderWork {
+                objects: self.fenced.clone(),
+                nodes: self.state.nodes.clone(),
+                settings: self.settings,
+                retention: self.retention,
+            },
+            stopping.clone(),
         ));
         let failure = tokio::select! {
             () = signal => None,
             ended = tasks.watch() => ended.err(),
-            ended = &mut flusher => Some(match ended {
-                Ok(()) => TaskError::Returned { task: "event flusher" },
-                Err(e) => TaskError::Panicked { task: "event flusher", message: e.to_string() },
+            ended = &mut leading => Some(match ended {
+                Ok(Ok(())) => TaskError::Returned { task: "leader work" },
+                Ok(Err(e)) => e,
+                Err(e) => TaskError::Panicked { task: "leader work", message: e.to_string() },
+            }),
+            ended = &mut election => Some(match ended {
+                Ok(()) => TaskError::Returned { task: "leader election" },
+                Err(e) => TaskError::Panicked { task: "leader election", message: e.to_string() },
             }),
         };
         match &failure {
@@ -241,9 +270,14 @@ impl Controller {
         let _ = self.stop.send(true);
         stopping.cancel();
         tasks.drain(DRAIN_TIMEOUT).await;
-        let _ = stop_flusher.send(true);
-        if !flusher.is_finished() {
-            let _ = flusher.await;
+        if !leading.is_finished() {
+            let _ = leading.await;
+        }
+        resign.cancel();
+        if self.etcd_endpoints.is_empty() {
+            election.abort();
+        } else if !election.is_finished() {
+            let _ = tokio::time::timeout(DRAIN_TIMEOUT, election).await;
         }
         if let Err(e) = self.store.close().await {
             tracing::error!(error = %e, "closing the store");
@@ -256,19 +290,6 @@ impl Controller {
             Some(e) => Err(ServerError::Task(e)),
         }
     }
-}
-
-/// The scheduling loop, or the panic [`FAULT_ENV`] asks for.
-async fn scheduler(
-    objects: Objects,
-    settings: crate::scheduler::Settings,
-    stop: watch::Receiver<bool>,
-) {
-    if std::env::var(FAULT_ENV).as_deref() == Ok("scheduler-panic") {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        panic!("fault injected by {FAULT_ENV}=scheduler-panic");
-    }
-    scheduling::run(objects, settings, stop).await;
 }
 
 /// Raises the soft limit on open files to the hard one: every connection is a descriptor, and

@@ -14,6 +14,7 @@
 pub mod api;
 mod boards;
 mod containers;
+mod controllers;
 mod down;
 mod net;
 pub mod plan;
@@ -116,6 +117,9 @@ pub struct ClusterConfig {
     pub controller_args: Vec<String>,
     /// More `texu agent` flags for one board, by board number (e.g. chaos knobs).
     pub agent_args: BTreeMap<usize, Vec<String>>,
+    /// How many controllers (more than one needs `--store etcd://...` in `controller_args`);
+    /// agents get every controller's URL.
+    pub controllers: usize,
 }
 
 impl ClusterConfig {
@@ -132,6 +136,7 @@ impl ClusterConfig {
             start_timeout: Duration::from_secs(30),
             controller_args: Vec::new(),
             agent_args: BTreeMap::new(),
+            controllers: 1,
         }
     }
 
@@ -158,6 +163,8 @@ pub struct Cluster {
     controller: Option<Child>,
     /// Index `board - 1`; `None` while the board is powered off.
     agents: Vec<Option<Child>>,
+    /// Controllers 2 and up (index `n - 2`) with their URLs; `None` once killed.
+    more_controllers: Vec<(Option<Child>, String)>,
     server: String,
     token: String,
     torn_down: bool,
@@ -279,6 +286,7 @@ impl Cluster {
             plan,
             config,
             controller: None,
+            more_controllers: Vec::new(),
             server: String::new(),
             token: String::new(),
             torn_down: false,
@@ -438,6 +446,7 @@ impl Cluster {
             procs::kill_child(controller);
         }
         self.controller = None;
+        self.kill_more_controllers();
         self.keep_logs();
         if self.config.host_routes {
             for board in self.plan.board_numbers() {

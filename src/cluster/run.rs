@@ -31,6 +31,7 @@ impl Cluster {
             }
         }
         self.start_controller()?;
+        self.start_more_controllers()?;
         for board in self.plan.board_numbers() {
             self.start_agent(board)?;
         }
@@ -114,7 +115,7 @@ impl Cluster {
             .args(["sh", "-c", BOARD_SYSFS, "sh"])
             .arg(&keep)
             .arg(&self.config.texu_bin)
-            .args(["--server", &self.server, "agent"])
+            .args(["--server", &self.servers().join(","), "agent"])
             .args(["--name", &plan.node_name(board)])
             .arg("--data-dir")
             .arg(plan.board_dir(board))
@@ -190,7 +191,7 @@ impl Cluster {
 
     /// Polls `probe` until it gives a value, failing early when the process `child` picks out
     /// exits, and after the start timeout.
-    fn wait_alive<T>(
+    pub(super) fn wait_alive<T>(
         &mut self,
         what: &str,
         child: impl Fn(&mut Cluster) -> Option<&mut Child>,

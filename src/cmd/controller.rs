@@ -50,6 +50,10 @@ pub struct Args {
     /// Revisions of history kept behind the current one for watches to resume from.
     #[arg(long, default_value_t = Retention::default().keep_revisions)]
     history_revisions: i64,
+    /// The URL other controllers, agents and the CLI reach this controller at, when it is
+    /// not the listen address (e.g. with --listen 0.0.0.0:7080 on several controllers).
+    #[arg(long)]
+    advertise: Option<String>,
 }
 
 /// Parses `etcd://h1:2379,h2:2379` into endpoints.
@@ -96,6 +100,7 @@ pub fn run(args: &Args, config_path: Option<PathBuf>) -> Result<ExitCode> {
             every: args.compact_every,
             keep_revisions: args.history_revisions,
         },
+        advertise: args.advertise.clone(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

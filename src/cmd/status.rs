@@ -19,11 +19,28 @@ pub fn run(client: &Client) -> Result<ExitCode> {
         items("/v1/roles")?,
         items("/v1/containers")?,
     );
-    print!(
-        "{}",
-        crate::output::escape_text(&render(client.server(), &nodes, &roles, &containers))
-    );
+    let mut text = render(&client.server(), &nodes, &roles, &containers);
+    // Several controllers: say which leads (a single controller's output stays as it was).
+    if let Ok(leader) = client.get::<Value>("/v1/leader") {
+        if let Some(line) = leader_line(&leader) {
+            let at = text.find('\n').map_or(text.len(), |i| i + 1);
+            text.insert_str(at, &line);
+        }
+    }
+    print!("{}", crate::output::escape_text(&text));
     Ok(ExitCode::SUCCESS)
+}
+
+/// `Leader: URL (N controllers)` when several controllers share the store.
+pub fn leader_line(answer: &Value) -> Option<String> {
+    let controllers = answer["controllers"].as_array().map_or(0, Vec::len);
+    if controllers < 2 {
+        return None;
+    }
+    let leader = answer["leader"].as_str().unwrap_or("none elected yet");
+    Some(format!(
+        "Leader:      {leader} ({controllers} controllers)\n"
+    ))
 }
 
 /// The summary text.
@@ -92,6 +109,19 @@ pub fn render(server: &str, nodes: &[Value], roles: &[Value], containers: &[Valu
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_leader_shows_only_when_there_are_several_controllers() {
+        let one = json!({"leader": "http://a:1", "controllers": ["http://a:1"]});
+        assert_eq!(leader_line(&one), None);
+        let three = json!({"leader": "http://b:2", "controllers": ["http://a:1", "http://b:2", "http://c:3"]});
+        assert_eq!(
+            leader_line(&three).as_deref(),
+            Some("Leader:      http://b:2 (3 controllers)\n")
+        );
+        let none = json!({"leader": null, "controllers": ["http://a:1", "http://b:2"]});
+        assert!(leader_line(&none).is_some_and(|l| l.contains("none elected yet")));
+    }
 
     #[test]
     fn summarises_nodes_and_roles() {

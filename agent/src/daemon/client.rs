@@ -2,6 +2,10 @@
 //!
 //! Blocking HTTP (ureq) run on blocking threads: the agent makes a request every half second at
 //! most, and a blocking client keeps the binary and the resident set small.
+//!
+//! With several controllers ([`Servers`]) every request goes to the current one; when it does
+//! not answer the client moves to the next, and when a follower answers that another
+//! controller leads, it moves there. The list grows with what join and heartbeat answers say.
 
 use std::io::BufRead;
 use std::time::Duration;
@@ -67,15 +71,18 @@ pub struct WatchEvent {
 /// How long one heartbeat may take before it counts as failed.
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A client bound to one controller.
+use super::servers::named_controllers;
+pub use super::servers::Servers;
+
+/// A client of the controllers.
 #[derive(Clone)]
 pub struct Client {
     agent: ureq::Agent,
-    server: String,
+    servers: std::sync::Arc<Servers>,
 }
 
 impl Client {
-    /// A client for `server` (`http://HOST:PORT`).
+    /// A client for `server` (`http://HOST:PORT`, or several comma separated).
     pub fn new(server: &str) -> Client {
         let agent = ureq::AgentBuilder::new()
             .timeout_connect(Duration::from_secs(3))
@@ -83,8 +90,13 @@ impl Client {
             .build();
         Client {
             agent,
-            server: server.trim_end_matches('/').to_string(),
+            servers: std::sync::Arc::new(Servers::new(server)),
         }
+    }
+
+    /// The controllers this client knows.
+    pub fn servers(&self) -> &Servers {
+        &self.servers
     }
 
     /// Joins the cluster with the join token; returns the node's own credential and the
@@ -98,6 +110,7 @@ impl Client {
     ) -> Result<(String, Option<String>)> {
         let body = serde_json::json!({ "name": name, "labels": labels, "spec": spec });
         let v: serde_json::Value = self.send("POST", "/v1/join", join_token, Some(body))?;
+        self.servers.learn(&named_controllers(&v));
         let credential = v["credential"]
             .as_str()
             .map(str::to_string)
@@ -122,13 +135,14 @@ impl Client {
             prompt,
         })
         .map_err(|e| ClientError::Decode(e.to_string()))?;
-        let _: serde_json::Value = self.send_within(
+        let v: serde_json::Value = self.send_within(
             "PUT",
             &format!("/v1/nodes/{name}/status"),
             credential,
             Some(body),
             Some(HEARTBEAT_TIMEOUT),
         )?;
+        self.servers.learn(&named_controllers(&v));
         Ok(())
     }
 
@@ -222,7 +236,8 @@ impl Client {
         path: &str,
         mut on_event: impl FnMut(WatchEvent) -> bool,
     ) -> Result<()> {
-        let url = format!("{}{path}", self.server);
+        let server = self.servers.current();
+        let url = format!("{server}{path}");
         // The controller sends a BOOKMARK line every few seconds on a quiet watch: silence much
         // longer than that is a dead connection (a partition leaves TCP silent), not quiet.
         let agent = ureq::AgentBuilder::new()
@@ -233,12 +248,15 @@ impl Client {
             .get(&url)
             .set("Authorization", &format!("Bearer {credential}"))
             .call()
-            .map_err(|e| self.error(e))?;
+            .map_err(|e| self.error(&server, e))?;
         let reader = std::io::BufReader::new(response.into_reader());
         for line in reader.lines() {
-            let line = line.map_err(|e| ClientError::Unreachable {
-                server: self.server.clone(),
-                message: e.to_string(),
+            let line = line.map_err(|e| {
+                self.servers.failed(&server);
+                ClientError::Unreachable {
+                    server: server.clone(),
+                    message: e.to_string(),
+                }
             })?;
             let event: WatchEvent =
                 serde_json::from_str(&line).map_err(|e| ClientError::Decode(e.to_string()))?;
@@ -261,13 +279,14 @@ impl Client {
             .timeout_connect(Duration::from_secs(3))
             .timeout_read(Duration::from_secs(60))
             .build();
+        let server = self.servers.current();
         let response = agent
-            .get(&format!("{}/v1/blobs/sha256/{hex}", self.server))
+            .get(&format!("{server}/v1/blobs/sha256/{hex}"))
             .set("Authorization", &format!("Bearer {credential}"))
             .call()
-            .map_err(|e| self.error(e))?;
+            .map_err(|e| self.error(&server, e))?;
         let io = |e: std::io::Error| ClientError::Unreachable {
-            server: self.server.clone(),
+            server: server.clone(),
             message: format!("downloading sha256:{hex}: {e}"),
         };
         let mut reader = response.into_reader();
@@ -297,7 +316,9 @@ impl Client {
     }
 
     /// `send`, giving up after `timeout` in all (a heartbeat into a partition must fail, not
-    /// hang until TCP gives up).
+    /// hang until TCP gives up). A controller that does not answer is skipped for the next
+    /// one, and a follower's "the leader is X" sends the request to X, each once per known
+    /// controller.
     fn send_within<T: serde::de::DeserializeOwned>(
         &self,
         method: &str,
@@ -306,9 +327,49 @@ impl Client {
         body: Option<serde_json::Value>,
         timeout: Option<Duration>,
     ) -> Result<T> {
+        let attempts = self.servers.len().max(1) + 1;
+        let mut last = None;
+        for _ in 0..attempts {
+            let server = self.servers.current();
+            match self.send_once(&server, method, path, token, body.as_ref(), timeout) {
+                Ok(text) => {
+                    return serde_json::from_str(&text)
+                        .map_err(|e| ClientError::Decode(e.to_string()))
+                }
+                Err(Failure::Moved { leader, error }) => {
+                    match leader {
+                        Some(leader) if leader != server => self.servers.prefer(&leader),
+                        // No leader yet, or a confused one: try another controller.
+                        _ => self.servers.failed(&server),
+                    }
+                    last = Some(error);
+                }
+                Err(Failure::Other(error)) => {
+                    if !matches!(error, ClientError::Unreachable { .. }) {
+                        return Err(error);
+                    }
+                    last = Some(error);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| ClientError::Unreachable {
+            server: String::new(),
+            message: "no controller address is known".into(),
+        }))
+    }
+
+    fn send_once(
+        &self,
+        server: &str,
+        method: &str,
+        path: &str,
+        token: &str,
+        body: Option<&serde_json::Value>,
+        timeout: Option<Duration>,
+    ) -> Result<String, Failure> {
         let mut req = self
             .agent
-            .request(method, &format!("{}{path}", self.server))
+            .request(method, &format!("{server}{path}"))
             .set("Authorization", &format!("Bearer {token}"));
         if let Some(t) = timeout {
             req = req.timeout(t);
@@ -319,14 +380,33 @@ impl Client {
                 .send_string(&b.to_string()),
             None => req.call(),
         };
-        let response = result.map_err(|e| self.error(e))?;
-        let text = response
+        let response = match result {
+            Ok(r) => r,
+            Err(ureq::Error::Status(503, response)) => {
+                let text = response.into_string().unwrap_or_default();
+                let v = serde_json::from_str::<serde_json::Value>(&text).unwrap_or_default();
+                let message = v["error"].as_str().unwrap_or(&text).to_string();
+                let error = ClientError::Status {
+                    status: 503,
+                    message,
+                };
+                if v.get("leader").is_none() {
+                    return Err(Failure::Other(error));
+                }
+                let leader = v["leader"]
+                    .as_str()
+                    .filter(|l| l.starts_with("http://") || l.starts_with("https://"))
+                    .map(str::to_string);
+                return Err(Failure::Moved { leader, error });
+            }
+            Err(e) => return Err(Failure::Other(self.error(server, e))),
+        };
+        response
             .into_string()
-            .map_err(|e| ClientError::Decode(e.to_string()))?;
-        serde_json::from_str(&text).map_err(|e| ClientError::Decode(e.to_string()))
+            .map_err(|e| Failure::Other(ClientError::Decode(e.to_string())))
     }
 
-    fn error(&self, e: ureq::Error) -> ClientError {
+    fn error(&self, server: &str, e: ureq::Error) -> ClientError {
         match e {
             ureq::Error::Status(status, response) => {
                 let text = response.into_string().unwrap_or_default();
@@ -336,12 +416,25 @@ impl Client {
                     .unwrap_or(text);
                 ClientError::Status { status, message }
             }
-            ureq::Error::Transport(t) => ClientError::Unreachable {
-                server: self.server.clone(),
-                message: t.to_string(),
-            },
+            ureq::Error::Transport(t) => {
+                self.servers.failed(server);
+                ClientError::Unreachable {
+                    server: server.to_string(),
+                    message: t.to_string(),
+                }
+            }
         }
     }
+}
+
+/// Why one attempt failed.
+enum Failure {
+    /// A follower answered: the leader is elsewhere (or not elected yet).
+    Moved {
+        leader: Option<String>,
+        error: ClientError,
+    },
+    Other(ClientError),
 }
 
 /// True when every name in `c` is a valid object name; logs and refuses it otherwise. Names

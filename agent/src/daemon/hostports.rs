@@ -23,7 +23,8 @@ static RESERVED: OnceLock<BTreeSet<u16>> = OnceLock::new();
 /// the board's overlay, must stay the controller's).
 pub fn reserved_for(ports: &[u16], server: &str) -> BTreeSet<u16> {
     let mut set: BTreeSet<u16> = ports.iter().copied().collect();
-    set.extend(server_port(server));
+    // `server` may list several controllers, comma separated.
+    set.extend(server.split(',').filter_map(|s| server_port(s.trim())));
     set
 }
 

@@ -22,6 +22,7 @@ mod probes;
 mod reconcile;
 mod record;
 mod routes;
+pub mod servers;
 mod slot;
 mod spec;
 

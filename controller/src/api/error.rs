@@ -109,6 +109,9 @@ impl From<ObjectError> for ApiError {
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the controller is shutting down",
             ),
+            ObjectError::Store(StoreError::NotLeader) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
             ObjectError::Store(_) => {
                 tracing::error!(error = %e, "store request failed");
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())

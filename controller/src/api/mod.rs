@@ -9,6 +9,7 @@ mod endpoints;
 mod error;
 mod events;
 mod images;
+pub mod leader;
 mod nodes;
 mod objects;
 mod watch;
@@ -72,6 +73,7 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/join"),
     ("GET", "/v1/endpoints"),
     ("GET", "/v1/endpoints/{role}"),
+    ("GET", "/v1/leader"),
 ];
 
 /// Who is asking.
@@ -256,6 +258,7 @@ where
         ["blobs", "sha256", digest] => {
             ("/v1/blobs/sha256/{digest}", blob(state, req, digest).await)
         }
+        ["leader"] => ("/v1/leader", leader::serve(state, req)),
         ["events"] => ("/v1/events", events::serve(state, req).await),
         ["endpoints"] => ("/v1/endpoints", endpoints::serve(state, req, None).await),
         ["endpoints", role] => (

@@ -86,6 +86,9 @@ fn node_error(e: NodeError) -> ApiError {
         NodeError::Invalid { ref errors, .. } => {
             ApiError::unprocessable(e.to_string(), errors.clone())
         }
+        NodeError::NotLeader { .. } => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
     }
 }
 
@@ -100,12 +103,14 @@ where
     let beat: Heartbeat = serde_json::from_slice(&bytes).map_err(|e| {
         ApiError::bad_request(format!("request body is not a valid heartbeat: {e}"))
     })?;
-    state
-        .nodes
-        .heartbeat(name, beat)
-        .await
-        .map_err(node_error)?;
-    Ok(json(StatusCode::OK, &serde_json::json!({ "result": "ok" })))
+    match state.nodes.heartbeat(name, beat).await {
+        Err(NodeError::NotLeader { leader }) => Ok(crate::api::leader::not_leader(leader)),
+        Err(e) => Err(node_error(e)),
+        Ok(()) => Ok(json(
+            StatusCode::OK,
+            &serde_json::json!({ "result": "ok", "controllers": state.nodes.controllers() }),
+        )),
+    }
 }
 
 /// `texu label node NODE k=v k-`: admin labels, the ones placement uses. The body is

@@ -43,6 +43,9 @@ pub enum NodeError {
     SubnetOutside { subnet: String, cluster: Cidr },
     #[error("the join request for {name} is invalid")]
     Invalid { name: String, errors: Vec<String> },
+    /// Heartbeats go to the leader; `leader` says where it is, when one is known.
+    #[error("this controller is not the leader{}", leader.as_ref().map(|l| format!("; the leader is {l}")).unwrap_or_else(|| ": no leader is elected yet".into()))]
+    NotLeader { leader: Option<String> },
 }
 
 impl From<crate::store::StoreError> for NodeError {
@@ -192,6 +195,7 @@ impl Nodes {
             credential: credential.secret().to_string(),
             subnet: Some(subnet),
             cluster_cidr: Some(self.cluster_cidr.to_string()),
+            controllers: self.controllers(),
         }))
     }
 

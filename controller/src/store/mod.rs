@@ -13,6 +13,8 @@ pub mod timed;
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+#[cfg(any(test, feature = "conformance"))]
+pub mod etcd_cluster;
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
@@ -43,6 +45,9 @@ pub enum StoreError {
     /// The store was closed.
     #[error("store is closed")]
     Closed,
+    /// A leader-only write from a controller that does not lead (or no longer does).
+    #[error("this controller is not the leader")]
+    NotLeader,
 }
 
 /// One key with its value and revisions, as etcd reports it.
