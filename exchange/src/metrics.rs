@@ -7,20 +7,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-/// Labels of one API request.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RequestLabels {
-    /// The route pattern (`/v1/accounts/{code}`), never the raw path, to bound cardinality.
-    pub route: String,
-    pub method: String,
-    pub status: u16,
-}
-
-/// Labels of the request latency histogram.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RouteLabels {
-    pub route: String,
-}
+// The request labels are the controller's, so both servers' request metrics read the same.
+pub use texu_controller::metrics::{RequestLabels, RouteLabels};
 
 /// Labels of a transfer outcome.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

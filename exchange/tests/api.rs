@@ -65,24 +65,24 @@ fn a_retry_with_the_same_idempotency_key_makes_one_transfer_and_gets_the_same_an
     let app = App::start(Backend::File);
     let (admin, ana, _) = two_accounts(&app);
     let body = transfer("A", "B", 7).to_string();
-    let send = |body: &str| {
+    let send = |body: &str, key: &str| {
         ana.try_send(
             "POST",
             "/v1/transfers",
             Some(body),
-            &[("Idempotency-Key", "pay-1")],
+            &[("Idempotency-Key", key)],
         )
         .unwrap_or_else(|e| panic!("POST: {e}"))
     };
-    let first = send(&body);
+    let first = send(&body, "pay-1");
     assert_eq!(first.status, 201, "{}", first.body);
-    let again = send(&body);
+    let again = send(&body, "pay-1");
     assert_eq!(
         (again.status, again.body.as_str()),
         (201, first.body.as_str())
     );
     assert!(again.replayed);
-    let different = send(&transfer("A", "B", 8).to_string());
+    let different = send(&transfer("A", "B", 8).to_string(), "pay-1");
     assert_eq!(different.status, 409, "{}", different.body);
     assert!(different.json()["error"].is_string());
     assert_eq!(balances(&admin, &["A".into(), "B".into()]), [-7, 7]);
@@ -90,22 +90,8 @@ fn a_retry_with_the_same_idempotency_key_makes_one_transfer_and_gets_the_same_an
 
     // A refused transfer's retry is refused the same way, without a second try at the ledger.
     let too_much = transfer("A", "B", 60).to_string();
-    let r1 = ana
-        .try_send(
-            "POST",
-            "/v1/transfers",
-            Some(&too_much),
-            &[("Idempotency-Key", "pay-2")],
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-    let r2 = ana
-        .try_send(
-            "POST",
-            "/v1/transfers",
-            Some(&too_much),
-            &[("Idempotency-Key", "pay-2")],
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+    let r1 = send(&too_much, "pay-2");
+    let r2 = send(&too_much, "pay-2");
     assert_eq!(r1.status, 422, "{}", r1.body);
     assert_eq!(r1.json()["details"]["refusal"]["reason"], "maximumBalance");
     assert_eq!((r2.status, r2.body), (r1.status, r1.body));
@@ -121,6 +107,44 @@ fn a_retry_with_the_same_idempotency_key_makes_one_transfer_and_gets_the_same_an
     assert_eq!(ana.post("/v1/transfers", &other).status, 409);
     assert_eq!(balances(&admin, &["A".into(), "B".into()]), [-10, 10]);
     assert_eq!(audit(&admin)["ok"], true);
+}
+
+/// A request that must get `status`, with a JSON message, and change nothing.
+struct BadRequest {
+    what: &'static str,
+    method: &'static str,
+    path: &'static str,
+    body: String,
+    status: u16,
+}
+
+/// `request` is `METHOD PATH`; an empty body sends none.
+fn bad(what: &'static str, request: &'static str, body: &str, status: u16) -> BadRequest {
+    let (method, path) = request.split_once(' ').unwrap_or((request, "/"));
+    BadRequest {
+        what,
+        method,
+        path,
+        body: body.to_string(),
+        status,
+    }
+}
+
+/// A bad `POST /v1/transfers`.
+fn pay(what: &'static str, body: &str, status: u16) -> BadRequest {
+    bad(what, "POST /v1/transfers", body, status)
+}
+
+/// A transfer of `amount` (as JSON text) from A to B.
+fn amount(what: &'static str, amount: &str, status: u16) -> BadRequest {
+    let body = format!(r#"{{"payer":"A","payee":"B","amount":{amount}}}"#);
+    pay(what, &body, status)
+}
+
+/// A transfer of 1 from `payer` to `payee`.
+fn between(what: &'static str, payer: &str, payee: &str, status: u16) -> BadRequest {
+    let body = format!(r#"{{"payer":"{payer}","payee":"{payee}","amount":1}}"#);
+    pay(what, &body, status)
 }
 
 #[test]
@@ -140,180 +164,91 @@ fn bad_requests_get_their_4xx_with_a_json_message_and_change_nothing() {
         "{{\"payer\":\"A\",\"payee\":\"B\",\"amount\":1,\"description\":\"{}\"}}",
         "x".repeat(70_000)
     );
-    let corpus: Vec<(&str, &str, &str, String, u16)> = vec![
-        (
-            "malformed JSON",
-            "POST",
-            "/v1/transfers",
-            "{\"payer\":".into(),
-            400,
-        ),
-        (
-            "not an object",
-            "POST",
-            "/v1/transfers",
-            "[1,2]".into(),
-            400,
-        ),
-        (
+    let corpus = [
+        pay("malformed JSON", "{\"payer\":", 400),
+        pay("not an object", "[1,2]", 400),
+        pay(
             "unknown field",
-            "POST",
-            "/v1/transfers",
-            r#"{"payer":"A","payee":"B","amount":1,"fee":2}"#.into(),
+            r#"{"payer":"A","payee":"B","amount":1,"fee":2}"#,
             400,
         ),
-        (
-            "missing amount",
-            "POST",
-            "/v1/transfers",
-            r#"{"payer":"A","payee":"B"}"#.into(),
-            400,
-        ),
-        (
-            "amount as text",
-            "POST",
-            "/v1/transfers",
-            r#"{"payer":"A","payee":"B","amount":"5"}"#.into(),
-            400,
-        ),
-        (
-            "fractional amount",
-            "POST",
-            "/v1/transfers",
-            r#"{"payer":"A","payee":"B","amount":1.5}"#.into(),
-            400,
-        ),
-        (
-            "amount beyond i64",
-            "POST",
-            "/v1/transfers",
-            r#"{"payer":"A","payee":"B","amount":99999999999999999999}"#.into(),
-            400,
-        ),
-        (
-            "negative amount",
-            "POST",
-            "/v1/transfers",
-            r#"{"payer":"A","payee":"B","amount":-5}"#.into(),
-            422,
-        ),
-        (
-            "zero amount",
-            "POST",
-            "/v1/transfers",
-            r#"{"payer":"A","payee":"B","amount":0}"#.into(),
-            422,
-        ),
-        (
-            "oversized amount",
-            "POST",
-            "/v1/transfers",
-            r#"{"payer":"A","payee":"B","amount":1000000000001}"#.into(),
-            422,
-        ),
-        (
-            "unknown payee",
-            "POST",
-            "/v1/transfers",
-            r#"{"payer":"A","payee":"NOPE","amount":1}"#.into(),
-            422,
-        ),
-        (
-            "unknown payer",
-            "POST",
-            "/v1/transfers",
-            r#"{"payer":"NOPE","payee":"B","amount":1}"#.into(),
-            422,
-        ),
-        (
-            "paying yourself",
-            "POST",
-            "/v1/transfers",
-            r#"{"payer":"A","payee":"A","amount":1}"#.into(),
-            422,
-        ),
-        (
+        pay("missing amount", r#"{"payer":"A","payee":"B"}"#, 400),
+        amount("amount as text", r#""5""#, 400),
+        amount("fractional amount", "1.5", 400),
+        amount("amount beyond i64", "99999999999999999999", 400),
+        amount("negative amount", "-5", 422),
+        amount("zero amount", "0", 422),
+        amount("oversized amount", "1000000000001", 422),
+        between("unknown payee", "A", "NOPE", 422),
+        between("unknown payer", "NOPE", "B", 422),
+        between("paying yourself", "A", "A", 422),
+        pay(
             "bad transfer id",
-            "POST",
-            "/v1/transfers",
-            r#"{"id":"a/b","payer":"A","payee":"B","amount":1}"#.into(),
+            r#"{"id":"a/b","payer":"A","payee":"B","amount":1}"#,
             422,
         ),
-        ("body over the limit", "POST", "/v1/transfers", huge, 413),
-        (
+        pay("body over the limit", &huge, 413),
+        bad(
             "positive credit limit",
-            "POST",
-            "/v1/accounts",
-            r#"{"member":"x","creditLimit":5}"#.into(),
+            "POST /v1/accounts",
+            r#"{"member":"x","creditLimit":5}"#,
             422,
         ),
-        (
+        bad(
             "account of nobody",
-            "POST",
-            "/v1/accounts",
-            r#"{"member":"m-none","creditLimit":0}"#.into(),
+            "POST /v1/accounts",
+            r#"{"member":"m-none","creditLimit":0}"#,
             422,
         ),
-        (
+        bad(
             "empty member name",
-            "POST",
-            "/v1/members",
-            r#"{"name":"  "}"#.into(),
+            "POST /v1/members",
+            r#"{"name":"  "}"#,
             422,
         ),
-        (
+        bad(
             "limit excluding the balance",
-            "PATCH",
-            "/v1/accounts/A",
-            r#"{"creditLimit":0}"#.into(),
+            "PATCH /v1/accounts/A",
+            r#"{"creditLimit":0}"#,
             422,
         ),
-        (
+        bad(
             "unknown account state",
-            "PATCH",
-            "/v1/accounts/A",
-            r#"{"state":"frozen"}"#.into(),
+            "PATCH /v1/accounts/A",
+            r#"{"state":"frozen"}"#,
             400,
         ),
-        (
+        bad(
             "statement page of 0",
-            "GET",
-            "/v1/accounts/A/statement?limit=0",
-            String::new(),
+            "GET /v1/accounts/A/statement?limit=0",
+            "",
             400,
         ),
-        (
+        bad(
             "statement cursor not a number",
-            "GET",
-            "/v1/accounts/A/statement?after=x",
-            String::new(),
+            "GET /v1/accounts/A/statement?after=x",
+            "",
             400,
         ),
-        (
-            "unknown account",
-            "GET",
-            "/v1/accounts/NOPE",
-            String::new(),
-            404,
-        ),
-        (
+        bad("unknown account", "GET /v1/accounts/NOPE", "", 404),
+        bad(
             "answering an unknown transfer",
-            "POST",
-            "/v1/transfers/NOPE/accept",
-            String::new(),
+            "POST /v1/transfers/NOPE/accept",
+            "",
             404,
         ),
-        (
-            "wrong method",
-            "DELETE",
-            "/v1/transfers",
-            String::new(),
-            405,
-        ),
-        ("unknown route", "GET", "/v1/nothing", String::new(), 404),
+        bad("wrong method", "DELETE /v1/transfers", "", 405),
+        bad("unknown route", "GET /v1/nothing", "", 404),
     ];
     assert!(corpus.len() >= 15);
-    for (what, method, path, body, status) in &corpus {
+    for BadRequest {
+        what,
+        method,
+        path,
+        body,
+        status,
+    } in &corpus
+    {
         let body = (!body.is_empty()).then_some(body.as_str());
         for (client, is_member) in [(&admin, false), (&ana, true)] {
             let r = client.send(method, path, body);

@@ -60,18 +60,14 @@ impl ApiError {
 
     /// The HTTP response for this error.
     pub fn into_response(self) -> Response {
-        let body = serde_json::to_vec(&Body {
-            error: &self.message,
-            details: &self.details,
-        })
-        .unwrap_or_else(|_| b"{\"error\":\"internal error\"}".to_vec());
-        let mut response = Response::new(body.into());
-        *response.status_mut() = self.status;
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            header::HeaderValue::from_static("application/json"),
+        let mut response = super::json(
+            self.status,
+            &Body {
+                error: &self.message,
+                details: &self.details,
+            },
         );
+        let headers = response.headers_mut();
         if self.status == StatusCode::UNAUTHORIZED {
             headers.insert(
                 header::WWW_AUTHENTICATE,

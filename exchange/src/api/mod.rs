@@ -17,7 +17,8 @@ use std::time::Instant;
 use bytes::Buf;
 use futures::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
-use serde::Serialize;
+/// A JSON response with a status (the controller's: the same shape on both servers).
+pub(crate) use texu_controller::api::json;
 use texu_controller::auth::Token;
 use warp::http::{header, Method, StatusCode};
 use warp::reply::Response;
@@ -462,18 +463,6 @@ fn text(body: impl Into<String>) -> Response {
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    r
-}
-
-/// A JSON response with `status`.
-fn json(status: StatusCode, value: &impl Serialize) -> Response {
-    let body = serde_json::to_vec(value).unwrap_or_default();
-    let mut r = Response::new(body.into());
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("application/json"),
     );
     r
 }

@@ -94,10 +94,7 @@ impl KvLedger {
     async fn account_read(&self, code: &str) -> Result<Read<Account>> {
         self.read(&account_key(code))
             .await?
-            .ok_or_else(|| LedgerError::NotFound {
-                what: "account",
-                id: code.to_string(),
-            })
+            .ok_or_else(|| LedgerError::not_found("account", code))
     }
 
     /// Runs `txn`; false when a compare failed.
@@ -179,10 +176,7 @@ impl Ledger for KvLedger {
         if self.commit(txn).await? {
             Ok(())
         } else {
-            Err(LedgerError::Exists {
-                what: "member",
-                id: member.id.clone(),
-            })
+            Err(LedgerError::exists("member", &member.id))
         }
     }
 
@@ -209,10 +203,7 @@ impl Ledger for KvLedger {
         {
             Ok(())
         } else {
-            Err(LedgerError::Exists {
-                what: "account",
-                id: account.code.clone(),
-            })
+            Err(LedgerError::exists("account", &account.code))
         }
     }
 
@@ -236,10 +227,10 @@ impl Ledger for KvLedger {
                 return Ok(next);
             }
         }
-        Err(LedgerError::Contention {
-            what: format!("account {code}"),
-            attempts: MAX_ATTEMPTS,
-        })
+        Err(LedgerError::contention(
+            format!("account {code}"),
+            MAX_ATTEMPTS,
+        ))
     }
 
     async fn submit(&self, transfer: Transfer) -> Result<Submitted> {
@@ -283,22 +274,19 @@ impl Ledger for KvLedger {
             }
             Self::backoff(attempt).await;
         }
-        Err(LedgerError::Contention {
-            what: format!("transfer {}", transfer.id),
-            attempts: MAX_ATTEMPTS,
-        })
+        Err(LedgerError::contention(
+            format!("transfer {}", transfer.id),
+            MAX_ATTEMPTS,
+        ))
     }
 
     async fn decide(&self, id: &str, accept: bool) -> Result<Transfer> {
         let key = transfer_key(id);
         for attempt in 0..MAX_ATTEMPTS {
-            let current =
-                self.read::<Transfer>(&key)
-                    .await?
-                    .ok_or_else(|| LedgerError::NotFound {
-                        what: "transfer",
-                        id: id.to_string(),
-                    })?;
+            let current = self
+                .read::<Transfer>(&key)
+                .await?
+                .ok_or_else(|| LedgerError::not_found("transfer", id))?;
             let t = current.value;
             match (t.state, accept) {
                 (TransferState::Pending, _) => {}
@@ -332,10 +320,10 @@ impl Ledger for KvLedger {
             }
             Self::backoff(attempt).await;
         }
-        Err(LedgerError::Contention {
-            what: format!("transfer {id}"),
-            attempts: MAX_ATTEMPTS,
-        })
+        Err(LedgerError::contention(
+            format!("transfer {id}"),
+            MAX_ATTEMPTS,
+        ))
     }
 
     async fn transfer(&self, id: &str) -> Result<Option<Transfer>> {

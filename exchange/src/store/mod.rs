@@ -97,6 +97,30 @@ pub enum LedgerError {
     },
 }
 
+impl LedgerError {
+    /// `what` `id` does not exist.
+    pub fn not_found(what: &'static str, id: impl Into<String>) -> Self {
+        LedgerError::NotFound {
+            what,
+            id: id.into(),
+        }
+    }
+    /// `what` `id` exists already.
+    pub fn exists(what: &'static str, id: impl Into<String>) -> Self {
+        LedgerError::Exists {
+            what,
+            id: id.into(),
+        }
+    }
+    /// Gave up on `what` after `attempts` lost races.
+    pub fn contention(what: impl Into<String>, attempts: u32) -> Self {
+        LedgerError::Contention {
+            what: what.into(),
+            attempts,
+        }
+    }
+}
+
 impl From<texu_controller::store::StoreError> for LedgerError {
     fn from(e: texu_controller::store::StoreError) -> Self {
         LedgerError::Store(e)
