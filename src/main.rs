@@ -5,6 +5,7 @@ mod cmd;
 mod config;
 mod load;
 mod output;
+mod sim;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -69,6 +70,9 @@ enum Command {
     Demo(cmd::demo::Args),
     /// Print the JSON Schema of the manifest kinds (for editors).
     Schema,
+    /// Simulate many boards (heartbeats, watches, containers Ready at once) against a real
+    /// controller, for scale figures.
+    Sim(cmd::sim::Args),
 }
 
 fn main() -> ExitCode {
@@ -96,6 +100,7 @@ fn main() -> ExitCode {
         Command::Events(ref args) => client().and_then(|c| cmd::events::run(&c, args)),
         Command::Demo(ref args) => cmd::demo::run(args),
         Command::Schema => cmd::schema(),
+        Command::Sim(ref args) => cmd::sim::run(args, cli.server.clone(), client),
     };
     match result {
         Ok(code) => code,

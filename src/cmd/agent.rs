@@ -161,7 +161,7 @@ pub fn run(args: &Args, server: Option<String>) -> Result<ExitCode> {
 }
 
 /// Reads the join token from a file only its owner can read.
-fn read_token_file(path: &std::path::Path) -> Result<String> {
+pub(crate) fn read_token_file(path: &std::path::Path) -> Result<String> {
     use std::os::unix::fs::MetadataExt;
     let meta =
         std::fs::metadata(path).with_context(|| format!("--join-token-file {}", path.display()))?;

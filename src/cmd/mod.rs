@@ -11,6 +11,7 @@ pub mod events;
 pub mod get;
 pub mod image;
 pub mod label;
+pub mod sim;
 pub mod status;
 
 use std::process::ExitCode;
