@@ -42,7 +42,7 @@ pub struct Args {
     /// Power off this percent of the boards at once (rounded up to whole boards).
     #[arg(long)]
     power_off: Option<f64>,
-    /// ... this long after every board joined and their containers are held.
+    /// ... this long after every board joined and all the containers were held.
     #[arg(long, default_value = "10s", value_parser = super::controller::parse_duration)]
     after: std::time::Duration,
     /// ... and power them on again this long after (never, if not given).

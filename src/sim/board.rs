@@ -266,7 +266,11 @@ impl Board {
                 return Ok(0);
             }
         };
-        let names: HashSet<&str> = list.items.iter().map(|c| c.metadata.name.as_str()).collect();
+        let names: HashSet<&str> = list
+            .items
+            .iter()
+            .map(|c| c.metadata.name.as_str())
+            .collect();
         let mut changed = false;
         self.held().retain(|name, _| {
             let keep = names.contains(name.as_str());

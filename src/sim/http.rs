@@ -103,38 +103,37 @@ impl Http {
         timeout: Duration,
     ) -> Result<Bytes, HttpError> {
         let request = self.request(method, path, token, body)?;
-        let exchange = async {
-            let response =
-                self.client
-                    .request(request)
-                    .await
-                    .map_err(|source| HttpError::Unreachable {
+        let exchange =
+            async {
+                let response = self.client.request(request).await.map_err(|source| {
+                    HttpError::Unreachable {
                         path: path.to_string(),
                         source,
-                    })?;
-            let status = response.status();
-            let bytes = response
-                .into_body()
-                .collect()
-                .await
-                .map_err(|source| HttpError::Body {
-                    path: path.to_string(),
-                    source,
-                })?
-                .to_bytes();
-            if !status.is_success() {
-                let message = serde_json::from_slice::<serde_json::Value>(&bytes)
-                    .ok()
-                    .and_then(|v| v["error"].as_str().map(str::to_string))
-                    .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
-                return Err(HttpError::Status {
-                    path: path.to_string(),
-                    status,
-                    message,
-                });
-            }
-            Ok(bytes)
-        };
+                    }
+                })?;
+                let status = response.status();
+                let bytes = response
+                    .into_body()
+                    .collect()
+                    .await
+                    .map_err(|source| HttpError::Body {
+                        path: path.to_string(),
+                        source,
+                    })?
+                    .to_bytes();
+                if !status.is_success() {
+                    let message = serde_json::from_slice::<serde_json::Value>(&bytes)
+                        .ok()
+                        .and_then(|v| v["error"].as_str().map(str::to_string))
+                        .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+                    return Err(HttpError::Status {
+                        path: path.to_string(),
+                        status,
+                        message,
+                    });
+                }
+                Ok(bytes)
+            };
         tokio::time::timeout(timeout, exchange)
             .await
             .map_err(|_| HttpError::Timeout {

@@ -40,7 +40,11 @@ pub enum SimError {
     #[error(transparent)]
     Http(#[from] HttpError),
     #[error("{range} has no {index}th /{prefix} subnet: give the controller (and --cluster-cidr) a larger range or a longer --subnet-prefix")]
-    NoSubnet { range: Cidr, prefix: u8, index: usize },
+    NoSubnet {
+        range: Cidr,
+        prefix: u8,
+        index: usize,
+    },
     #[error("board {name} cannot join")]
     Join {
         name: String,
@@ -121,7 +125,9 @@ pub async fn run(options: Options, mut stop: watch::Receiver<bool>) -> Result<()
     let mut report = tokio::time::interval(options.report_every);
     report.tick().await;
     let mut poll = tokio::time::interval(Duration::from_millis(100));
-    let mut ready_said = expected == 0;
+    // When every container was held (at once when there are none): the power cut counts
+    // its `after` from here.
+    let mut ready_at = (expected == 0).then(Instant::now);
     let mut cut: Option<(Vec<Arc<Board>>, Instant)> = None;
     let mut cut_done = options.power_cut.is_none();
     loop {
@@ -140,22 +146,22 @@ pub async fn run(options: Options, mut stop: watch::Receiver<bool>) -> Result<()
             }
             _ = poll.tick() => {}
         }
-        if !ready_said {
+        if ready_at.is_none() {
             let held: usize = boards.iter().map(|b| b.containers().len()).sum();
             if held >= expected {
                 println!(
-                    "ready: {held} containers held and reported Ready on {} boards after {:.1} s",
+                    "ready: {held} containers held (each reported Ready in its board's next beat) on {} boards, {:.1} s after the last join",
                     boards.len(),
                     joined.elapsed().as_secs_f64()
                 );
-                ready_said = true;
+                ready_at = Some(Instant::now());
             }
         }
-        let Some(plan) = options.power_cut else {
+        let (Some(plan), Some(ready_at)) = (options.power_cut, ready_at) else {
             continue;
         };
         match &cut {
-            None if !cut_done && joined.elapsed() >= plan.after && ready_said => {
+            None if !cut_done && ready_at.elapsed() >= plan.after => {
                 let chosen = pick(&boards, plan.percent);
                 let held: HashSet<String> = chosen.iter().flat_map(|b| b.containers()).collect();
                 for b in &chosen {
