@@ -17,7 +17,7 @@
 # Needs jq and cargo; no root (nothing but the controller and the simulation run, on
 # 127.0.0.1). Settings (environment): SIZES ("100x10 1000x10"), MEASURE (60 s), WARM (10 s from
 # all Ready to the window), POWER_OFF (10 %), READY_TIMEOUT (300 s), TEXU_BENCH_WORK
-# (/tmp/texu-bench-scale). Removes what it started on exit, Ctrl-C or TERM.
+# (/tmp/texu-bench-scale), TEXU_BIN (a texu binary to use instead of building the release one). Removes what it started on exit, Ctrl-C or TERM.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -68,10 +68,14 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-say "building (cargo build --release --locked --bin texu)"
-(cd "$ROOT" && cargo build --release --locked --bin texu)
-TARGET_DIR=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | jq -r .target_directory)
-TEXU=$TARGET_DIR/release/texu
+if [[ -n ${TEXU_BIN:-} ]]; then
+	TEXU=$TEXU_BIN
+else
+	say "building (cargo build --release --locked --bin texu)"
+	(cd "$ROOT" && cargo build --release --locked --bin texu)
+	TARGET_DIR=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | jq -r .target_directory)
+	TEXU=$TARGET_DIR/release/texu
+fi
 CLK_TCK=$(getconf CLK_TCK)
 
 # CPU ticks (user + system) of a pid.

@@ -36,6 +36,8 @@ struct Held {
 pub struct Board {
     pub name: String,
     spec: NodeSpec,
+    /// The labels it joined with, said again in every heartbeat as an agent does.
+    labels: BTreeMap<String, String>,
     subnet: Cidr,
     credential: String,
     held: Mutex<BTreeMap<String, Held>>,
@@ -60,11 +62,19 @@ struct WatchLine {
 }
 
 impl Board {
-    /// A board that joined as `name` with `spec` (its subnet filled in) and `credential`.
-    pub fn new(name: String, spec: NodeSpec, subnet: Cidr, credential: String) -> Board {
+    /// A board that joined as `name` with `spec` (its subnet filled in), `labels` and
+    /// `credential`.
+    pub fn new(
+        name: String,
+        spec: NodeSpec,
+        labels: BTreeMap<String, String>,
+        subnet: Cidr,
+        credential: String,
+    ) -> Board {
         Board {
             name,
             spec,
+            labels,
             subnet,
             credential,
             held: Mutex::new(BTreeMap::new()),
@@ -139,7 +149,7 @@ impl Board {
             .collect();
         Heartbeat {
             spec: self.spec.clone(),
-            labels: BTreeMap::new(),
+            labels: self.labels.clone(),
             containers,
             prompt,
         }

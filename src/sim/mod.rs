@@ -285,7 +285,13 @@ async fn join_one(http: &Http, options: &Options, i: usize) -> Result<Board, Sim
         subnet: Some(subnet.to_string()),
         ..spec
     };
-    Ok(Board::new(name, spec, subnet, answer.credential))
+    Ok(Board::new(
+        name,
+        spec,
+        request.labels,
+        subnet,
+        answer.credential,
+    ))
 }
 
 /// Applies the simulation's role (named after the prefix, on its boards only) when asked;
