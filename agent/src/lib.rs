@@ -3,6 +3,7 @@
 pub mod daemon;
 pub mod files;
 pub mod lxc;
+pub mod memory;
 pub mod metrics;
 pub mod probe;
 pub mod runtime;
