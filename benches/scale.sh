@@ -146,7 +146,8 @@ run_size() {
 	lines1=$(wc -l <"$SIM_LOG")
 	wb1=$(write_bytes "$CONTROLLER_PID")
 	end_ns=$(date +%s%N)
-	local rss hwm threads secs cpu sim_cpu
+	local rss hwm threads secs cpu sim_cpu load
+	load=$(cut -d' ' -f1-3 /proc/loadavg)
 	rss=$(kib "$CONTROLLER_PID" VmRSS)
 	hwm=$(kib "$CONTROLLER_PID" VmHWM)
 	threads=$(kib "$CONTROLLER_PID" Threads)
@@ -185,7 +186,7 @@ run_size() {
 
 	cat <<EOF
 
-== $boards boards, $containers containers (heartbeat 500 ms, embedded store), $(date -u +%Y-%m-%dT%H:%M:%SZ)
+== $boards boards, $containers containers (heartbeat 500 ms, embedded store), $(date -u +%Y-%m-%dT%H:%M:%SZ), load $load
   $joined; $ready
   controller over ${secs} s idle: VmRSS $(mib "$rss") (VmHWM $(mib "$hwm")), CPU ${cpu} % of one core, $threads threads (texu sim: ${sim_cpu} %)
   controller disk writes in that window: $((wb1 - wb0)) bytes (/proc/PID/io write_bytes)
