@@ -17,7 +17,8 @@
 # Needs jq and cargo; no root (nothing but the controller and the simulation run, on
 # 127.0.0.1). Settings (environment): SIZES ("100x10 1000x10"), MEASURE (60 s), WARM (10 s from
 # all Ready to the window), POWER_OFF (10 %), READY_TIMEOUT (300 s), TEXU_BENCH_WORK
-# (/tmp/texu-bench-scale), TEXU_BIN (a texu binary to use instead of building the release one). Removes what it started on exit, Ctrl-C or TERM.
+# (/tmp/texu-bench-scale), TEXU_BIN (a texu binary to use instead of building the release one),
+# SIM_BIN (the binary that runs `texu sim`, default the same). Removes what it started on exit, Ctrl-C or TERM.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -117,7 +118,7 @@ run_size() {
 
 	SIM_LOG=$dir/sim.log
 	local after=$((WARM + MEASURE + 5))
-	RUST_LOG=warn "$TEXU" sim --boards "$boards" --containers-per-board "$per" \
+	RUST_LOG=warn "${SIM_BIN:-$TEXU}" sim --boards "$boards" --containers-per-board "$per" \
 		--join-token-file "$dir/join.token" --prefix sim --power-off "$POWER_OFF" \
 		--after "${after}s" --report-every "${REPORT_EVERY}s" >"$SIM_LOG" 2>"$dir/sim.err" &
 	SIM_PID=$!

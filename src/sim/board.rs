@@ -45,6 +45,8 @@ pub struct Board {
     changed: Notify,
     /// True while the board has power.
     power: watch::Sender<bool>,
+    /// Set once a heartbeat was answered: the controller has seen the board Ready.
+    heard: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Deserialize)]
@@ -80,6 +82,7 @@ impl Board {
             held: Mutex::new(BTreeMap::new()),
             changed: Notify::new(),
             power: watch::channel(true).0,
+            heard: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -90,6 +93,11 @@ impl Board {
     /// The names of the containers it holds now.
     pub fn containers(&self) -> HashSet<String> {
         self.held().keys().cloned().collect()
+    }
+
+    /// True once a heartbeat of this board was answered.
+    pub fn heard(&self) -> bool {
+        self.heard.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Cuts (false) or restores (true) the board's power.
@@ -201,13 +209,16 @@ impl Board {
                 )
                 .await
             {
-                Ok(_) => stats.answered(
-                    sent.elapsed(),
-                    beat.containers
-                        .iter()
-                        .filter(|c| c.status.phase == ContainerPhase::Ready)
-                        .map(|c| c.name.as_str()),
-                ),
+                Ok(_) => {
+                    self.heard.store(true, std::sync::atomic::Ordering::Relaxed);
+                    stats.answered(
+                        sent.elapsed(),
+                        beat.containers
+                            .iter()
+                            .filter(|c| c.status.phase == ContainerPhase::Ready)
+                            .map(|c| c.name.as_str()),
+                    )
+                }
                 Err(e) => {
                     tracing::debug!(board = %self.name, error = %e, "heartbeat failed");
                     stats.failed();

@@ -119,6 +119,20 @@ pub async fn run(options: Options, mut stop: watch::Receiver<bool>) -> Result<()
         ));
         tasks.spawn(b.clone().follow(http.clone(), halt.clone()));
     }
+    // A board is Ready only once its first heartbeat arrived: apply before that and the
+    // scheduler places everything on the few boards already heard.
+    let heard = async {
+        while !boards.iter().all(|b| b.heard()) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(60), heard)
+        .await
+        .is_err()
+    {
+        let unheard = boards.iter().filter(|b| !b.heard()).count();
+        println!("warning: {unheard} boards had no heartbeat answered within 60 s");
+    }
     let joined = Instant::now();
     let expected = apply_role(&options).await?;
     let deadline = options.duration.map(|d| tokio::time::Instant::now() + d);
