@@ -3,7 +3,6 @@
 pub mod daemon;
 pub mod files;
 pub mod lxc;
-pub mod memory;
 pub mod metrics;
 pub mod probe;
 pub mod runtime;

@@ -139,13 +139,9 @@ pub fn run(args: &Args, server: Option<String>) -> Result<ExitCode> {
             .chain(args.metrics_listen.map(|a| a.port()))
             .collect(),
     };
-    texu_agent::memory::limit_malloc_arenas();
-    // One thread runs every task: the agent's work is waiting (heartbeats, probes, watches),
-    // and everything that blocks (liblxc, HTTP to the controller, images) goes to the blocking
-    // pool. A second worker cost resident memory and bought nothing.
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
         .max_blocking_threads(16)
-        .thread_keep_alive(std::time::Duration::from_secs(5))
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
