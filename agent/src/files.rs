@@ -220,6 +220,16 @@ pub enum FilesError {
 }
 
 impl FilesError {
+    /// The container path of the file that failed, when one did.
+    pub fn path(&self) -> Option<&str> {
+        match self {
+            FilesError::Render { path, .. }
+            | FilesError::TooLarge { path }
+            | FilesError::BadPath { path } => Some(path),
+            FilesError::Write { .. } => None,
+        }
+    }
+
     /// The container status reason for this error.
     pub fn reason(&self) -> Reason {
         match self {
