@@ -315,8 +315,30 @@ pub fn write_in_place(path: &Path, text: &str) -> std::io::Result<()> {
 /// How long a check or reload command may run.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Why a check or reload command failed, said for the status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum CommandFailed {
+    /// It ran and exited non-zero: its verdict.
+    Refused(String),
+    /// It could not run (the container stopped, attach failed): no verdict on the text.
+    NotRun(String),
+}
+
+impl CommandFailed {
+    fn text(self) -> String {
+        match self {
+            CommandFailed::Refused(t) | CommandFailed::NotRun(t) => t,
+        }
+    }
+}
+
 /// Runs `argv` inside container `name`; an error says what failed, for the status.
-async fn run(runtime: &dyn Runtime, name: &str, what: &str, argv: &[String]) -> Result<(), String> {
+async fn run(
+    runtime: &dyn Runtime,
+    name: &str,
+    what: &str,
+    argv: &[String],
+) -> Result<(), CommandFailed> {
     match runtime.exec(name, argv, COMMAND_TIMEOUT).await {
         Ok(out) if out.status.success() => Ok(()),
         Ok(out) => {
@@ -327,14 +349,17 @@ async fn run(runtime: &dyn Runtime, name: &str, what: &str, argv: &[String]) -> 
             } else {
                 stderr
             };
-            Err(format!(
+            Err(CommandFailed::Refused(format!(
                 "{what} {:?} failed ({}): {}",
                 argv.join(" "),
                 out.status,
                 said.trim()
-            ))
+            )))
         }
-        Err(e) => Err(format!("{what} {:?} could not run: {e}", argv.join(" "))),
+        Err(e) => Err(CommandFailed::NotRun(format!(
+            "{what} {:?} could not run: {e}",
+            argv.join(" ")
+        ))),
     }
 }
 
@@ -385,7 +410,9 @@ pub async fn refresh(
     if let Some(commands) = live.reload_due(now) {
         let mut result = Ok(());
         for argv in &commands {
-            result = run(runtime, name, "reload", argv).await;
+            result = run(runtime, name, "reload", argv)
+                .await
+                .map_err(CommandFailed::text);
             if result.is_err() {
                 break;
             }
@@ -415,11 +442,14 @@ async fn install(
             (host_path(dir, &f.path), old)
         })
         .collect();
-    let mut failed: Option<String> = None;
+    let mut failed: Option<CommandFailed> = None;
     for f in &batch {
         let path = host_path(dir, &f.path);
         if let Err(e) = write_in_place(&path, &f.text) {
-            failed = Some(format!("cannot write {} in place: {e}", f.path));
+            failed = Some(CommandFailed::NotRun(format!(
+                "cannot write {} in place: {e}",
+                f.path
+            )));
             break;
         }
     }
@@ -455,9 +485,19 @@ async fn install(
                     }
                 }
             }
-            let error = format!("{error}; the previous text stays in use");
-            tracing::warn!(container = %name, %error, "new file text refused");
-            live.refused(&batch, error);
+            match error {
+                CommandFailed::Refused(error) => {
+                    let error = format!("{error}; the previous text stays in use");
+                    tracing::warn!(container = %name, %error, "new file text refused");
+                    live.refused(&batch, error);
+                }
+                // Tried again with the next render: nothing said the text is wrong.
+                CommandFailed::NotRun(error) => {
+                    let error = format!("{error}; the previous text stays in use");
+                    tracing::warn!(container = %name, %error, "new file text not checked");
+                    live.failed(batch.iter().map(|f| f.path.as_str()), Step::Check, &error);
+                }
+            }
         }
     }
 }
