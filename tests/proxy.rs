@@ -5,7 +5,8 @@
 //!
 //! 1. two proxies and three web replicas: each proxy's hostPort reaches all three;
 //! 2. web scaled to 5: both proxies balance over 5;
-//! 3. web scaled 15 -> 5 (ten endpoint changes in a burst): exactly one reload per proxy;
+//! 3. web scaled 15 -> 5 (ten removals, seen as several endpoint changes within a second):
+//!    exactly one reload per proxy;
 //! 4. a template that does not render, then a rendered config that `apache2 -t` refuses: Apache
 //!    keeps serving, `texu describe container` and `texu events` say what failed (file and
 //!    line), and the corrected manifest recovers;
@@ -281,9 +282,10 @@ fn the_demo_proxy_balances_follows_endpoints_survives_bad_configs_and_a_lost_boa
         "burst: {removals} endpoint changes removing a web member, all within {:?} of the apply",
         applied.elapsed()
     );
-    assert_eq!(
-        removals, 10,
-        "ten endpoint changes, one per removed replica"
+    // Ten replicas go, one store write each; the watch may merge writes that land together.
+    assert!(
+        removals > 1,
+        "the ten removals reach the boards as several endpoint changes, got {removals}"
     );
     let after = settled_reloads(&c, &names)?;
     for name in &names {

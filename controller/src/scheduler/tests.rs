@@ -154,7 +154,10 @@ fn scaling_or_a_new_file_text_keeps_the_containers_generation() {
     r.metadata.generation = 2;
     let p = plan(&[r.clone()], &nodes, &containers, &Catalog::new(), NOW);
     assert_eq!(p.update.len(), 1, "the template follows the role");
-    assert_eq!(p.update[0].spec.generation, 1, "no new container for scaling");
+    assert_eq!(
+        p.update[0].spec.generation, 1,
+        "no new container for scaling"
+    );
     apply(&p, &mut containers);
     let again = plan(&[r], &nodes, &containers, &Catalog::new(), NOW);
     assert!(again.update.is_empty(), "settled: {:?}", again.update);
