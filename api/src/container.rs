@@ -149,6 +149,9 @@ pub struct ContainerStatus {
     /// How its process last ended (`exit 1`, `signal 9`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_exit: Option<String>,
+    /// Its live files (a role's `files`) while it runs: text in use, times, last error.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub files: Vec<crate::FileStatus>,
 }
 
 /// Where a container is in its life.

@@ -49,6 +49,9 @@ pub enum EventKind {
     KeptOriginal,
     /// A replacement is being started (make-before-break or `texu replace`).
     Replacing,
+    /// A running container's live file failed to render, check or reload; the previous text
+    /// stays in use.
+    FileFailed,
 }
 
 str_enum!(EventKind {
@@ -63,11 +66,12 @@ str_enum!(EventKind {
     Fenced => "Fenced",
     KeptOriginal => "KeptOriginal",
     Replacing => "Replacing",
+    FileFailed => "FileFailed",
 });
 
 impl EventKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [EventKind; 11] = [
+    pub const ALL: [EventKind; 12] = [
         EventKind::Placed,
         EventKind::Unschedulable,
         EventKind::NodeReady,
@@ -79,6 +83,7 @@ impl EventKind {
         EventKind::Fenced,
         EventKind::KeptOriginal,
         EventKind::Replacing,
+        EventKind::FileFailed,
     ];
 }
 

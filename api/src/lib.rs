@@ -34,6 +34,7 @@ mod duration;
 mod endpoint;
 mod event;
 mod image;
+mod live_file;
 mod manifest;
 mod meta;
 mod names;
@@ -54,6 +55,7 @@ pub use duration::{Duration, DurationError};
 pub use endpoint::{endpoints_of, Endpoint, RoleEndpoints};
 pub use event::{Event, EventKind};
 pub use image::{ImageRef, ImageRefError};
+pub use live_file::{format_rfc3339, system_time_rfc3339, FileStatus};
 pub use manifest::{
     parse_json_role, parse_manifests, parse_manifests_located, Diagnostic, LocatedManifest,
     Manifest, RoleBodyError, MAX_MANIFEST_BYTES,

@@ -103,6 +103,25 @@ pub struct RoleSpec {
 }
 
 impl RoleSpec {
+    /// Whether going from `self` to `next` needs new containers (a new generation): any change
+    /// but the replica count and the live parts of existing files (template text, `check`,
+    /// `reload`, `quietPeriod`, `maxWait`), which running containers take in place. Adding or
+    /// removing a file path does need new containers (a new bind mount).
+    pub fn needs_new_containers(&self, next: &RoleSpec) -> bool {
+        fn fixed(spec: &RoleSpec) -> RoleSpec {
+            let mut spec = spec.clone();
+            spec.replicas = 0;
+            for f in &mut spec.files {
+                *f = FileTemplate {
+                    path: std::mem::take(&mut f.path),
+                    ..FileTemplate::default()
+                };
+            }
+            spec
+        }
+        fixed(self) != fixed(next)
+    }
+
     /// A spec with one replica of `image` and defaults everywhere else.
     pub fn with_image(image: impl Into<String>) -> RoleSpec {
         RoleSpec {
@@ -477,4 +496,32 @@ fn one_f64() -> f64 {
 
 fn root_path() -> String {
     "/".to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_changes_beyond_replicas_and_live_file_texts_need_new_containers() {
+        let mut spec = RoleSpec::with_image("host");
+        spec.files = vec![FileTemplate {
+            path: "/run/a.conf".into(),
+            template: "v1".into(),
+            ..Default::default()
+        }];
+        let mut next = spec.clone();
+        next.replicas = 5;
+        next.files[0].template = "v2".into();
+        next.files[0].reload = vec!["reload".into()];
+        assert!(!spec.needs_new_containers(&next));
+        next.files[0].path = "/run/b.conf".into();
+        assert!(
+            spec.needs_new_containers(&next),
+            "a new path is a new mount"
+        );
+        let mut next = spec.clone();
+        next.command = vec!["/bin/true".into()];
+        assert!(spec.needs_new_containers(&next));
+    }
 }

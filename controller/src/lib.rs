@@ -8,6 +8,7 @@ pub mod detector;
 pub mod endpoints;
 pub mod events;
 pub mod failover;
+pub mod file_events;
 pub mod images;
 pub mod leader;
 pub mod leading;

@@ -349,6 +349,8 @@ impl Nodes {
                 c.spec.moved_from = None;
                 changed = true;
             }
+            let events = self.objects.events();
+            crate::file_events::record_failures(events, &object, name, c.status.as_ref(), &status);
             c.status = Some(status);
             return Ok(changed.then_some(c));
         }

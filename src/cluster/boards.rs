@@ -126,6 +126,11 @@ impl Cluster {
             procs::kill_child(&mut agent);
         }
         containers::kill_all(&self.plan.lxc_path(board));
+        // A power cut empties a board's cgroups; here they are the machine's, so the killed
+        // containers' cgroup directories go too (a start would find them and fail).
+        if let Ok(runtime) = texu_agent::runtime::LxcRuntime::new(self.plan.lxc_path(board)) {
+            runtime.remove_cgroup_dirs();
+        }
         Ok(())
     }
 

@@ -16,6 +16,7 @@ mod boards;
 mod containers;
 mod controllers;
 mod down;
+pub mod fixtures;
 mod net;
 pub mod plan;
 mod procs;

@@ -193,7 +193,7 @@ impl Client {
         on_event: impl FnMut(WatchEvent) -> bool,
     ) -> Result<()> {
         let path = format!("/v1/containers?node={node}&watch=true&revision={revision}");
-        self.follow(credential, &path, on_event)
+        self.follow(credential, &path, event_acceptable, on_event)
     }
 
     /// Every role's Ready endpoints and the revision of the read.
@@ -226,14 +226,15 @@ impl Client {
         on_event: impl FnMut(WatchEvent) -> bool,
     ) -> Result<()> {
         let path = format!("/v1/endpoints?watch=true&revision={revision}");
-        self.follow(credential, &path, on_event)
+        self.follow(credential, &path, endpoints_event_acceptable, on_event)
     }
 
-    /// Reads the NDJSON lines of a watch at `path`.
+    /// Reads the NDJSON lines of a watch at `path`, passing on those `acceptable` lets through.
     fn follow(
         &self,
         credential: &str,
         path: &str,
+        acceptable: fn(&WatchEvent) -> bool,
         mut on_event: impl FnMut(WatchEvent) -> bool,
     ) -> Result<()> {
         let server = self.servers.current();
@@ -260,7 +261,7 @@ impl Client {
             })?;
             let event: WatchEvent =
                 serde_json::from_str(&line).map_err(|e| ClientError::Decode(e.to_string()))?;
-            if !event_acceptable(&event) {
+            if !acceptable(&event) {
                 continue;
             }
             if !on_event(event) {
@@ -469,6 +470,43 @@ fn event_acceptable(event: &WatchEvent) -> bool {
     }
 }
 
+/// An endpoints change names a valid role (its object is a role's endpoints, not a container).
+fn endpoints_event_acceptable(event: &WatchEvent) -> bool {
+    if matches!(event.kind.as_str(), "BOOKMARK" | "ERROR") {
+        return true;
+    }
+    let role = event.object["role"].as_str().unwrap_or_default();
+    if let Err(why) = texu_api::validate_name(role) {
+        tracing::error!(role = ?role, %why, kind = %event.kind, "refusing an endpoints change with an invalid role name");
+        return false;
+    }
+    true
+}
+
 fn hex_string(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(object: serde_json::Value) -> WatchEvent {
+        WatchEvent {
+            kind: "MODIFIED".into(),
+            revision: 7,
+            object,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn endpoints_changes_are_checked_by_role_not_as_containers() {
+        let change = event(serde_json::json!({"role": "web", "ports": {"http": []}}));
+        assert!(endpoints_event_acceptable(&change));
+        assert!(!event_acceptable(&change), "not a container");
+        assert!(!endpoints_event_acceptable(&event(
+            serde_json::json!({"role": "../x"})
+        )));
+    }
 }

@@ -16,7 +16,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use texu_api::FileTemplate;
+use texu_api::{FileStatus, FileTemplate};
 use tokio::time::Instant;
 
 use super::spec::error_chain;
@@ -42,15 +42,44 @@ pub struct LiveFiles {
     pending: Option<(Vec<RenderedFile>, Instant, Instant)>,
     /// Texts a check refused, not tried again until the render changes.
     rejected: BTreeMap<String, String>,
-    /// Reload commands still to run, the next attempt and the number of failures so far.
-    pub reload: Option<(Vec<Vec<String>>, Instant, u32)>,
-    /// The last failure, for the status.
-    pub last_error: Option<String>,
-    /// When the text in use was installed and last reloaded.
+    /// The reload still to run, if any.
+    pub reload: Option<PendingReload>,
+    /// Per path: times, reloads and the last failure, for the status.
+    pub files: BTreeMap<String, FileState>,
+}
+
+/// Reload commands still to run after an install.
+#[derive(Debug, Clone)]
+pub struct PendingReload {
+    /// The distinct `reload` commands of the installed files, in order.
+    pub commands: Vec<Vec<String>>,
+    /// The files they reload for.
+    pub paths: Vec<String>,
+    /// The next attempt.
+    pub at: Instant,
+    /// Failures so far.
+    pub failures: u32,
+}
+
+/// Which step of a live file failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Render,
+    Check,
+    Reload,
+}
+
+/// One live file's history, for `texu describe container`.
+#[derive(Debug, Clone, Default)]
+pub struct FileState {
+    /// When the text in use was installed (or last written, for text found on the board).
     pub installed_at: Option<std::time::SystemTime>,
+    /// When the program last reloaded for this file.
     pub reloaded_at: Option<std::time::SystemTime>,
-    /// Installs, reloads, for describe and tests.
+    /// Reloads for this file.
     pub reloads: u64,
+    /// The last failure and its step.
+    pub error: Option<(Step, String)>,
 }
 
 /// The batch's quiet period and maximum wait: the shortest among `files`' settings.
@@ -115,20 +144,92 @@ impl LiveFiles {
     /// The batch passed its checks and is in use; its reload commands are due at `now`.
     pub fn installed(&mut self, batch: &[RenderedFile], templates: &[FileTemplate], now: Instant) {
         let in_use = self.in_use.get_or_insert_with(BTreeMap::new);
-        let mut reloads: Vec<Vec<String>> = self.reload.take().map(|r| r.0).unwrap_or_default();
+        let (mut commands, mut paths) = self
+            .reload
+            .take()
+            .map(|r| (r.commands, r.paths))
+            .unwrap_or_default();
+        let at = std::time::SystemTime::now();
         for f in batch {
             in_use.insert(f.path.clone(), f.text.clone());
+            let state = self.files.entry(f.path.clone()).or_default();
+            state.installed_at = Some(at);
+            state.error = None;
             if let Some(t) = templates.iter().find(|t| t.path == f.path) {
-                if !t.reload.is_empty() && !reloads.contains(&t.reload) {
-                    reloads.push(t.reload.clone());
+                if !t.reload.is_empty() {
+                    if !commands.contains(&t.reload) {
+                        commands.push(t.reload.clone());
+                    }
+                    if !paths.contains(&f.path) {
+                        paths.push(f.path.clone());
+                    }
                 }
             }
         }
-        self.installed_at = Some(std::time::SystemTime::now());
-        self.last_error = None;
-        if !reloads.is_empty() {
-            self.reload = Some((reloads, now, 0));
+        if !commands.is_empty() {
+            self.reload = Some(PendingReload {
+                commands,
+                paths,
+                at: now,
+                failures: 0,
+            });
         }
+    }
+
+    /// Records `error` of `step` for each of `paths`.
+    pub fn failed<'a>(
+        &mut self,
+        paths: impl IntoIterator<Item = &'a str>,
+        step: Step,
+        error: &str,
+    ) {
+        for path in paths {
+            self.files.entry(path.to_string()).or_default().error = Some((step, error.to_string()));
+        }
+    }
+
+    /// A render succeeded: files whose text in use is what they render to, with no reload
+    /// still due, have nothing left failing.
+    fn rendered(&mut self, rendered: &[RenderedFile]) {
+        let in_use = self.in_use.get_or_insert_with(BTreeMap::new);
+        let reloading = self
+            .reload
+            .as_ref()
+            .map(|r| r.paths.clone())
+            .unwrap_or_default();
+        for f in rendered {
+            if in_use.get(&f.path) == Some(&f.text) && !reloading.contains(&f.path) {
+                if let Some(state) = self.files.get_mut(&f.path) {
+                    state.error = None;
+                }
+            }
+        }
+    }
+
+    /// The first failure still standing, for the container's status message.
+    pub fn message(&self) -> Option<String> {
+        self.files
+            .values()
+            .find_map(|f| f.error.as_ref().map(|(_, e)| e.clone()))
+    }
+
+    /// Per file of `templates`: hash of the text in use, times, reloads and last error.
+    pub fn status(&self, templates: &[FileTemplate]) -> Vec<FileStatus> {
+        templates
+            .iter()
+            .map(|t| {
+                let state = self.files.get(&t.path).cloned().unwrap_or_default();
+                let text = self.in_use.as_ref().and_then(|u| u.get(&t.path));
+                FileStatus {
+                    path: t.path.clone(),
+                    hash: text.map(|t| short_hash(t)),
+                    rendered_at: state.installed_at.map(texu_api::system_time_rfc3339),
+                    reloaded_at: state.reloaded_at.map(texu_api::system_time_rfc3339),
+                    reloads: state.reloads,
+                    last_error: state.error.map(|(_, e)| e),
+                }
+            })
+            .collect()
     }
 
     /// A check refused the batch: its texts are not tried again until the render changes.
@@ -136,36 +237,52 @@ impl LiveFiles {
         for f in batch {
             self.rejected.insert(f.path.clone(), f.text.clone());
         }
-        self.last_error = Some(error);
+        self.failed(batch.iter().map(|f| f.path.as_str()), Step::Check, &error);
     }
 
     /// The reload commands due at `now`, if any.
     pub fn reload_due(&self, now: Instant) -> Option<Vec<Vec<String>>> {
         self.reload
             .as_ref()
-            .filter(|(_, at, _)| now >= *at)
-            .map(|(cmds, _, _)| cmds.clone())
+            .filter(|r| now >= r.at)
+            .map(|r| r.commands.clone())
     }
 
     /// The reload ran: done, or tried again after a doubling delay.
     pub fn reloaded(&mut self, result: Result<(), String>, now: Instant) {
+        let Some(mut reload) = self.reload.take() else {
+            return;
+        };
         match result {
             Ok(()) => {
-                self.reload = None;
-                self.reloads += 1;
-                self.reloaded_at = Some(std::time::SystemTime::now());
-                self.last_error = None;
+                let at = std::time::SystemTime::now();
+                for path in &reload.paths {
+                    let state = self.files.entry(path.clone()).or_default();
+                    state.reloads += 1;
+                    state.reloaded_at = Some(at);
+                    state.error = None;
+                }
             }
             Err(e) => {
-                if let Some((_, at, failures)) = self.reload.as_mut() {
-                    *failures += 1;
-                    let factor = 2u32.saturating_pow(*failures - 1);
-                    *at = now + RELOAD_RETRY.saturating_mul(factor).min(RELOAD_RETRY_MAX);
-                }
-                self.last_error = Some(e);
+                reload.failures += 1;
+                let factor = 2u32.saturating_pow(reload.failures - 1);
+                reload.at = now + RELOAD_RETRY.saturating_mul(factor).min(RELOAD_RETRY_MAX);
+                let paths = reload.paths.clone();
+                self.reload = Some(reload);
+                self.failed(paths.iter().map(String::as_str), Step::Reload, &e);
             }
         }
     }
+}
+
+/// The first 16 hex digits of the SHA-256 of `text`.
+pub fn short_hash(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Reads the texts in use for `templates` from the container's files directory.
@@ -198,8 +315,30 @@ pub fn write_in_place(path: &Path, text: &str) -> std::io::Result<()> {
 /// How long a check or reload command may run.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Why a check or reload command failed, said for the status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum CommandFailed {
+    /// It ran and exited non-zero: its verdict.
+    Refused(String),
+    /// It could not run (the container stopped, attach failed): no verdict on the text.
+    NotRun(String),
+}
+
+impl CommandFailed {
+    fn text(self) -> String {
+        match self {
+            CommandFailed::Refused(t) | CommandFailed::NotRun(t) => t,
+        }
+    }
+}
+
 /// Runs `argv` inside container `name`; an error says what failed, for the status.
-async fn run(runtime: &dyn Runtime, name: &str, what: &str, argv: &[String]) -> Result<(), String> {
+async fn run(
+    runtime: &dyn Runtime,
+    name: &str,
+    what: &str,
+    argv: &[String],
+) -> Result<(), CommandFailed> {
     match runtime.exec(name, argv, COMMAND_TIMEOUT).await {
         Ok(out) if out.status.success() => Ok(()),
         Ok(out) => {
@@ -210,19 +349,22 @@ async fn run(runtime: &dyn Runtime, name: &str, what: &str, argv: &[String]) -> 
             } else {
                 stderr
             };
-            Err(format!(
+            Err(CommandFailed::Refused(format!(
                 "{what} {:?} failed ({}): {}",
                 argv.join(" "),
                 out.status,
                 said.trim()
-            ))
+            )))
         }
-        Err(e) => Err(format!("{what} {:?} could not run: {e}", argv.join(" "))),
+        Err(e) => Err(CommandFailed::NotRun(format!(
+            "{what} {:?} could not run: {e}",
+            argv.join(" ")
+        ))),
     }
 }
 
 /// One pass over a running container's live files: renders them with `ctx`, installs a due
-/// batch (checked, or put back), and runs a due reload. Failures end in `live.last_error`.
+/// batch (checked, or put back), and runs a due reload. Failures end in `live.files` (per path) and `live.message()`.
 pub async fn refresh(
     runtime: &dyn Runtime,
     name: &str,
@@ -234,17 +376,31 @@ pub async fn refresh(
     let now = Instant::now();
     if live.in_use.is_none() {
         live.in_use = Some(read_in_use(dir, templates));
+        for t in templates {
+            let written = std::fs::metadata(host_path(dir, &t.path)).and_then(|m| m.modified());
+            if let Ok(at) = written {
+                live.files.entry(t.path.clone()).or_default().installed_at = Some(at);
+            }
+        }
     }
     match files::render(templates, ctx) {
         Err(e) => {
             let error = format!("{}; the previous text stays in use", error_chain(&e));
-            if live.last_error.as_ref() != Some(&error) {
+            if live.message().as_ref() != Some(&error) {
                 tracing::warn!(container = %name, %error, "template does not render");
                 crate::metrics::file_step("render", false);
             }
-            live.last_error = Some(error);
+            match e.path() {
+                Some(path) => live.failed([path], Step::Render, &error),
+                None => live.failed(
+                    templates.iter().map(|t| t.path.as_str()),
+                    Step::Render,
+                    &error,
+                ),
+            }
         }
         Ok(rendered) => {
+            live.rendered(&rendered);
             if let Some(batch) = live.offer(templates, rendered, now) {
                 crate::metrics::file_step("render", true);
                 install(runtime, name, templates, dir, live, batch).await;
@@ -254,7 +410,9 @@ pub async fn refresh(
     if let Some(commands) = live.reload_due(now) {
         let mut result = Ok(());
         for argv in &commands {
-            result = run(runtime, name, "reload", argv).await;
+            result = run(runtime, name, "reload", argv)
+                .await
+                .map_err(CommandFailed::text);
             if result.is_err() {
                 break;
             }
@@ -284,11 +442,14 @@ async fn install(
             (host_path(dir, &f.path), old)
         })
         .collect();
-    let mut failed: Option<String> = None;
+    let mut failed: Option<CommandFailed> = None;
     for f in &batch {
         let path = host_path(dir, &f.path);
         if let Err(e) = write_in_place(&path, &f.text) {
-            failed = Some(format!("cannot write {} in place: {e}", f.path));
+            failed = Some(CommandFailed::NotRun(format!(
+                "cannot write {} in place: {e}",
+                f.path
+            )));
             break;
         }
     }
@@ -324,9 +485,19 @@ async fn install(
                     }
                 }
             }
-            let error = format!("{error}; the previous text stays in use");
-            tracing::warn!(container = %name, %error, "new file text refused");
-            live.refused(&batch, error);
+            match error {
+                CommandFailed::Refused(error) => {
+                    let error = format!("{error}; the previous text stays in use");
+                    tracing::warn!(container = %name, %error, "new file text refused");
+                    live.refused(&batch, error);
+                }
+                // Tried again with the next render: nothing said the text is wrong.
+                CommandFailed::NotRun(error) => {
+                    let error = format!("{error}; the previous text stays in use");
+                    tracing::warn!(container = %name, %error, "new file text not checked");
+                    live.failed(batch.iter().map(|f| f.path.as_str()), Step::Check, &error);
+                }
+            }
         }
     }
 }
@@ -411,7 +582,11 @@ mod tests {
         live.refused(&batch, "check failed".into());
         advance(QUIET).await;
         assert_eq!(live.offer(&templates, bad(), Instant::now()), None);
-        assert_eq!(live.last_error.as_deref(), Some("check failed"));
+        assert_eq!(live.message().as_deref(), Some("check failed"));
+        assert_eq!(
+            live.status(&templates)[0].last_error.as_deref(),
+            Some("check failed")
+        );
 
         // A corrected render goes through; its reload fails twice, 1 s then 2 s apart.
         let fixed = vec![file("/run/a.conf", "fixed")];
@@ -429,7 +604,10 @@ mod tests {
         assert!(live.reload_due(Instant::now()).is_none());
         advance(RELOAD_RETRY).await;
         live.reloaded(Ok(()), Instant::now());
-        assert_eq!((live.reloads, live.last_error.as_ref()), (1, None));
+        let status = &live.status(&templates)[0];
+        assert_eq!((status.reloads, live.message()), (1, None));
+        assert_eq!(status.hash.as_deref(), Some(short_hash("fixed").as_str()));
+        assert!(status.reloaded_at.is_some() && status.last_error.is_none());
     }
 
     #[test]

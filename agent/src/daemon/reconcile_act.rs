@@ -42,7 +42,8 @@ impl Reconciler {
             &mut slot.live,
         )
         .await;
-        slot.status.message = slot.live.last_error.clone();
+        slot.status.message = slot.live.message();
+        slot.status.files = slot.live.status(&template.files);
     }
 
     /// Fencing: the copy here is of generation `held`, not the one assigned: it stops and goes

@@ -128,7 +128,13 @@ pub fn config_items(spec: &ContainerSpec, ctx: &ConfigContext<'_>) -> Vec<Config
                     ));
                 }
             }
-            for (target, mode) in [("run", "755"), ("tmp", "1777"), ("var", "755")] {
+            // dev/shm: POSIX shared memory (Apache's slotmem, for one), absent from autodev.
+            for (target, mode) in [
+                ("run", "755"),
+                ("tmp", "1777"),
+                ("var", "755"),
+                ("dev/shm", "1777"),
+            ] {
                 items.push((
                     "lxc.mount.entry",
                     format!("tmpfs {target} tmpfs rw,nosuid,nodev,mode={mode},create=dir 0 0"),
@@ -447,6 +453,7 @@ mod tests {
                 "tmpfs run tmpfs rw,nosuid,nodev,mode=755,create=dir 0 0",
                 "tmpfs tmp tmpfs rw,nosuid,nodev,mode=1777,create=dir 0 0",
                 "tmpfs var tmpfs rw,nosuid,nodev,mode=755,create=dir 0 0",
+                "tmpfs dev/shm tmpfs rw,nosuid,nodev,mode=1777,create=dir 0 0",
                 "/var/lib/texu/lxc/web-0/home home none rw,bind,create=dir 0 0",
             ]
         );

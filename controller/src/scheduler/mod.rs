@@ -158,9 +158,19 @@ pub fn plan_with(
                     if current.spec.generation != role.metadata.generation
                         || current.spec.template.as_ref() != Some(&role.spec)
                     {
-                        next.spec.generation = role.metadata.generation;
+                        // A new generation (fencing token: the board makes a new container)
+                        // only when replicas and live file texts are not all that changed.
+                        if current
+                            .spec
+                            .template
+                            .as_ref()
+                            .is_none_or(|t| t.needs_new_containers(&role.spec))
+                        {
+                            next.spec.generation = role.metadata.generation;
+                        }
+                        changed |= next.spec.template.as_ref() != Some(&role.spec)
+                            || next.spec.generation != current.spec.generation;
                         next.spec.template = Some(role.spec.clone());
-                        changed = true;
                     }
                     changed |= settle_handoff(&mut next, &board);
                     match board.node_index(current.spec.node.as_deref()) {

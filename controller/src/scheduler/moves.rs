@@ -202,6 +202,7 @@ pub(super) fn lost(
         restarts: known.restarts,
         last_exit: known.last_exit,
         last_probe: None,
+        files: Vec::new(),
     };
     if container.status.as_ref() == Some(&want) {
         return false;

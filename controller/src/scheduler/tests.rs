@@ -143,6 +143,27 @@ fn pending_containers_are_bound_when_a_node_arrives() {
 }
 
 #[test]
+fn scaling_or_a_new_file_text_keeps_the_containers_generation() {
+    let nodes = vec![node("a", Arch::Amd64, true)];
+    let mut containers = Vec::new();
+    apply(
+        &plan(&[role("app", 1)], &nodes, &[], &Catalog::new(), NOW),
+        &mut containers,
+    );
+    let mut r = role("app", 2);
+    r.metadata.generation = 2;
+    let p = plan(&[r.clone()], &nodes, &containers, &Catalog::new(), NOW);
+    assert_eq!(p.update.len(), 1, "the template follows the role");
+    assert_eq!(
+        p.update[0].spec.generation, 1,
+        "no new container for scaling"
+    );
+    apply(&p, &mut containers);
+    let again = plan(&[r], &nodes, &containers, &Catalog::new(), NOW);
+    assert!(again.update.is_empty(), "settled: {:?}", again.update);
+}
+
+#[test]
 fn a_new_generation_updates_the_template_in_place() {
     let nodes = vec![node("a", Arch::Amd64, true)];
     let mut containers = Vec::new();

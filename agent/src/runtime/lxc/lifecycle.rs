@@ -41,6 +41,8 @@ impl Inner {
             for sub in [format!("{name}.monitor"), name.to_owned()] {
                 let path = base.join(sub);
                 if path.is_dir() {
+                    // Attach leaves sub-cgroups (`.lxc`): empty ones go first, deepest first.
+                    remove_empty_subdirs(&path);
                     match fs::remove_dir(&path) {
                         Ok(()) => {
                             debug!(container = name, path = %path.display(), "removed a stale cgroup")
@@ -277,4 +279,18 @@ fn init_children(pid: u32) -> Vec<u32> {
 
 fn pid_t(pid: u32) -> libc::pid_t {
     libc::pid_t::try_from(pid).unwrap_or(libc::pid_t::MAX)
+}
+
+/// Removes the empty directories below `dir`, deepest first (cgroup directories that still
+/// hold processes refuse and stay).
+fn remove_empty_subdirs(dir: &std::path::Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_empty_subdirs(&e.path());
+            let _ = fs::remove_dir(e.path());
+        }
+    }
 }
