@@ -49,6 +49,12 @@ pub enum EventKind {
     KeptOriginal,
     /// A replacement is being started (make-before-break or `texu replace`).
     Replacing,
+    /// A container is asked to stop for a scale-down or its role's deletion (its `preStop`
+    /// hook runs first).
+    Stopping,
+    /// A container stopped for a scale-down or its role's deletion is removed, with what its
+    /// `preStop` hook printed and how it ended.
+    Removed,
 }
 
 str_enum!(EventKind {
@@ -63,11 +69,13 @@ str_enum!(EventKind {
     Fenced => "Fenced",
     KeptOriginal => "KeptOriginal",
     Replacing => "Replacing",
+    Stopping => "Stopping",
+    Removed => "Removed",
 });
 
 impl EventKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [EventKind; 11] = [
+    pub const ALL: [EventKind; 13] = [
         EventKind::Placed,
         EventKind::Unschedulable,
         EventKind::NodeReady,
@@ -79,6 +87,8 @@ impl EventKind {
         EventKind::Fenced,
         EventKind::KeptOriginal,
         EventKind::Replacing,
+        EventKind::Stopping,
+        EventKind::Removed,
     ];
 }
 
