@@ -120,12 +120,10 @@ pub fn plan_with(
     for c in containers {
         existing.insert(c.metadata.name.as_str(), c);
         let Some(role) = roles_by_name.get(c.spec.role.as_str()) else {
-            out.delete.push(c.metadata.name.clone());
-            continue;
+            continue; // retired below
         };
         if c.spec.ordinal >= role.spec.replicas {
-            out.delete.push(c.metadata.name.clone());
-            continue;
+            continue; // retired below
         }
         let spec = c.spec.template.as_ref().unwrap_or(&role.spec);
         if let Some(i) = board.node_index(c.spec.node.as_deref()) {
@@ -155,13 +153,12 @@ pub fn plan_with(
                 Some(current) => {
                     let mut next = (*current).clone();
                     let mut changed = false;
-                    if current.spec.generation != role.metadata.generation
-                        || current.spec.template.as_ref() != Some(&role.spec)
-                    {
+                    if crate::stateful::needs_new_template(current, role) {
                         next.spec.generation = role.metadata.generation;
                         next.spec.template = Some(role.spec.clone());
                         changed = true;
                     }
+                    changed |= crate::stateful::keep_running(&mut next);
                     changed |= settle_handoff(&mut next, &board);
                     match board.node_index(current.spec.node.as_deref()) {
                         None => changed |= placer.bind(&mut next, &mut board),
@@ -177,6 +174,11 @@ pub fn plan_with(
                     };
                     mine.push((next, change));
                 }
+                None if !crate::stateful::may_create(
+                    role,
+                    ordinal,
+                    mine.iter().map(|(c, _)| c),
+                ) => {}
                 None => {
                     let mut container = Container::new(
                         name,
@@ -210,6 +212,7 @@ pub fn plan_with(
             }
         }
     }
+    crate::stateful::retire(&roles_by_name, nodes, containers, &mut out);
     out
 }
 

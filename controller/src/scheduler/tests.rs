@@ -203,10 +203,14 @@ fn containers_of_a_lost_board_move_after_lost_after_and_stateful_ones_stay() {
     db.spec.placement.max_per_node = Some(1);
     let roles = vec![app.clone(), db.clone()];
     let mut containers = Vec::new();
-    apply(
-        &plan(&roles, &nodes, &[], &Catalog::new(), NOW),
-        &mut containers,
-    );
+    // Stateful members start in order: db-1 once db-0 is Ready.
+    for _ in 0..2 {
+        apply(
+            &plan(&roles, &nodes, &containers, &Catalog::new(), NOW),
+            &mut containers,
+        );
+        all_ready(&mut containers);
+    }
     let on_b = |cs: &[Container], role: &str| {
         cs.iter()
             .find(|c| c.spec.role == role && c.spec.node.as_deref() == Some("b"))
