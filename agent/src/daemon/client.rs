@@ -193,7 +193,7 @@ impl Client {
         on_event: impl FnMut(WatchEvent) -> bool,
     ) -> Result<()> {
         let path = format!("/v1/containers?node={node}&watch=true&revision={revision}");
-        self.follow(credential, &path, on_event)
+        self.follow(credential, &path, event_acceptable, on_event)
     }
 
     /// Every role's Ready endpoints and the revision of the read.
@@ -226,7 +226,7 @@ impl Client {
         on_event: impl FnMut(WatchEvent) -> bool,
     ) -> Result<()> {
         let path = format!("/v1/endpoints?watch=true&revision={revision}");
-        self.follow(credential, &path, on_event)
+        self.follow(credential, &path, endpoints_acceptable, on_event)
     }
 
     /// Reads the NDJSON lines of a watch at `path`.
@@ -234,6 +234,7 @@ impl Client {
         &self,
         credential: &str,
         path: &str,
+        acceptable: fn(&WatchEvent) -> bool,
         mut on_event: impl FnMut(WatchEvent) -> bool,
     ) -> Result<()> {
         let server = self.servers.current();
@@ -260,7 +261,7 @@ impl Client {
             })?;
             let event: WatchEvent =
                 serde_json::from_str(&line).map_err(|e| ClientError::Decode(e.to_string()))?;
-            if !event_acceptable(&event) {
+            if !acceptable(&event) {
                 continue;
             }
             if !on_event(event) {
@@ -469,6 +470,38 @@ fn event_acceptable(event: &WatchEvent) -> bool {
     }
 }
 
+/// An endpoints event names a role (it has no `metadata`): its name must be a DNS label.
+fn endpoints_acceptable(event: &WatchEvent) -> bool {
+    if matches!(event.kind.as_str(), "BOOKMARK" | "ERROR") {
+        return true;
+    }
+    let role = event.object["role"].as_str().unwrap_or_default();
+    if let Err(why) = texu_api::validate_name(role) {
+        tracing::error!(role = ?role, %why, kind = %event.kind, "refusing an endpoints event with an invalid role name");
+        return false;
+    }
+    true
+}
+
 fn hex_string(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(object: serde_json::Value) -> WatchEvent {
+        serde_json::from_value(serde_json::json!({"type": "MODIFIED", "object": object})).unwrap()
+    }
+
+    #[test]
+    fn endpoints_events_are_judged_by_their_role_not_as_containers() {
+        let cassandra = event(serde_json::json!({"role": "cassandra", "ports": {"cql": []}}));
+        assert!(endpoints_acceptable(&cassandra));
+        assert!(!event_acceptable(&cassandra), "it is no container");
+        assert!(!endpoints_acceptable(&event(
+            serde_json::json!({"role": "../x"})
+        )));
+    }
 }
