@@ -146,13 +146,23 @@ impl Exchange {
         Ok((status, value))
     }
 
+    /// `call`, retried while the ledger answers 503 (a ring that has just formed on a busy
+    /// machine may time a lightweight transaction out at first).
     fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value> {
-        let (status, v) = self.call(method, path, body)?;
-        ensure!(
-            (200..300).contains(&status),
-            "{method} {path}: {status} {v}"
-        );
-        Ok(v)
+        let mut tries = 0;
+        loop {
+            let (status, v) = self.call(method, path, body.clone())?;
+            tries += 1;
+            if status == 503 && tries < 20 {
+                std::thread::sleep(Duration::from_secs(1));
+                continue;
+            }
+            ensure!(
+                (200..300).contains(&status),
+                "{method} {path}: {status} {v}"
+            );
+            return Ok(v);
+        }
     }
 }
 
@@ -196,7 +206,8 @@ fn transfer(ex: &Exchange, codes: &[String], tag: &str, count: usize) -> Result<
         let id = format!("{tag}-{i}");
         let (payer, payee) = (&codes[i % codes.len()], &codes[(i + 1) % codes.len()]);
         let body = json!({"id": id, "payer": payer, "payee": payee, "amount": 1});
-        if let Ok((201, _)) = ex.call("POST", "/v1/transfers", Some(body)) {
+        // The id makes a retry safe: the same transfer again answers its first outcome.
+        if ex.ok("POST", "/v1/transfers", Some(body)).is_ok() {
             acked.push(id);
         }
     }
