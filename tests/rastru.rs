@@ -146,23 +146,21 @@ impl Exchange {
         Ok((status, value))
     }
 
-    /// `call`, retried while the ledger answers 503 (a ring that has just formed on a busy
-    /// machine may time a lightweight transaction out at first).
+    /// `call`, retried (20 times, 1 s apart) on a 5xx or no answer: a ring that has just
+    /// formed on a busy machine may time a lightweight transaction out at first. Every write
+    /// here carries its own id or creates something new, so a retry is safe.
     fn ok(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value> {
-        let mut tries = 0;
-        loop {
-            let (status, v) = self.call(method, path, body.clone())?;
-            tries += 1;
-            if status == 503 && tries < 20 {
-                std::thread::sleep(Duration::from_secs(1));
-                continue;
+        let mut last = String::new();
+        for _ in 0..20 {
+            match self.call(method, path, body.clone()) {
+                Ok((status, v)) if (200..300).contains(&status) => return Ok(v),
+                Ok((status, v)) if status < 500 => bail!("{method} {path}: {status} {v}"),
+                Ok((status, v)) => last = format!("{status} {v}"),
+                Err(e) => last = e.to_string(),
             }
-            ensure!(
-                (200..300).contains(&status),
-                "{method} {path}: {status} {v}"
-            );
-            return Ok(v);
+            std::thread::sleep(Duration::from_secs(1));
         }
+        bail!("{method} {path}: still failing after 20 tries: {last}")
     }
 }
 
