@@ -337,7 +337,9 @@ fn the_demo_gets_ready_and_ctrl_c_leaves_nothing_behind() -> Result<()> {
     }
     let started = Instant::now();
     let mut child = Command::new(texu_bin())
-        .args(["demo", "--boards", "2"])
+        // The quick stack: this test is about the demo's life (ready, curl, Ctrl-C); the
+        // default Rastru stack has its own test in tests/rastru.rs.
+        .args(["demo", "--boards", "2", "--stack", "web"])
         .env("TEXU_CONFIG", "/nonexistent/texu-test-config.yaml")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

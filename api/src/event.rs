@@ -52,6 +52,12 @@ pub enum EventKind {
     /// A running container's live file failed to render, check or reload; the previous text
     /// stays in use.
     FileFailed,
+    /// A container is asked to stop for a scale-down or its role's deletion (its `preStop`
+    /// hook runs first).
+    Stopping,
+    /// A container stopped for a scale-down or its role's deletion is removed, with what its
+    /// `preStop` hook printed and how it ended.
+    Removed,
 }
 
 str_enum!(EventKind {
@@ -67,11 +73,13 @@ str_enum!(EventKind {
     KeptOriginal => "KeptOriginal",
     Replacing => "Replacing",
     FileFailed => "FileFailed",
+    Stopping => "Stopping",
+    Removed => "Removed",
 });
 
 impl EventKind {
     /// Every kind, in a fixed order.
-    pub const ALL: [EventKind; 12] = [
+    pub const ALL: [EventKind; 14] = [
         EventKind::Placed,
         EventKind::Unschedulable,
         EventKind::NodeReady,
@@ -84,6 +92,8 @@ impl EventKind {
         EventKind::KeptOriginal,
         EventKind::Replacing,
         EventKind::FileFailed,
+        EventKind::Stopping,
+        EventKind::Removed,
     ];
 }
 

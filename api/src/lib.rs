@@ -72,8 +72,9 @@ pub use node::{
 pub use quantity::{Quantity, QuantityError};
 pub use reason::{ExitReason, Reason};
 pub use role::{
-    Disconnect, ExecProbe, FileTemplate, Health, HttpProbe, Keep, Placement, Port, PortRef, Probe,
-    Protocol, Resources, Role, RoleSpec, RoleStatus, Strategy, TcpProbe, Volume,
+    Disconnect, ExecProbe, FileTemplate, Health, HttpProbe, Keep, Placement, Port, PortRef,
+    PreStop, Probe, Protocol, Resources, Role, RoleSpec, RoleStatus, Strategy, TcpProbe, Volume,
+    PRE_STOP_TIMEOUT,
 };
 pub use schema::{manifest_json_schema, role_schema};
 pub use validate::{FieldError, MAX_REPLICAS, MAX_ROLE_NAME};

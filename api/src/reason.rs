@@ -43,6 +43,12 @@ pub enum Reason {
     TemplateFailed,
     /// A rendered file could not be written on the board.
     FilesFailed,
+    /// Stopped for a scale-down or its role's deletion (after its `preStop` hook, if any).
+    StoppedOnRequest,
+    /// Its `preStop` hook runs.
+    PreStopRunning,
+    /// Its `preStop` hook failed or timed out; it was stopped anyway.
+    PreStopFailed,
 }
 
 str_enum!(Reason {
@@ -64,6 +70,9 @@ str_enum!(Reason {
     NetworkFailed => "NetworkFailed",
     TemplateFailed => "TemplateFailed",
     FilesFailed => "FilesFailed",
+    StoppedOnRequest => "StoppedOnRequest",
+    PreStopRunning => "PreStopRunning",
+    PreStopFailed => "PreStopFailed",
 });
 
 impl Reason {

@@ -100,6 +100,10 @@ pub struct RoleSpec {
     /// How many containers may be down at once during a drain or an update (default 1).
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub max_unavailable: i64,
+    /// A command run inside a container before it is stopped for a scale-down or the role's
+    /// deletion (`nodetool decommission`); its output and result go to events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pre_stop: Option<PreStop>,
 }
 
 impl RoleSpec {
@@ -158,6 +162,7 @@ impl Default for RoleSpec {
             files: Vec::new(),
             disconnect: Disconnect::default(),
             max_unavailable: 1,
+            pre_stop: None,
         }
     }
 }
@@ -435,6 +440,32 @@ pub struct FileTemplate {
     /// The longest a changed text waits for a quiet period (default 2s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_wait: Option<Duration>,
+}
+
+/// A hook run inside a container before it is stopped for a scale-down or the role's deletion
+/// (not for restarts, moves or fencing). The container stops when the command ends, whatever
+/// its exit, or when the timeout passes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PreStop {
+    /// The command, as an argument vector (no shell).
+    pub command: Vec<String>,
+    /// How long it may run before it is given up on and the container stops (default 60s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<Duration>,
+}
+
+/// The default [`PreStop::timeout`].
+pub const PRE_STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl PreStop {
+    /// How long the hook may run.
+    pub fn timeout(&self) -> std::time::Duration {
+        self.timeout
+            .as_ref()
+            .and_then(|d| d.as_std().ok())
+            .unwrap_or(PRE_STOP_TIMEOUT)
+    }
 }
 
 /// What to do when the board holding a container stops answering.

@@ -182,6 +182,16 @@ impl Role {
                 errors.add(format!("spec.disconnect.{field}"), e.to_string());
             }
         }
+        if let Some(hook) = &spec.pre_stop {
+            check_command(errors, "spec.preStop.command", &hook.command, true);
+            match hook.timeout.as_ref().map(|d| d.as_std()) {
+                Some(Err(e)) => errors.add("spec.preStop.timeout", e.to_string()),
+                Some(Ok(d)) if d.is_zero() => {
+                    errors.add("spec.preStop.timeout", "must be more than 0")
+                }
+                _ => {}
+            }
+        }
         if spec.max_unavailable < 1 {
             errors.add(
                 "spec.maxUnavailable",
@@ -629,6 +639,8 @@ mod tests {
             }], "spec.files[0].reload[0]: the program name must not be empty"),
             (|s| s.disconnect.lost_after = Some(Duration::from("soon")), "spec.disconnect.lostAfter: \"soon\" is not a duration"),
             (|s| s.disconnect.stop_on_node_after = Some(Duration::from("30")), "spec.disconnect.stopOnNodeAfter: \"30\" has no unit"),
+            (|s| s.pre_stop = Some(crate::PreStop { command: vec![], timeout: None }), "spec.preStop.command: must not be empty"),
+            (|s| s.pre_stop = Some(crate::PreStop { command: vec!["true".into()], timeout: Some(Duration::from("0")) }), "spec.preStop.timeout: must be more than 0"),
         ];
         for (edit, want) in cases {
             let mut spec = RoleSpec::with_image("host");

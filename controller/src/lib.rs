@@ -18,6 +18,7 @@ pub mod objects;
 pub mod scheduler;
 pub mod scheduling;
 pub mod server;
+pub mod stateful;
 pub mod store;
 pub mod supervise;
 pub mod ui;

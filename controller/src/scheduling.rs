@@ -110,6 +110,7 @@ async fn write(
                 .await?
             {
                 tracing::info!(container = %name, "container removed");
+                crate::stateful::record_removed(objects.events(), c);
             }
         }
     }
@@ -122,6 +123,7 @@ async fn write(
             Ok(_) => {
                 let was = before.get(c.metadata.name.as_str()).copied();
                 record_decision(objects.events(), was, c);
+                crate::stateful::record_update(objects.events(), was, c);
             }
             // Someone else wrote it meanwhile: the next pass sees the new state.
             Err(ObjectError::Stale { .. }) => {}

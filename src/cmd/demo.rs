@@ -14,12 +14,7 @@ use nix::unistd::Pid;
 use texu::cluster::{self, Cluster, ClusterConfig, ClusterError, Progress, DEMO_NAME};
 use texu_api::{Container, ContainerPhase, Role};
 
-/// The demo stack built into the binary (manifests/demo/stack.yaml), so `texu demo` works from
-/// any directory with nothing but the binary.
-const DEMO_STACK: &str = include_str!("../../manifests/demo/stack.yaml");
-
-/// How long the stack may take to become ready.
-const READY_TIMEOUT: Duration = Duration::from_secs(120);
+use super::demo_stack::{self, Stack};
 
 /// Arguments of `texu demo`.
 #[derive(clap::Args)]
@@ -30,10 +25,13 @@ pub struct Args {
     /// How many boards (network namespaces) to run, 1 to 15.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u8).range(1..=15))]
     boards: u8,
-    /// Apply these manifests (a file or directory) instead of the built-in demo stack
-    /// (a copy of manifests/demo/).
+    /// Apply these manifests (a file or directory) instead of a built-in stack.
     #[arg(short = 'f', long = "file")]
     file: Option<PathBuf>,
+    /// The built-in stack: rastru (Apache, the exchange, a Cassandra ring; manifests/demo/rastru/),
+    /// light (the exchange on etcd; manifests/demo/light/) or web (busybox responders).
+    #[arg(long, value_enum, default_value = "rastru")]
+    stack: Stack,
 }
 
 #[derive(clap::Subcommand)]
@@ -56,6 +54,8 @@ fn up(args: &Args) -> Result<ExitCode> {
         if !file.exists() {
             bail!("-f {}: no such file or directory", file.display());
         }
+    } else if let Some(lacks) = args.stack.missing() {
+        bail!("{lacks}");
     }
     let stop = watch_signals()?;
     let exe = std::env::current_exe().context("cannot find the texu binary itself")?;
@@ -81,9 +81,10 @@ fn up(args: &Args) -> Result<ExitCode> {
     );
     match &args.file {
         Some(file) => cluster.apply(file)?,
-        None => cluster.apply_yaml(DEMO_STACK)?,
+        None => cluster.apply_yaml(&args.stack.manifests())?,
     };
-    if !wait_ready(&cluster, &stop)? {
+    let timeout = args.stack.ready_timeout();
+    if !wait_ready(&cluster, &stop, timeout)? {
         return stop_demo(cluster);
     }
     println!(
@@ -91,7 +92,11 @@ fn up(args: &Args) -> Result<ExitCode> {
         started.elapsed().as_secs_f64()
     );
     print!("{}", cluster.texu_ok(&["status"])?);
-    print_what_to_try(&cluster, &exe)?;
+    print_what_to_try(
+        &cluster,
+        &exe,
+        args.file.is_none() && args.stack.has_exchange(),
+    )?;
 
     while !stop.is_set() {
         std::thread::sleep(Duration::from_millis(200));
@@ -101,9 +106,10 @@ fn up(args: &Args) -> Result<ExitCode> {
 
 /// Shows a line per change of the ready count until everything is ready; false when the user
 /// stopped the demo first.
-fn wait_ready(cluster: &Cluster, stop: &StopFlag) -> Result<bool> {
+fn wait_ready(cluster: &Cluster, stop: &StopFlag, timeout: Duration) -> Result<bool> {
     let api = cluster.api();
-    let deadline = Instant::now() + READY_TIMEOUT;
+    let started = Instant::now();
+    let deadline = started + timeout;
     let mut last: Option<Progress> = None;
     loop {
         if stop.is_set() {
@@ -111,7 +117,8 @@ fn wait_ready(cluster: &Cluster, stop: &StopFlag) -> Result<bool> {
         }
         if let Ok(progress) = api.progress() {
             if last != Some(progress) && progress.desired > 0 {
-                println!("texu demo: {progress}");
+                let at = started.elapsed().as_secs();
+                println!("texu demo: {progress} ({at}s){}", forming(&api));
                 last = Some(progress);
             }
             if progress.done() {
@@ -120,7 +127,7 @@ fn wait_ready(cluster: &Cluster, stop: &StopFlag) -> Result<bool> {
         }
         if Instant::now() >= deadline {
             bail!(
-                "the demo stack was not ready after {READY_TIMEOUT:?}:\n{}",
+                "the demo stack was not ready after {timeout:?}:\n{}",
                 cluster.diagnostics()
             );
         }
@@ -128,7 +135,27 @@ fn wait_ready(cluster: &Cluster, stop: &StopFlag) -> Result<bool> {
     }
 }
 
-fn print_what_to_try(cluster: &Cluster, exe: &std::path::Path) -> Result<()> {
+/// While a stateful role forms (members start one at a time): `; cassandra 1/3 Ready`.
+fn forming(api: &cluster::Api) -> String {
+    let (Ok(roles), Ok(containers)) = (api.roles(), api.containers()) else {
+        return String::new();
+    };
+    let mut out = String::new();
+    for role in roles.iter().filter(|r| r.spec.stateful) {
+        let ready = containers
+            .iter()
+            .filter(|c| c.spec.role == role.metadata.name)
+            .filter(|c| c.status.as_ref().map(|s| s.phase) == Some(ContainerPhase::Ready))
+            .count();
+        out.push_str(&format!(
+            "; {} {ready}/{} Ready",
+            role.metadata.name, role.spec.replicas
+        ));
+    }
+    out
+}
+
+fn print_what_to_try(cluster: &Cluster, exe: &std::path::Path, exchange: bool) -> Result<()> {
     let api = cluster.api();
     let (roles, mut containers) = (api.roles()?, api.containers()?);
     containers.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
@@ -137,6 +164,17 @@ fn print_what_to_try(cluster: &Cluster, exe: &std::path::Path) -> Result<()> {
     for c in &containers {
         if let Some(line) = curl_line(c, &roles) {
             println!("  {line}");
+        }
+    }
+    if let Some(proxy) = exchange
+        .then(|| demo_stack::proxy_address(&containers))
+        .flatten()
+    {
+        println!(
+            "\nThe exchange through a proxy: two members, two accounts, a transfer, a statement:"
+        );
+        for line in demo_stack::exchange_lines(&proxy) {
+            println!("  $ {line}");
         }
     }
     println!(
@@ -171,19 +209,21 @@ fn curl_line(c: &Container, roles: &[Role]) -> Option<String> {
     let address = status.address.as_deref()?;
     let spec = &roles.iter().find(|r| r.metadata.name == c.spec.role)?.spec;
     let port = spec.ports.first()?;
-    let path = spec
-        .health
-        .readiness
-        .as_ref()
-        .and_then(|p| p.http.as_ref())
-        .map(|h| h.path.clone())
-        .unwrap_or_else(|| "/".into());
+    let on = c.spec.node.as_deref().unwrap_or("-");
+    let path = match spec.health.readiness.as_ref() {
+        Some(p) if p.http.is_some() => p.http.as_ref().map(|h| h.path.clone())?,
+        // Not HTTP (a Cassandra member's CQL): its address, no curl.
+        Some(p) if p.exec.is_some() => {
+            let name = &c.metadata.name;
+            return Some(format!(
+                "# {name} on {on}: {} {address}:{}",
+                port.name, port.port
+            ));
+        }
+        _ => "/".into(),
+    };
     let url = format!("http://{address}:{}{path}", port.port);
-    Some(format!(
-        "curl {url:<38} # {} on {}",
-        c.metadata.name,
-        c.spec.node.as_deref().unwrap_or("-")
-    ))
+    Some(format!("curl {url:<38} # {} on {on}", c.metadata.name))
 }
 
 /// `1 board`, `3 boards`.

@@ -5,6 +5,7 @@ pub mod apply;
 pub mod controller;
 pub mod delete;
 pub mod demo;
+mod demo_stack;
 pub mod drain;
 pub mod endpoints;
 pub mod events;

@@ -6,9 +6,10 @@
 
 use std::time::Duration;
 
-use texu_api::{Container, ContainerPhase, ExitReason, Reason};
+use texu_api::{Container, ContainerPhase, DesiredState, ExitReason, Reason};
 use tokio::time::Instant;
 
+use super::pre_stop::HookStage;
 use super::probes::Verdict;
 use super::slot::SlotState;
 use crate::probe::RestartBackoff;
@@ -55,6 +56,8 @@ pub struct SlotView<'a> {
     pub backoff: &'a RestartBackoff,
     /// Its probes' verdict, while they run.
     pub verdict: Option<&'a Verdict>,
+    /// Where its `preStop` hook is.
+    pub hook: HookStage,
 }
 
 /// What one container needs next.
@@ -92,6 +95,17 @@ pub enum Action {
     CountExit(ExitReason),
     /// The backoff after an exit is over: start it again.
     Restart,
+    /// The controller asks it to stop (scale-down, role deleted) and its role has a `preStop`
+    /// hook: run the hook, in the background.
+    RunPreStop,
+    /// The controller asks it to stop and its hook, if any, is done: stop it and report
+    /// what the hook did.
+    StopOnRequest,
+    /// The controller asks it to stop and it does not run (never made, or ended): report it
+    /// stopped, and never start it.
+    MarkStopped,
+    /// A hook ended after the controller took its stop back: drop the result, keep running.
+    ForgetPreStop,
 }
 
 /// The `disconnect.stopOnNodeAfter` of `c`'s role, if set and valid.
@@ -128,6 +142,19 @@ pub fn decide(
                 Action::StopCutOff { away }
             };
         }
+    }
+    if want.spec.desired == DesiredState::Stopped {
+        return stop_on_request(want, seen, slot);
+    }
+    if slot.hook == HookStage::Finished {
+        return Action::ForgetPreStop;
+    }
+    if slot.state.is_stopped_on_request() {
+        // The controller wants it again (a scale-up while it stopped): start what is kept.
+        return match seen {
+            Observed::Ended { .. } => Action::Resume,
+            _ => Action::Create,
+        };
     }
     if slot.state.is_cut_off() {
         // Start again only once a list after the reconnect says it is still ours.
@@ -168,6 +195,26 @@ pub fn decide(
                 Action::Wait
             }
         }
+    }
+}
+
+/// What a container the controller asks to stop (`desired: Stopped`) needs next: its
+/// `preStop` hook first, then the stop; it is never started again while so asked.
+fn stop_on_request(want: &Container, seen: Observed, slot: SlotView<'_>) -> Action {
+    let has_hook = want
+        .spec
+        .template
+        .as_ref()
+        .is_some_and(|t| t.pre_stop.is_some());
+    match (slot.hook, seen) {
+        (HookStage::Running, _) => Action::Wait,
+        (HookStage::Finished, _) => Action::StopOnRequest,
+        (HookStage::Idle, Observed::Alive) if has_hook && !slot.state.is_stopped_on_request() => {
+            Action::RunPreStop
+        }
+        (HookStage::Idle, Observed::Alive) => Action::StopOnRequest,
+        (HookStage::Idle, _) if slot.state.is_stopped_on_request() => Action::Wait,
+        (HookStage::Idle, _) => Action::MarkStopped,
     }
 }
 

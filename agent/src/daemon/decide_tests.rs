@@ -28,6 +28,7 @@ struct Slot {
     generation: i64,
     backoff: RestartBackoff,
     verdict: Option<Verdict>,
+    hook: HookStage,
 }
 
 impl Slot {
@@ -37,6 +38,7 @@ impl Slot {
             generation,
             backoff: RestartBackoff::new(BackoffPolicy::default(), Instant::now()),
             verdict: None,
+            hook: HookStage::Idle,
         }
     }
 
@@ -46,6 +48,7 @@ impl Slot {
             generation: self.generation,
             backoff: &self.backoff,
             verdict: self.verdict.as_ref(),
+            hook: self.hook,
         };
         decide(want, seen, view, contact, Instant::now())
     }
@@ -303,4 +306,81 @@ async fn a_serving_container_moved_away_leaves_after_the_delay() {
     };
     assert!(!removable(false, None, stale, now));
     assert!(!removable(true, Some(SlotState::Live), connected(), now));
+}
+
+fn stopped(mut c: Container, hook: bool) -> Container {
+    c.spec.desired = texu_api::DesiredState::Stopped;
+    if let Some(t) = c.spec.template.as_mut() {
+        t.pre_stop = hook.then(|| texu_api::PreStop {
+            command: vec!["nodetool".into(), "decommission".into()],
+            timeout: None,
+        });
+    }
+    c
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stop_on_request_runs_the_hook_first_then_stops_and_never_starts_again() {
+    let want = stopped(container(1, None), true);
+    let mut slot = Slot::new(SlotState::Live, 1);
+    slot.verdict = verdict(true, false);
+    assert_eq!(
+        slot.decide(&want, Observed::Alive, connected()),
+        Action::RunPreStop
+    );
+    slot.hook = HookStage::Running;
+    assert_eq!(
+        slot.decide(&want, Observed::Alive, connected()),
+        Action::Wait,
+        "the container runs on while its hook runs"
+    );
+    slot.hook = HookStage::Finished;
+    assert_eq!(
+        slot.decide(&want, Observed::Alive, connected()),
+        Action::StopOnRequest
+    );
+    // Stopped: it stays stopped, and is not counted as an exit or restarted.
+    slot.hook = HookStage::Idle;
+    slot.state = SlotState::Stopped;
+    let ended = Observed::Ended { oom_killed: false };
+    assert_eq!(slot.decide(&want, ended, connected()), Action::Wait);
+    advance(Duration::from_secs(600)).await;
+    assert_eq!(slot.decide(&want, ended, connected()), Action::Wait);
+    // Without a hook it stops at once; one never made is only reported stopped.
+    let plain = stopped(container(1, None), false);
+    let live = Slot::new(SlotState::Live, 1);
+    assert_eq!(
+        live.decide(&plain, Observed::Alive, connected()),
+        Action::StopOnRequest
+    );
+    let fresh = Slot::new(SlotState::New, 0);
+    assert_eq!(
+        fresh.decide(&want, Observed::Missing, connected()),
+        Action::MarkStopped
+    );
+    // A fenced older copy still goes first.
+    let old = Slot::new(SlotState::Live, 0);
+    assert_eq!(
+        old.decide(&want, Observed::Alive, connected()),
+        Action::Fence { held: 0 }
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stop_taken_back_starts_the_kept_container_again() {
+    let want = container(1, None);
+    let mut slot = Slot::new(SlotState::Stopped, 1);
+    let ended = Observed::Ended { oom_killed: false };
+    assert_eq!(slot.decide(&want, ended, connected()), Action::Resume);
+    assert_eq!(
+        slot.decide(&want, Observed::Missing, connected()),
+        Action::Create
+    );
+    // A hook that ends after the stop was taken back is dropped.
+    slot.state = SlotState::Live;
+    slot.hook = HookStage::Finished;
+    assert_eq!(
+        slot.decide(&want, Observed::Alive, connected()),
+        Action::ForgetPreStop
+    );
 }

@@ -18,6 +18,7 @@ pub mod hostports;
 pub mod images;
 mod live_files;
 pub mod network;
+mod pre_stop;
 mod probes;
 mod reconcile;
 mod record;

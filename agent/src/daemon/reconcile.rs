@@ -28,6 +28,8 @@ use crate::runtime::Runtime;
 
 #[path = "reconcile_act.rs"]
 mod act;
+#[path = "reconcile_stop.rs"]
+mod stop;
 
 /// How often the reconciler looks at the runtime when nothing else wakes it.
 const TICK: Duration = Duration::from_millis(250);
@@ -347,6 +349,7 @@ impl Reconciler {
             generation: slot.record.generation,
             backoff: &slot.backoff,
             verdict: verdict.as_ref(),
+            hook: slot.hook_stage(),
         };
         Some(decide(c, observed, view, self.contact(), Instant::now()))
     }
@@ -417,6 +420,14 @@ impl Reconciler {
                 });
             }
             Action::Restart => self.restart(c).await,
+            Action::RunPreStop => self.run_pre_stop(c),
+            Action::StopOnRequest => self.stop_on_request(name).await,
+            Action::MarkStopped => self.mark_stopped(name),
+            Action::ForgetPreStop => {
+                if let Some(slot) = self.slots.get_mut(name) {
+                    slot.pre_stop = None;
+                }
+            }
         }
         Next::Done
     }

@@ -8,6 +8,7 @@ use texu_api::{ContainerPhase, ContainerStatus, Reason};
 use tokio::time::Instant;
 
 use super::live_files::LiveFiles;
+use super::pre_stop::{HookRun, HookStage};
 use super::probes::Probes;
 use super::record::Record;
 use crate::probe::{BackoffPolicy, RestartBackoff};
@@ -33,6 +34,9 @@ pub enum SlotState {
         /// When it may be removed.
         until: Instant,
     },
+    /// Stopped because the controller asked (`desired: Stopped`, a scale-down or its role's
+    /// deletion), after its `preStop` hook; kept until the controller removes it.
+    Stopped,
 }
 
 impl SlotState {
@@ -47,6 +51,11 @@ impl SlotState {
     /// Whether its agent stopped it for a cut-off.
     pub fn is_cut_off(self) -> bool {
         self == SlotState::CutOff
+    }
+
+    /// Whether its agent stopped it because the controller asked.
+    pub fn is_stopped_on_request(self) -> bool {
+        self == SlotState::Stopped
     }
 
     /// Whether it was found running by an agent that did not start it.
@@ -79,6 +88,8 @@ pub struct Slot {
     pub address: Option<Ipv4Addr>,
     /// Its live templates.
     pub live: LiveFiles,
+    /// Its `preStop` hook, while it runs or until its result is taken.
+    pub pre_stop: Option<HookRun>,
 }
 
 impl Slot {
@@ -98,7 +109,15 @@ impl Slot {
             probes: None,
             address,
             live: LiveFiles::default(),
+            pre_stop: None,
         }
+    }
+
+    /// Where its `preStop` hook is.
+    pub fn hook_stage(&self) -> HookStage {
+        self.pre_stop
+            .as_ref()
+            .map_or(HookStage::Idle, HookRun::stage)
     }
 
     /// Whether it serves traffic now (a move or scale-down lets it finish).
@@ -145,5 +164,6 @@ mod tests {
         assert!(SlotState::Leaving { until: later }.can_remove(later));
         assert!(SlotState::Live.can_remove(now));
         assert!(SlotState::CutOff.is_cut_off() && !SlotState::Live.is_cut_off());
+        assert!(SlotState::Stopped.is_stopped_on_request() && SlotState::Stopped.can_remove(now));
     }
 }

@@ -120,12 +120,10 @@ pub fn plan_with(
     for c in containers {
         existing.insert(c.metadata.name.as_str(), c);
         let Some(role) = roles_by_name.get(c.spec.role.as_str()) else {
-            out.delete.push(c.metadata.name.clone());
-            continue;
+            continue; // retired below
         };
         if c.spec.ordinal >= role.spec.replicas {
-            out.delete.push(c.metadata.name.clone());
-            continue;
+            continue; // retired below
         }
         let spec = c.spec.template.as_ref().unwrap_or(&role.spec);
         if let Some(i) = board.node_index(c.spec.node.as_deref()) {
@@ -158,20 +156,26 @@ pub fn plan_with(
                     if current.spec.generation != role.metadata.generation
                         || current.spec.template.as_ref() != Some(&role.spec)
                     {
-                        // A new generation (fencing token: the board makes a new container)
-                        // only when replicas and live file texts are not all that changed.
-                        if current
-                            .spec
-                            .template
-                            .as_ref()
-                            .is_none_or(|t| t.needs_new_containers(&role.spec))
-                        {
-                            next.spec.generation = role.metadata.generation;
+                        let template = current.spec.template.as_ref();
+                        // Only `replicas` changed: the members that stay are left as they are
+                        // (no write for each of them, no restart).
+                        let only_replicas = template.is_some_and(|t| {
+                            texu_api::RoleSpec {
+                                replicas: role.spec.replicas,
+                                ..t.clone()
+                            } == role.spec
+                        });
+                        if !only_replicas {
+                            // A new generation (fencing token: the board makes a new
+                            // container) unless only live file texts changed.
+                            if template.is_none_or(|t| t.needs_new_containers(&role.spec)) {
+                                next.spec.generation = role.metadata.generation;
+                            }
+                            next.spec.template = Some(role.spec.clone());
+                            changed = true;
                         }
-                        changed |= next.spec.template.as_ref() != Some(&role.spec)
-                            || next.spec.generation != current.spec.generation;
-                        next.spec.template = Some(role.spec.clone());
                     }
+                    changed |= crate::stateful::keep_running(&mut next);
                     changed |= settle_handoff(&mut next, &board);
                     match board.node_index(current.spec.node.as_deref()) {
                         None => changed |= placer.bind(&mut next, &mut board),
@@ -187,6 +191,11 @@ pub fn plan_with(
                     };
                     mine.push((next, change));
                 }
+                None if !crate::stateful::may_create(
+                    role,
+                    ordinal,
+                    mine.iter().map(|(c, _)| c),
+                ) => {}
                 None => {
                     let mut container = Container::new(
                         name,
@@ -220,6 +229,7 @@ pub fn plan_with(
             }
         }
     }
+    crate::stateful::retire(&roles_by_name, nodes, containers, &mut out);
     out
 }
 

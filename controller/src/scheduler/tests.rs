@@ -145,18 +145,34 @@ fn pending_containers_are_bound_when_a_node_arrives() {
 #[test]
 fn scaling_or_a_new_file_text_keeps_the_containers_generation() {
     let nodes = vec![node("a", Arch::Amd64, true)];
+    let with_file = |replicas: i64, generation: i64, text: &str| {
+        let mut r = role("app", replicas);
+        r.metadata.generation = generation;
+        r.spec.files.push(texu_api::FileTemplate {
+            path: "/etc/app.conf".into(),
+            template: text.into(),
+            ..Default::default()
+        });
+        r
+    };
     let mut containers = Vec::new();
     apply(
-        &plan(&[role("app", 1)], &nodes, &[], &Catalog::new(), NOW),
+        &plan(&[with_file(1, 1, "a")], &nodes, &[], &Catalog::new(), NOW),
         &mut containers,
     );
-    let mut r = role("app", 2);
-    r.metadata.generation = 2;
+    // Scaling: the new replica is created, the one that stays is not even written.
+    let r = with_file(2, 2, "a");
+    let p = plan(&[r], &nodes, &containers, &Catalog::new(), NOW);
+    assert_eq!(p.create.len(), 1);
+    assert!(p.update.is_empty(), "no write, no restart: {:?}", p.update);
+    apply(&p, &mut containers);
+    // A new text for a live file: the template follows the role, the generation stays.
+    let r = with_file(2, 3, "b");
     let p = plan(&[r.clone()], &nodes, &containers, &Catalog::new(), NOW);
-    assert_eq!(p.update.len(), 1, "the template follows the role");
-    assert_eq!(
-        p.update[0].spec.generation, 1,
-        "no new container for scaling"
+    assert_eq!(p.update.len(), 2, "the template follows the role");
+    assert!(
+        p.update.iter().all(|c| c.spec.generation < 3),
+        "no new containers"
     );
     apply(&p, &mut containers);
     let again = plan(&[r], &nodes, &containers, &Catalog::new(), NOW);
@@ -224,10 +240,14 @@ fn containers_of_a_lost_board_move_after_lost_after_and_stateful_ones_stay() {
     db.spec.placement.max_per_node = Some(1);
     let roles = vec![app.clone(), db.clone()];
     let mut containers = Vec::new();
-    apply(
-        &plan(&roles, &nodes, &[], &Catalog::new(), NOW),
-        &mut containers,
-    );
+    // Stateful members start in order: db-1 once db-0 is Ready.
+    for _ in 0..2 {
+        apply(
+            &plan(&roles, &nodes, &containers, &Catalog::new(), NOW),
+            &mut containers,
+        );
+        all_ready(&mut containers);
+    }
     let on_b = |cs: &[Container], role: &str| {
         cs.iter()
             .find(|c| c.spec.role == role && c.spec.node.as_deref() == Some("b"))
