@@ -40,7 +40,7 @@ fn find(events: &[Value], kind: &str, object: &str) -> Option<Value> {
 }
 
 fn status(method: &str, url: &str, token: Option<&str>, body: Option<&Value>) -> (u16, Value) {
-    let mut req = ureq::request(method, url);
+    let mut req = common::http().request(method, url);
     if let Some(t) = token {
         req = req.set("Authorization", &format!("Bearer {t}"));
     }

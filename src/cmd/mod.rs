@@ -13,6 +13,7 @@ pub mod image;
 pub mod label;
 pub mod sim;
 pub mod status;
+pub mod token;
 
 use std::process::ExitCode;
 
