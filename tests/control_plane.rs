@@ -373,15 +373,26 @@ fn raw_status(c: &common::ControllerProcess, request: &[u8]) -> u16 {
     let mut stream = common::tls_stream(&c.addr(), &c.ca_file());
     // The server may answer and close before it has read everything: ignore write errors.
     let _ = stream.write_all(request);
+    // Read without writing: TLS output a closed connection refused would only fail again.
     let mut response = Vec::new();
     let mut buf = [0u8; 4096];
-    while let Ok(n) = stream.read(&mut buf) {
-        if n == 0 {
-            break;
+    loop {
+        if let Ok(n) = stream.conn.reader().read(&mut buf) {
+            if n > 0 {
+                response.extend_from_slice(&buf[..n]);
+                if response.windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+                continue;
+            }
         }
-        response.extend_from_slice(&buf[..n]);
-        if response.windows(4).any(|w| w == b"\r\n\r\n") {
-            break;
+        match stream.conn.read_tls(&mut stream.sock) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                if stream.conn.process_new_packets().is_err() {
+                    break;
+                }
+            }
         }
     }
     let text = String::from_utf8_lossy(&response);
