@@ -71,6 +71,7 @@ impl Watcher {
         let mut child = Command::new(texu_bin())
             .args(["events", "--watch"])
             .env("TEXU_SERVER", &c.server)
+            .env("TEXU_CA_FILE", c.ca_file())
             .env("TEXU_TOKEN", &c.token)
             .env("TEXU_CONFIG", "/nonexistent/texu-test-config.yaml")
             .env_remove("RUST_LOG")

@@ -440,6 +440,7 @@ fn on_real_boards_the_join_token_neither_takes_a_board_nor_reroutes_its_traffic(
 ) -> anyhow::Result<()> {
     use texu::cluster::{Cluster, ClusterConfig};
     let c = Cluster::start(ClusterConfig::new(2, common::texu_bin()))?;
+    common::remember(c.server(), &c.ca_file());
     let join_token = std::fs::read_to_string(c.plan().controller_dir().join("join.token"))?;
     let join_token = join_token.trim();
     let url = format!("{}/v1/join", c.server());

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 /// HTTP helpers trust exactly these.
 static CONTROLLERS: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
 
-fn remember(server: &str, ca: &Path) {
+/// Makes [`http`] and [`texu_with`] trust the controller at `server` with the CA in `ca` (a
+/// [`texu::cluster::Cluster`]'s, say; controllers started here are remembered by themselves).
+pub fn remember(server: &str, ca: &Path) {
     let mut known = CONTROLLERS.lock().unwrap_or_else(|e| e.into_inner());
     known.retain(|(s, _)| s != server);
     known.push((server.to_string(), ca.to_path_buf()));
