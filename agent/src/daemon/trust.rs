@@ -132,15 +132,17 @@ pub fn check_clock(now: SystemTime) -> Result<(), TrustError> {
     let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     if secs < built {
         return Err(TrustError::ClockBeforeBuild {
-            now: format!("{secs} s after 1970 ({})", days(secs)),
-            built: format!("{built} s after 1970 ({})", days(built)),
+            now: since_epoch(now),
+            built: since_epoch(UNIX_EPOCH + Duration::from_secs(built)),
         });
     }
     Ok(())
 }
 
-fn days(secs: u64) -> String {
-    format!("day {} of the Unix epoch", secs / 86_400)
+/// A time as seconds and days since 1970 (no calendar code in the agent).
+fn since_epoch(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    format!("{secs} s after 1970-01-01, day {}", secs / 86_400)
 }
 
 fn pin(path: &Path, der: &CertificateDer<'static>) -> Result<(), TrustError> {
@@ -191,7 +193,7 @@ fn fetch_ca(server: &str, want: [u8; 32]) -> Result<CertificateDer<'static>, Fet
         })),
         (Seen::Clock(why), _) => Err(Fetch::Refused(TrustError::ClockOutsideValidity {
             why,
-            now: format!("{:?}", SystemTime::now()),
+            now: since_epoch(SystemTime::now()),
         })),
         (Seen::Matched(der), Ok(_)) => Ok(der),
         (_, Ok(_)) => Err(Fetch::Unreachable("the handshake did not show a CA".into())),
