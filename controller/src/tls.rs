@@ -274,6 +274,14 @@ fn load_or_create_ca(dir: &Path) -> Result<Ca> {
     })
 }
 
+/// The SHA-256 of the CA's public key (SubjectPublicKeyInfo DER) kept in `data_dir`: what a
+/// browser pins with `--ignore-certificate-errors-spki-list`.
+pub fn ca_spki_sha256(data_dir: &Path) -> Option<[u8; 32]> {
+    let pem = std::fs::read_to_string(data_dir.join(CA_KEY_FILE)).ok()?;
+    let key = KeyPair::from_pem(&pem).ok()?;
+    Some(sha2::Sha256::digest(key.public_key_der()).into())
+}
+
 /// The first certificate in a PEM text.
 pub fn first_certificate(pem: &str) -> Option<CertificateDer<'static>> {
     use rustls::pki_types::pem::PemObject;
