@@ -171,7 +171,7 @@ impl Controller {
         let address = config
             .advertise
             .clone()
-            .unwrap_or_else(|| format!("http://{local_addr}"));
+            .unwrap_or_else(|| format!("https://{local_addr}"));
         let leadership = if config.etcd_endpoints.is_empty() {
             Leadership::sole(&address)
         } else {

@@ -107,7 +107,8 @@ pub async fn tls_for(config: &Config) -> Result<Arc<rustls::ClientConfig>, Trust
             .get(attempt % servers.len().max(1))
             .cloned()
             .unwrap_or_default();
-        let fetched = tokio::task::spawn_blocking(move || fetch_ca(&server, want))
+        let dial = server.clone();
+        let fetched = tokio::task::spawn_blocking(move || fetch_ca(&dial, want))
             .await
             .unwrap_or_else(|e| Err(Fetch::Unreachable(format!("CA fetch task failed: {e}"))));
         match fetched {
