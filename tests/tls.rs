@@ -107,7 +107,10 @@ fn a_client_trusting_another_ca_is_refused() {
         .expect("/metrics over TLS")
         .into_string()
         .unwrap();
-    assert!(metrics.contains("# EOF"), "{metrics}");
+    assert!(
+        metrics.contains("texu_controller_http_requests_total"),
+        "{metrics}"
+    );
 }
 
 /// A TLS server that answers every request `200 ok` and records every byte it decrypts.
