@@ -145,10 +145,11 @@ wait_until() { # timeout_seconds what command...
 # The controller writes its address with a final newline once it listens.
 addr_written() { [[ -s $WORK/c/controller.addr && -z $(tail -c1 "$WORK/c/controller.addr") ]]; }
 wait_until 20 "the controller to write its address" addr_written
-TEXU_SERVER=http://$(cat "$WORK/c/controller.addr")
+TEXU_SERVER=https://$(cat "$WORK/c/controller.addr")
 TEXU_TOKEN=$(cat "$WORK/c/admin.token")
 TEXU_CONFIG=$WORK/client.yaml
-export TEXU_SERVER TEXU_TOKEN TEXU_CONFIG
+TEXU_CA_FILE=$WORK/c/ca.pem
+export TEXU_SERVER TEXU_TOKEN TEXU_CONFIG TEXU_CA_FILE
 unset RUST_LOG
 say "controller $CONTROLLER_PID at $TEXU_SERVER"
 

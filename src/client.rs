@@ -1,4 +1,5 @@
-//! A small blocking HTTP client for the controller's `/v1` API.
+//! A small blocking HTTPS client for the controller's `/v1` API, trusting the cluster CA from
+//! the client config.
 //!
 //! `server` may list several controllers, comma separated: a request that cannot reach one
 //! goes to the next, and a follower's "the leader is X" is followed.
@@ -34,19 +35,39 @@ pub struct Client {
     agent: ureq::Agent,
     servers: Servers,
     token: String,
+    /// The CA trusted; `None`: ureq's public roots (a controller behind a public certificate).
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl Client {
-    /// A client for `config.server` using `config.token`.
-    pub fn new(config: ClientConfig) -> Client {
-        let agent = ureq::AgentBuilder::new()
+    /// A client for `config.server` using `config.token`, trusting `config.ca`.
+    pub fn new(config: ClientConfig) -> Result<Client> {
+        let tls = match &config.ca {
+            Some(pem) => Some(texu_controller::tls::client_config(pem).ok_or_else(|| {
+                anyhow!("the client config's `ca` is not a PEM certificate the CLI can trust")
+            })?),
+            None => None,
+        };
+        let mut client = Client {
+            agent: ureq::Agent::new(),
+            servers: Servers::new(&config.server),
+            token: config.token,
+            tls,
+        };
+        client.agent = client
+            .builder()
             .timeout_connect(Duration::from_secs(5))
             .timeout_read(Duration::from_secs(60))
             .build();
-        Client {
-            agent,
-            servers: Servers::new(&config.server),
-            token: config.token,
+        Ok(client)
+    }
+
+    /// A ureq agent builder with this client's TLS settings.
+    fn builder(&self) -> ureq::AgentBuilder {
+        let builder = ureq::AgentBuilder::new();
+        match &self.tls {
+            Some(tls) => builder.tls_config(tls.clone()),
+            None => builder,
         }
     }
 
@@ -107,7 +128,8 @@ impl Client {
         let size = std::fs::metadata(file)
             .map_err(|e| anyhow!("cannot open {}: {e}", file.display()))?
             .len();
-        let agent = ureq::AgentBuilder::new()
+        let agent = self
+            .builder()
             .timeout_connect(Duration::from_secs(5))
             .timeout_read(Duration::from_secs(600))
             .build();
@@ -154,7 +176,8 @@ impl Client {
 
     /// Opens a watch: GET with `watch=true`; returns a reader of NDJSON lines.
     pub fn watch(&self, path: &str) -> Result<impl std::io::BufRead> {
-        let agent = ureq::AgentBuilder::new()
+        let agent = self
+            .builder()
             .timeout_connect(Duration::from_secs(5))
             .build();
         let response = self.send(|server| {
@@ -223,6 +246,10 @@ impl Client {
                     ureq::ErrorKind::ConnectionFailed | ureq::ErrorKind::Dns => {
                         "; is the controller running? (start it with `texu controller`, or point \
                          --server / TEXU_SERVER at it)"
+                    }
+                    ureq::ErrorKind::Io if self.tls.is_none() => {
+                        "; the client config holds no cluster CA: use the one `texu controller` \
+                         wrote, or --ca-file DATA_DIR/ca.pem"
                     }
                     _ => "",
                 };

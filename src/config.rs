@@ -2,7 +2,8 @@
 //!
 //! Precedence: `--server`/`--token` flags, then `TEXU_SERVER`/`TEXU_TOKEN`, then the config file
 //! (`--config`, `TEXU_CONFIG`, or `~/.config/texu/config.yaml`) that `texu controller` writes for
-//! the local user.
+//! the local user. The config also holds the cluster CA (PEM) the CLI trusts, and nothing else:
+//! `--ca-file`/`TEXU_CA_FILE` names a PEM file to trust instead.
 
 use std::path::{Path, PathBuf};
 
@@ -10,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 /// The address `texu controller` listens on by default and the CLI tries when nothing is set.
-pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7080";
+pub const DEFAULT_SERVER: &str = "https://127.0.0.1:7080";
 
 /// The on-disk client config.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -18,6 +19,9 @@ pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7080";
 pub struct ClientConfig {
     pub server: String,
     pub token: String,
+    /// The cluster CA certificate(s) in PEM, the only ones trusted for the controller.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
 }
 
 /// The default config path: `$XDG_CONFIG_HOME/texu/config.yaml` or `~/.config/texu/config.yaml`.
@@ -58,11 +62,12 @@ pub fn write(path: &Path, config: &ClientConfig) -> Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
-/// Resolves the server and token from flags/env (already merged by clap) and the config file.
+/// Resolves the server, token and CA from flags/env (already merged by clap) and the config file.
 pub fn resolve(
     server: Option<String>,
     token: Option<String>,
     config_path: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
 ) -> Result<ClientConfig> {
     let file = match config_path.clone().or_else(default_path) {
         Some(path) => read(&path)?,
@@ -71,6 +76,13 @@ pub fn resolve(
     let server = server
         .or_else(|| file.as_ref().map(|c| c.server.clone()))
         .unwrap_or_else(|| DEFAULT_SERVER.to_string());
+    let ca = match ca_file {
+        Some(path) => Some(
+            std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read the CA file {}", path.display()))?,
+        ),
+        None => file.as_ref().and_then(|c| c.ca.clone()),
+    };
     let Some(token) = token.or_else(|| file.map(|c| c.token)) else {
         let where_ = config_path
             .or_else(default_path)
@@ -82,10 +94,13 @@ pub fn resolve(
         );
     };
     let server = server.trim_end_matches('/').to_string();
-    if !server.starts_with("http://") && !server.starts_with("https://") {
-        bail!("server {server:?} must start with http:// or https://");
+    if let Some(rest) = server.strip_prefix("http://") {
+        bail!("server {server:?}: the controller speaks only TLS; use https://{rest}");
     }
-    Ok(ClientConfig { server, token })
+    if !server.starts_with("https://") {
+        bail!("server {server:?} must start with https://");
+    }
+    Ok(ClientConfig { server, token, ca })
 }
 
 #[cfg(test)]
@@ -99,24 +114,38 @@ mod tests {
         write(
             &path,
             &ClientConfig {
-                server: "http://127.0.0.1:9".into(),
+                server: "https://127.0.0.1:9".into(),
                 token: "file-token".into(),
+                ca: Some("file-ca".into()),
             },
         )
         .unwrap();
-        let c = resolve(None, None, Some(path.clone())).unwrap();
+        let c = resolve(None, None, Some(path.clone()), None).unwrap();
         assert_eq!(
-            (c.server.as_str(), c.token.as_str()),
-            ("http://127.0.0.1:9", "file-token")
+            (c.server.as_str(), c.token.as_str(), c.ca.as_deref()),
+            ("https://127.0.0.1:9", "file-token", Some("file-ca"))
         );
-        let c = resolve(Some("http://h:1/".into()), Some("t".into()), Some(path)).unwrap();
-        assert_eq!((c.server.as_str(), c.token.as_str()), ("http://h:1", "t"));
+        let ca = dir.path().join("other-ca.pem");
+        std::fs::write(&ca, "flag-ca").unwrap();
+        let c = resolve(
+            Some("https://h:1/".into()),
+            Some("t".into()),
+            Some(path.clone()),
+            Some(ca),
+        )
+        .unwrap();
+        assert_eq!(
+            (c.server.as_str(), c.token.as_str(), c.ca.as_deref()),
+            ("https://h:1", "t", Some("flag-ca"))
+        );
+        let err = resolve(Some("http://h:1".into()), None, Some(path), None).unwrap_err();
+        assert!(err.to_string().contains("https://h:1"), "{err}");
     }
 
     #[test]
     fn missing_token_says_where_to_get_one() {
         let dir = tempfile::tempdir().unwrap();
-        let err = resolve(None, None, Some(dir.path().join("none.yaml"))).unwrap_err();
+        let err = resolve(None, None, Some(dir.path().join("none.yaml")), None).unwrap_err();
         assert!(err.to_string().contains("admin.token"), "{err}");
     }
 }

@@ -16,7 +16,7 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "texu", version, about, propagate_version = true)]
 struct Cli {
-    /// Controller URL (default: the client config, else http://127.0.0.1:7080).
+    /// Controller URL (default: the client config, else https://127.0.0.1:7080).
     #[arg(long, global = true, env = "TEXU_SERVER")]
     server: Option<String>,
     /// Admin token (default: the client config).
@@ -25,6 +25,10 @@ struct Cli {
     /// Client config file (default: ~/.config/texu/config.yaml).
     #[arg(long, global = true, env = "TEXU_CONFIG")]
     config: Option<PathBuf>,
+    /// The cluster CA to trust, a PEM file (default: the client config's; the controller keeps
+    /// it in DATA_DIR/ca.pem).
+    #[arg(long, global = true, env = "TEXU_CA_FILE")]
+    ca_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -73,6 +77,9 @@ enum Command {
     /// Simulate many boards (heartbeats, watches, containers Ready at once) against a real
     /// controller, for scale figures.
     Sim(cmd::sim::Args),
+    /// The cluster join token.
+    #[command(subcommand)]
+    Token(cmd::token::Command),
 }
 
 fn main() -> ExitCode {
@@ -80,8 +87,13 @@ fn main() -> ExitCode {
     let daemon = matches!(cli.command, Command::Controller(_) | Command::Agent(_));
     init_logging(if daemon { "info" } else { "warn" });
     let client = || {
-        config::resolve(cli.server.clone(), cli.token.clone(), cli.config.clone())
-            .map(client::Client::new)
+        config::resolve(
+            cli.server.clone(),
+            cli.token.clone(),
+            cli.config.clone(),
+            cli.ca_file.clone(),
+        )
+        .and_then(client::Client::new)
     };
     let result = match cli.command {
         Command::Controller(ref args) => cmd::controller::run(args, cli.config.clone()),
@@ -101,6 +113,7 @@ fn main() -> ExitCode {
         Command::Demo(ref args) => cmd::demo::run(args),
         Command::Schema => cmd::schema(),
         Command::Sim(ref args) => cmd::sim::run(args, cli.server.clone(), client),
+        Command::Token(ref command) => client().and_then(|c| cmd::token::run(&c, command)),
     };
     match result {
         Ok(code) => code,

@@ -886,12 +886,11 @@ fn draining_and_rebalancing_a_board_under_a_request_loop_fail_no_request() -> Re
     c.wait_ready(Duration::from_secs(60))?;
     let node2 = c.plan().node_name(2);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (server, token) = (c.server().to_string(), c.token().to_string());
+    let api = c.api();
     let loop_stop = stop.clone();
     // A bounded client loop: at most 40,000 requests or 180 s. Like a proxy, it sends each
     // request to a Ready endpoint of the role, read from the controller every 100 ms.
     let client = std::thread::spawn(move || -> (u64, Vec<String>) {
-        let api = texu::cluster::Api::new(&server, &token);
         let (mut sent, mut failed) = (0u64, Vec::new());
         let mut endpoints: Vec<String> = Vec::new();
         let mut refreshed = Instant::now() - Duration::from_secs(1);

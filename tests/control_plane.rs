@@ -231,7 +231,7 @@ fn malformed_manifests_are_refused_with_positions_and_store_nothing() {
 }
 
 fn http(method: &str, url: &str, token: Option<&str>) -> u16 {
-    let mut req = ureq::request(method, url);
+    let mut req = common::http().request(method, url);
     if let Some(t) = token {
         req = req.set("Authorization", &format!("Bearer {t}"));
     }
@@ -292,7 +292,8 @@ fn every_v1_route_requires_a_valid_token() {
 fn api_errors_are_json_with_the_right_status() {
     let c = ControllerProcess::start();
     let auth = format!("Bearer {}", c.token);
-    let put = |name: &str, body: &str| match ureq::put(&format!("{}/v1/roles/{name}", c.server))
+    let put = |name: &str, body: &str| match common::http()
+        .put(&format!("{}/v1/roles/{name}", c.server))
         .set("Authorization", &auth)
         .set("Content-Type", "application/json")
         .send_string(body)
@@ -322,12 +323,12 @@ fn api_errors_are_json_with_the_right_status() {
     assert_eq!(status, 400, "{body}");
 
     // A 2 MiB body announced by Content-Length is refused before it is sent...
-    let addr = c.server.trim_start_matches("http://");
+    let addr = c.addr();
     let head = format!(
         "PUT /v1/roles/app HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {auth}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
         2 << 20
     );
-    assert_eq!(raw_status(addr, head.as_bytes()), 413);
+    assert_eq!(raw_status(&c, head.as_bytes()), 413);
     // ...and a chunked body with no length is cut off once it passes the limit.
     let mut chunked = format!(
         "PUT /v1/roles/app HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {auth}\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -338,7 +339,7 @@ fn api_errors_are_json_with_the_right_status() {
         chunked.extend(std::iter::repeat_n(b'x', 64 << 10));
         chunked.extend_from_slice(b"\r\n");
     }
-    assert_eq!(raw_status(addr, &chunked), 413);
+    assert_eq!(raw_status(&c, &chunked), 413);
 
     assert_eq!(
         http(
@@ -367,23 +368,31 @@ fn api_errors_are_json_with_the_right_status() {
 }
 
 /// Sends raw bytes (as much as the server takes) and returns the response's status code.
-fn raw_status(addr: &str, request: &[u8]) -> u16 {
+fn raw_status(c: &common::ControllerProcess, request: &[u8]) -> u16 {
     use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    let mut stream = common::tls_stream(&c.addr(), &c.ca_file());
     // The server may answer and close before it has read everything: ignore write errors.
     let _ = stream.write_all(request);
+    // Read without writing: TLS output a closed connection refused would only fail again.
     let mut response = Vec::new();
     let mut buf = [0u8; 4096];
-    while let Ok(n) = stream.read(&mut buf) {
-        if n == 0 {
-            break;
+    loop {
+        if let Ok(n) = stream.conn.reader().read(&mut buf) {
+            if n > 0 {
+                response.extend_from_slice(&buf[..n]);
+                if response.windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+                continue;
+            }
         }
-        response.extend_from_slice(&buf[..n]);
-        if response.windows(4).any(|w| w == b"\r\n\r\n") {
-            break;
+        match stream.conn.read_tls(&mut stream.sock) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                if stream.conn.process_new_packets().is_err() {
+                    break;
+                }
+            }
         }
     }
     let text = String::from_utf8_lossy(&response);
@@ -402,7 +411,8 @@ fn metrics_count_requests_and_objects() {
         manifests_dir().join("good/stack.yaml").to_str().unwrap(),
     ]);
     c.texu_ok(&["get", "roles"]);
-    let text = ureq::get(&format!("{}/metrics", c.server))
+    let text = common::http()
+        .get(&format!("{}/metrics", c.server))
         .call()
         .unwrap()
         .into_string()
@@ -429,13 +439,14 @@ fn watch_streams_changes_after_a_revision() {
     c.texu_ok(&["apply", "-f", stack.to_str().unwrap()]);
     let list = c.get_json(&["roles"]);
     let revision = list["revision"].as_i64().unwrap();
-    let response = ureq::get(&format!(
-        "{}/v1/roles?watch=true&revision={revision}",
-        c.server
-    ))
-    .set("Authorization", &format!("Bearer {}", c.token))
-    .call()
-    .unwrap();
+    let response = common::http()
+        .get(&format!(
+            "{}/v1/roles?watch=true&revision={revision}",
+            c.server
+        ))
+        .set("Authorization", &format!("Bearer {}", c.token))
+        .call()
+        .unwrap();
     assert_eq!(
         response.header("content-type"),
         Some("application/x-ndjson")
@@ -477,7 +488,8 @@ fn sigkill_during_applies_loses_no_acknowledged_write() {
                 r#"{{"apiVersion":"texu.io/v1","kind":"Role","metadata":{{"name":"{name}"}},"spec":{{"image":"host","replicas":{}}}}}"#,
                 i % 7
             );
-            match ureq::put(&format!("{server}/v1/roles/{name}"))
+            match common::http()
+                .put(&format!("{server}/v1/roles/{name}"))
                 .set("Authorization", &auth)
                 .timeout(Duration::from_secs(2))
                 .send_string(&body)
@@ -526,7 +538,8 @@ fn sigterm_stops_cleanly_and_state_survives() {
         manifests_dir().join("good/stack.yaml").to_str().unwrap(),
     ]);
     // An open watch must not keep the controller from stopping.
-    let watch = ureq::get(&format!("{}/v1/roles?watch=true", c.server))
+    let watch = common::http()
+        .get(&format!("{}/v1/roles?watch=true", c.server))
         .set("Authorization", &format!("Bearer {}", c.token))
         .call()
         .unwrap();
@@ -550,7 +563,7 @@ fn a_refused_connection_names_the_address_and_a_likely_cause() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     drop(listener);
-    let server = format!("http://{addr}");
+    let server = format!("https://{addr}");
     let out = common::texu_with(&server, "t", &["get", "roles"], None);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
@@ -560,7 +573,7 @@ fn a_refused_connection_names_the_address_and_a_likely_cause() {
 
 #[test]
 fn schema_describes_roles() {
-    let out = common::texu_with("http://127.0.0.1:1", "t", &["schema"], None);
+    let out = common::texu_with("https://127.0.0.1:1", "t", &["schema"], None);
     assert!(out.status.success());
     let schema: Value = serde_json::from_str(&stdout(&out)).expect("schema is JSON");
     assert!(
@@ -571,7 +584,8 @@ fn schema_describes_roles() {
 
 /// An API call with a bearer token: (status, JSON body or null). Never panics on an HTTP error.
 fn call_json(method: &str, url: &str, token: &str, body: Option<&Value>) -> (u16, Value) {
-    let req = ureq::request(method, url)
+    let req = common::http()
+        .request(method, url)
         .set("Authorization", &format!("Bearer {token}"))
         .timeout(Duration::from_secs(10));
     let result = match body {
@@ -634,7 +648,7 @@ fn two_thousand_half_open_connections_starve_neither_healthz_nor_heartbeats() {
 
     // 2,000 connections that never finish a request: half send part of a request line, half
     // send nothing at all. Bounded in count; all closed when `flood` is dropped.
-    let addr = c.server.trim_start_matches("http://").to_string();
+    let addr = c.addr();
     let mut flood = Vec::with_capacity(2000);
     for i in 0..2000 {
         let Ok(mut s) = std::net::TcpStream::connect(&addr) else {
@@ -654,7 +668,8 @@ fn two_thousand_half_open_connections_starve_neither_healthz_nor_heartbeats() {
     // While they are all held open: /healthz answers, and so do heartbeats.
     let health = format!("{}/healthz", c.server);
     for _ in 0..5 {
-        let answer = ureq::get(&health)
+        let answer = common::http()
+            .get(&health)
             .timeout(Duration::from_secs(5))
             .call()
             .map(|r| r.status());
@@ -694,8 +709,11 @@ fn a_watch_from_a_compacted_revision_gets_410_with_a_resync_hint() {
     let url = format!("{}/v1/roles?watch=true&revision=1", c.server);
     // Until the compactor has run, the watch opens (200) and streams: give each try a second.
     let (code, body) =
-        common::wait_for(Duration::from_secs(20), "compaction", || {
-            match ureq::get(&url)
+        common::wait_for(
+            Duration::from_secs(20),
+            "compaction",
+            || match common::http()
+                .get(&url)
                 .set("Authorization", &format!("Bearer {}", c.token))
                 .timeout(Duration::from_secs(1))
                 .call()
@@ -705,8 +723,8 @@ fn a_watch_from_a_compacted_revision_gets_410_with_a_resync_hint() {
                     serde_json::from_str::<Value>(&r.into_string().ok()?).ok()?,
                 )),
                 _ => None,
-            }
-        });
+            },
+        );
     assert_eq!(code, 410);
     assert!(
         body["error"].as_str().unwrap().contains("compacted"),
@@ -719,13 +737,14 @@ fn a_watch_from_a_compacted_revision_gets_410_with_a_resync_hint() {
     // Listing again gives a revision to watch from.
     let list = c.get_json(&["roles"]);
     let revision = list["revision"].as_i64().unwrap();
-    let response = ureq::get(&format!(
-        "{}/v1/roles?watch=true&revision={revision}",
-        c.server
-    ))
-    .set("Authorization", &format!("Bearer {}", c.token))
-    .call()
-    .expect("a watch from the listed revision opens");
+    let response = common::http()
+        .get(&format!(
+            "{}/v1/roles?watch=true&revision={revision}",
+            c.server
+        ))
+        .set("Authorization", &format!("Bearer {}", c.token))
+        .call()
+        .expect("a watch from the listed revision opens");
     assert_eq!(response.status(), 200);
 }
 
@@ -734,7 +753,8 @@ fn open_watches_per_credential_are_capped_with_429() {
     let c = ControllerProcess::start();
     let url = format!("{}/v1/roles?watch=true", c.server);
     let open = || {
-        ureq::get(&url)
+        common::http()
+            .get(&url)
             .set("Authorization", &format!("Bearer {}", c.token))
             .call()
             .map_err(Box::new)

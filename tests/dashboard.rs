@@ -55,8 +55,10 @@ struct Browser {
 }
 
 impl Browser {
-    /// A browser that resolves no name and reaches only `host` (the controller) and loopback.
-    fn start(host: &str) -> Result<Browser> {
+    /// A browser that resolves no name, reaches only `host` (the controller) and loopback, and
+    /// trusts the controller's certificate because its chain holds the CA whose public key
+    /// hashes to `ca_spki` (Chromium's own pinning flag; nothing else is trusted that way).
+    fn start(host: &str, ca_spki: [u8; 32]) -> Result<Browser> {
         require_chromium()?;
         let profile = tempfile::Builder::new()
             .prefix("texu-dashboard-chromium-")
@@ -114,6 +116,7 @@ impl Browser {
             "--disable-features=Translate,OptimizationHints,MediaRouter,AutofillServerCommunication"
                 .into(),
             format!("--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE {host}"),
+            format!("--ignore-certificate-errors-spki-list={}", base64(&ca_spki)),
         ];
         let answer = browser.post(
             "/session",
@@ -370,11 +373,13 @@ fn the_dashboard_lists_the_boards_and_shows_a_powered_off_board_not_ready_and_it
     let page = format!("{}/ui", c.server());
     let host = c
         .server()
-        .trim_start_matches("http://")
+        .trim_start_matches("https://")
         .rsplit_once(':')
         .map_or(c.server(), |(host, _)| host)
         .to_string();
-    let browser = Browser::start(&host)?;
+    let ca_spki = texu_controller::tls::ca_spki_sha256(&c.plan().controller_dir())
+        .context("the controller's CA key")?;
+    let browser = Browser::start(&host, ca_spki)?;
 
     // Without the token the page asks for it and shows nothing of the cluster.
     browser.open(&page)?;
@@ -573,4 +578,21 @@ fn the_dashboard_lists_the_boards_and_shows_a_powered_off_board_not_ready_and_it
     browser.close()?;
     c.teardown()?;
     Ok(())
+}
+
+/// Standard base64 with padding (Chromium's SPKI list format).
+fn base64(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().fold(0u32, |n, b| n << 8 | u32::from(*b)) << (8 * (3 - chunk.len()));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ABC[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }

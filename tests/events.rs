@@ -40,7 +40,7 @@ fn find(events: &[Value], kind: &str, object: &str) -> Option<Value> {
 }
 
 fn status(method: &str, url: &str, token: Option<&str>, body: Option<&Value>) -> (u16, Value) {
-    let mut req = ureq::request(method, url);
+    let mut req = common::http().request(method, url);
     if let Some(t) = token {
         req = req.set("Authorization", &format!("Bearer {t}"));
     }
@@ -71,6 +71,7 @@ impl Watcher {
         let mut child = Command::new(texu_bin())
             .args(["events", "--watch"])
             .env("TEXU_SERVER", &c.server)
+            .env("TEXU_CA_FILE", c.ca_file())
             .env("TEXU_TOKEN", &c.token)
             .env("TEXU_CONFIG", "/nonexistent/texu-test-config.yaml")
             .env_remove("RUST_LOG")

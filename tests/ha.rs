@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use nix::sys::signal::Signal;
-use texu::cluster::{Api, Cluster, ClusterConfig};
+use texu::cluster::{Cluster, ClusterConfig};
 use texu_api::{ContainerPhase, Node, NodePhase};
 use texu_controller::store::etcd::EtcdStore;
 use texu_controller::store::etcd_cluster::EtcdCluster;
@@ -47,8 +47,10 @@ fn start() -> (EtcdCluster, Cluster) {
 }
 
 /// What `GET /v1/leader` says on `server`, if it answers.
-fn leader_view(server: &str, token: &str) -> Option<serde_json::Value> {
-    let text = ureq::get(&format!("{server}/v1/leader"))
+fn leader_view(c: &Cluster, server: &str, token: &str) -> Option<serde_json::Value> {
+    let text = c
+        .http()
+        .get(&format!("{server}/v1/leader"))
         .set("Authorization", &format!("Bearer {token}"))
         .timeout(Duration::from_secs(2))
         .call()
@@ -66,7 +68,7 @@ fn leader(c: &Cluster, skip: &[usize]) -> Option<(usize, i64)> {
         .enumerate()
         .filter(|(i, _)| !skip.contains(&(i + 1)))
         .find_map(|(i, s)| {
-            let v = leader_view(s, c.token())?;
+            let v = leader_view(c, s, c.token())?;
             (v["leading"] == true).then(|| (i + 1, v["term"].as_i64().unwrap_or(0)))
         })
 }
@@ -126,7 +128,7 @@ fn sigkill_of_the_leader_hands_over_and_a_board_lost_meanwhile_still_fails_over(
     let (etcd, mut c) = start();
     c.apply_yaml(ROLE).unwrap_or_else(|e| panic!("apply: {e}"));
     let (first, term) = wait(&c, 30, "a leader", || leader(&c, &[]));
-    let api_of = |c: &Cluster, n: usize| Api::new(&c.servers()[n - 1], c.token());
+    let api_of = |c: &Cluster, n: usize| c.api_at(&c.servers()[n - 1]);
     let survivor = if first == 1 { 2 } else { 1 };
     let api = api_of(&c, survivor);
     wait(&c, 120, "three echo containers Ready", || {
@@ -240,7 +242,7 @@ fn a_leader_frozen_past_its_lease_writes_nothing_after_the_new_one_took_over() {
     assert!(next_term > term);
     // Let the frozen leader's view go stale: every board's heartbeats now reach the new
     // leader, so on waking the old one would find them all silent for seconds.
-    let api = Api::new(&c.servers()[next - 1], c.token());
+    let api = c.api_at(&c.servers()[next - 1]);
     wait(&c, 30, "the boards' heartbeats at the new leader", || {
         let nodes = api.nodes().ok()?;
         let fresh = nodes.iter().all(|n| {
@@ -255,11 +257,13 @@ fn a_leader_frozen_past_its_lease_writes_nothing_after_the_new_one_took_over() {
     assert!(c.signal_controller(first, Signal::SIGCONT), "SIGCONT");
     let old = c.servers()[first - 1].clone();
     wait(&c, 30, "the old leader to say it follows", || {
-        let v = leader_view(&old, c.token())?;
+        let v = leader_view(&c, &old, c.token())?;
         (v["leading"] == false && v["leader"].as_str() == Some(c.servers()[next - 1].as_str()))
             .then_some(())
     });
-    let metrics = ureq::get(&format!("{old}/metrics"))
+    let metrics = c
+        .http()
+        .get(&format!("{old}/metrics"))
         .call()
         .ok()
         .and_then(|r| r.into_string().ok())

@@ -122,7 +122,8 @@ fn scrape_checked(text: Result<String>, what: &str) -> Result<String> {
 
 fn controller_metrics(c: &Cluster) -> Result<String> {
     let url = format!("{}/metrics", c.server());
-    ureq::get(&url)
+    c.http()
+        .get(&url)
         .timeout(Duration::from_secs(5))
         .call()
         .with_context(|| format!("GET {url}"))?

@@ -9,7 +9,9 @@ use common::{wait_for, ControllerProcess};
 use serde_json::{json, Value};
 
 fn call(method: &str, url: &str, token: &str, body: Option<&Value>) -> (u16, Value) {
-    let req = ureq::request(method, url).set("Authorization", &format!("Bearer {token}"));
+    let req = common::http()
+        .request(method, url)
+        .set("Authorization", &format!("Bearer {token}"));
     let result = match body {
         Some(b) => req
             .set("Content-Type", "application/json")

@@ -165,7 +165,9 @@ fn endpoint_removals(c: &Cluster, after: i64, from: usize, until: usize) -> Resu
         "{}/v1/endpoints/web?watch=true&revision={after}",
         c.server()
     );
-    let response = ureq::get(&url)
+    let response = c
+        .http()
+        .get(&url)
         .set("Authorization", &format!("Bearer {}", c.token()))
         .timeout(Duration::from_secs(20))
         .call()

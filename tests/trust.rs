@@ -15,7 +15,9 @@ fn call_full(
     token: &str,
     body: Option<&Value>,
 ) -> (u16, Option<String>, Value) {
-    let req = ureq::request(method, url).set("Authorization", &format!("Bearer {token}"));
+    let req = common::http()
+        .request(method, url)
+        .set("Authorization", &format!("Bearer {token}"));
     let result = match body {
         Some(b) => req
             .set("Content-Type", "application/json")
@@ -400,7 +402,7 @@ fn label_churning_heartbeats_write_the_store_at_a_bounded_rate() {
     let revision = |c: &ControllerProcess| c.get_json(&["nodes"])["revision"].as_i64().unwrap();
     let before = revision(&c);
     let started = Instant::now();
-    let agent = ureq::AgentBuilder::new().build();
+    let agent = common::http_builder().build();
     let url = format!("{}/v1/nodes/board-a/status", c.server);
     const BEATS: usize = 10_000;
     for i in 0..BEATS {
@@ -438,6 +440,7 @@ fn on_real_boards_the_join_token_neither_takes_a_board_nor_reroutes_its_traffic(
 ) -> anyhow::Result<()> {
     use texu::cluster::{Cluster, ClusterConfig};
     let c = Cluster::start(ClusterConfig::new(2, common::texu_bin()))?;
+    common::remember(c.server(), &c.ca_file());
     let join_token = std::fs::read_to_string(c.plan().controller_dir().join("join.token"))?;
     let join_token = join_token.trim();
     let url = format!("{}/v1/join", c.server());

@@ -31,23 +31,60 @@ fn event(kind: &str, c: &Container) -> String {
     serde_json::json!({"type": kind, "revision": 2, "object": c}).to_string()
 }
 
+/// TLS settings for a fake controller on 127.0.0.1, with its CA pinned in `data_dir` as a
+/// board that joined would have it.
+fn tls(data_dir: &Path) -> Arc<rustls::ServerConfig> {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca = ca.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    std::fs::write(data_dir.join(daemon::trust::CA_FILE), ca.der()).unwrap();
+    let private = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(vec![leaf.der().clone(), ca.der().clone()], private)
+    .unwrap();
+    Arc::new(config)
+}
+
 /// A controller that answers heartbeats, lists `list` and streams `watch` lines, then closes.
-fn fake_controller(list: Vec<Container>, watch: Vec<String>) -> (String, Arc<Mutex<Vec<String>>>) {
+fn fake_controller(
+    list: Vec<Container>,
+    watch: Vec<String>,
+    data_dir: &Path,
+) -> (String, Arc<Mutex<Vec<String>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind loopback");
-    let server = format!("http://{}", listener.local_addr().unwrap());
+    let server = format!("https://{}", listener.local_addr().unwrap());
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = seen.clone();
+    let config = tls(data_dir);
     std::thread::spawn(move || {
         for stream in listener.incoming().flatten() {
             let (list, watch, log) = (list.clone(), watch.clone(), log.clone());
-            std::thread::spawn(move || serve(stream, &list, &watch, &log));
+            let Ok(conn) = rustls::ServerConnection::new(config.clone()) else {
+                continue;
+            };
+            std::thread::spawn(move || {
+                serve(rustls::StreamOwned::new(conn, stream), &list, &watch, &log)
+            });
         }
     });
     (server, seen)
 }
 
-fn serve(stream: TcpStream, list: &[Container], watch: &[String], log: &Mutex<Vec<String>>) {
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
+type Tls = rustls::StreamOwned<rustls::ServerConnection, TcpStream>;
+
+fn serve(mut stream: Tls, list: &[Container], watch: &[String], log: &Mutex<Vec<String>>) {
+    let mut reader = BufReader::new(&mut stream);
     let mut request = String::new();
     if reader.read_line(&mut request).is_err() {
         return;
@@ -64,6 +101,7 @@ fn serve(stream: TcpStream, list: &[Container], watch: &[String], log: &Mutex<Ve
     }
     let mut body = vec![0; length];
     let _ = reader.read_exact(&mut body);
+    drop(reader);
     let path = request
         .split_whitespace()
         .nth(1)
@@ -77,12 +115,14 @@ fn serve(stream: TcpStream, list: &[Container], watch: &[String], log: &Mutex<Ve
     } else {
         "{}".to_string()
     };
-    let mut stream = stream;
     let _ = write!(
         stream,
         "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
         answer.len()
     );
+    let _ = stream.flush();
+    stream.conn.send_close_notify();
+    let _ = stream.flush();
 }
 
 fn all_paths(dir: &Path) -> Vec<PathBuf> {
@@ -121,7 +161,7 @@ async fn containers_with_path_names_from_the_wire_are_refused_and_create_nothing
     // A file a DELETED `../victim` would reach if the name were used as a path.
     std::fs::create_dir_all(root.path().join("victim")).unwrap();
     std::fs::write(root.path().join("victim/keep"), "keep").unwrap();
-    let (server, seen) = fake_controller(list, watch);
+    let (server, seen) = fake_controller(list, watch, &data_dir);
 
     let config = Config {
         server,

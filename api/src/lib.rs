@@ -34,6 +34,7 @@ mod duration;
 mod endpoint;
 mod event;
 mod image;
+mod join_token;
 mod live_file;
 mod manifest;
 mod meta;
@@ -55,6 +56,9 @@ pub use duration::{Duration, DurationError};
 pub use endpoint::{endpoints_of, Endpoint, RoleEndpoints};
 pub use event::{Event, EventKind};
 pub use image::{ImageRef, ImageRefError};
+pub use join_token::{
+    format_join_token, parse_join_token, JoinTokenError, JoinTokenParts, JOIN_TOKEN_PREFIX,
+};
 pub use live_file::{format_rfc3339, system_time_rfc3339, FileStatus};
 pub use manifest::{
     parse_json_role, parse_manifests, parse_manifests_located, Diagnostic, LocatedManifest,

@@ -1,5 +1,9 @@
-//! The API's accept loop: HTTP/1 over TCP with limits, so that a flood of idle or half-open
-//! connections cannot starve heartbeats and `/healthz`.
+//! The API's accept loop: HTTP/1 over TLS over TCP with limits, so that a flood of idle or
+//! half-open connections cannot starve heartbeats and `/healthz`.
+//!
+//! Every connection is TLS (tokio-rustls in front of hyper): a plain-HTTP request gets no
+//! answer, the handshake fails and the connection closes. The handshake runs in the
+//! connection's own task, within the header-read timeout, so a slow one never holds up accepts.
 //!
 //! Every connection gets a header-read timeout (a client that does not finish its request head
 //! in time is cut off) and an idle timeout between requests. At most `max_connections` are open
@@ -202,6 +206,7 @@ pub async fn serve<F>(
     listener: tokio::net::TcpListener,
     filter: F,
     limits: Limits,
+    tls: Arc<rustls::ServerConfig>,
     shutdown: impl std::future::Future<Output = ()>,
 ) where
     F: warp::Filter<Extract = (warp::reply::Response,), Error = warp::Rejection>
@@ -211,6 +216,7 @@ pub async fn serve<F>(
         + 'static,
 {
     let registry = Arc::new(Registry::default());
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -251,15 +257,31 @@ pub async fn serve<F>(
         http.timer(TokioTimer::new())
             .header_read_timeout(limits.header_read_timeout)
             .keep_alive(true);
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let watcher = graceful.watcher();
+        let acceptor = acceptor.clone();
         let registry = registry.clone();
         tokio::spawn(async move {
-            tokio::select! {
-                result = conn => {
-                    if let Err(e) = result {
-                        tracing::debug!(%peer, error = %e, "connection ended");
+            let serve = async {
+                let handshake =
+                    tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream));
+                let stream = match handshake.await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
                     }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+                let conn = watcher.watch(http.serve_connection(TokioIo::new(stream), service));
+                if let Err(e) = conn.await {
+                    tracing::debug!(%peer, error = %e, "connection ended");
                 }
+            };
+            tokio::select! {
+                () = serve => {}
                 () = close.cancelled() => tracing::debug!(%peer, "connection closed by the limits"),
             }
             registry.remove(id);

@@ -17,6 +17,7 @@ use crate::api::{self, ApiState};
 use crate::auth::{self, Token};
 use crate::connections::{self, Limits};
 use crate::images::ImageStore;
+use crate::join_token::JoinToken;
 use crate::leader::{self, Leadership};
 use crate::leading::{self, LeaderWork};
 use crate::metrics::Metrics;
@@ -28,6 +29,7 @@ use crate::store::etcd::EtcdStore;
 use crate::store::timed::TimedStore;
 use crate::store::{Store, StoreError};
 use crate::supervise::{Supervisor, TaskError};
+use crate::tls::{Tls, TlsError};
 
 /// File the controller writes its bound address to, so scripts and tests can find it.
 pub const ADDRESS_FILE: &str = "controller.addr";
@@ -76,6 +78,8 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Auth(#[from] auth::AuthError),
+    #[error("cannot set up TLS: {0}")]
+    Tls(#[from] TlsError),
     #[error("cannot open the store: {0}")]
     Store(#[from] StoreError),
     #[error("cannot listen on {addr}: {source}")]
@@ -99,6 +103,8 @@ pub enum ServerError {
 pub struct Controller {
     listener: tokio::net::TcpListener,
     state: Arc<ApiState>,
+    /// The cluster CA and the server certificate.
+    pub tls: Arc<Tls>,
     store: Arc<dyn Store>,
     stop: watch::Sender<bool>,
     settings: crate::scheduler::Settings,
@@ -137,8 +143,8 @@ impl Controller {
         }
         let (admin_token, created) =
             auth::load_or_create(&config.data_dir, auth::ADMIN_TOKEN_FILE, "texu-admin-")?;
-        let (join_token, _) =
-            auth::load_or_create(&config.data_dir, auth::JOIN_TOKEN_FILE, "texu-join-")?;
+        let tls = Tls::load_or_create(&config.data_dir, config.listen)?;
+        let join_token = JoinToken::load_or_create(&config.data_dir, &tls.ca_hash())?;
         let store: Arc<dyn Store> = Arc::new(TimedStore::new(open_store(config).await?));
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
@@ -165,7 +171,7 @@ impl Controller {
         let address = config
             .advertise
             .clone()
-            .unwrap_or_else(|| format!("http://{local_addr}"));
+            .unwrap_or_else(|| format!("https://{local_addr}"));
         let leadership = if config.etcd_endpoints.is_empty() {
             Leadership::sole(&address)
         } else {
@@ -193,6 +199,7 @@ impl Controller {
         Ok(Controller {
             listener,
             state,
+            tls,
             store,
             stop,
             settings: crate::scheduler::Settings {
@@ -219,6 +226,11 @@ impl Controller {
     ) -> Result<(), ServerError> {
         let stopping = CancellationToken::new();
         let mut tasks = Supervisor::new(stopping.clone());
+        tasks.spawn(
+            "certificate renewal",
+            self.tls.clone().renew_loop(self.state.shutdown.clone()),
+        );
+        let tls_config = self.tls.server_config()?;
         let api_stop = stopping.clone();
         tasks.spawn(
             "API server",
@@ -226,6 +238,7 @@ impl Controller {
                 self.listener,
                 api::routes(self.state.clone()),
                 self.limits,
+                tls_config,
                 async move { api_stop.cancelled().await },
             ),
         );

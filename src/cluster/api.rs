@@ -9,10 +9,19 @@ use texu_api::{Container, ContainerPhase, DesiredState, Node, NodePhase, Role};
 use super::{ClusterError, Result};
 
 /// An admin's view of one controller.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Api {
     server: String,
     token: String,
+    agent: ureq::Agent,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api")
+            .field("server", &self.server)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -21,17 +30,29 @@ struct List<T> {
 }
 
 impl Api {
-    /// A client for `server` (`http://HOST:PORT`) with an admin token.
+    /// A client for `server` (`https://HOST:PORT`) with an admin token, trusting ureq's public
+    /// roots; [`Api::with_ca`] for a cluster's own CA.
     pub fn new(server: &str, token: &str) -> Api {
+        Self::with_ca(server, token, None)
+    }
+
+    /// A client for `server` trusting only the CA certificates in `ca_pem` (when given).
+    pub fn with_ca(server: &str, token: &str, ca_pem: Option<&str>) -> Api {
+        let mut agent = ureq::AgentBuilder::new();
+        if let Some(tls) = ca_pem.and_then(texu_controller::tls::client_config) {
+            agent = agent.tls_config(tls);
+        }
         Api {
             server: server.trim_end_matches('/').to_string(),
             token: token.to_string(),
+            agent: agent.build(),
         }
     }
 
     /// Whether the controller answers `/healthz`.
     pub fn healthy(&self) -> bool {
-        ureq::get(&format!("{}/healthz", self.server))
+        self.agent
+            .get(&format!("{}/healthz", self.server))
             .timeout(Duration::from_secs(2))
             .call()
             .is_ok()
@@ -75,7 +96,9 @@ impl Api {
             url: url.clone(),
             message,
         };
-        let body = ureq::get(&url)
+        let body = self
+            .agent
+            .get(&url)
             .set("Authorization", &format!("Bearer {}", self.token))
             .timeout(Duration::from_secs(5))
             .call()

@@ -31,8 +31,9 @@ impl Cluster {
             .mode(0o700)
             .create(&dir)
             .map_err(|e| io("make a controller's data dir", &dir, e))?;
-        // Every controller of one cluster accepts the same admin and join tokens.
-        for token in ["admin.token", "join.token"] {
+        // Every controller of one cluster accepts the same admin and join tokens and holds the
+        // same CA (agents pinned it from the join token; they move between controllers).
+        for token in ["admin.token", "join.token", "ca.pem", "ca.key"] {
             let to = dir.join(token);
             std::fs::copy(self.plan.controller_dir().join(token), &to)
                 .map_err(|e| io("copy a token", &to, e))?;
@@ -71,9 +72,9 @@ impl Cluster {
                     .filter(|s| s.ends_with('\n'))
             },
         )?;
-        let url = format!("http://{}", addr.trim());
+        let url = format!("https://{}", addr.trim());
         self.more_controllers[index].1 = url.clone();
-        let api = super::Api::new(&url, &self.token);
+        let api = self.api_at(&url);
         self.wait_alive(
             &format!("{what} to answer /healthz"),
             |c| c.more_controllers[index].0.as_mut(),

@@ -157,6 +157,9 @@ impl ClusterConfig {
 /// The name of `texu demo`'s cluster.
 pub const DEMO_NAME: &str = "demo";
 
+/// The controller's CA certificate inside its data dir.
+const CA_FILE: &str = texu_controller::tls::CA_CERT_FILE;
+
 /// A running local cluster. Dropping it removes everything it made.
 pub struct Cluster {
     plan: Plan,
@@ -319,7 +322,29 @@ impl Cluster {
 
     /// A client of the controller.
     pub fn api(&self) -> Api {
-        Api::new(&self.server, &self.token)
+        let ca = std::fs::read_to_string(self.plan.controller_dir().join(CA_FILE)).ok();
+        Api::with_ca(&self.server, &self.token, ca.as_deref())
+    }
+
+    /// A client of the controller at `server` (one of [`Cluster::servers`]).
+    pub fn api_at(&self, server: &str) -> Api {
+        let ca = std::fs::read_to_string(self.ca_file()).ok();
+        Api::with_ca(server, &self.token, ca.as_deref())
+    }
+
+    /// A ureq agent trusting the cluster CA (and only it), for raw requests to controllers.
+    pub fn http(&self) -> ureq::Agent {
+        let ca = std::fs::read_to_string(self.ca_file()).unwrap_or_default();
+        let builder = ureq::AgentBuilder::new();
+        match texu_controller::tls::client_config(&ca) {
+            Some(tls) => builder.tls_config(tls).build(),
+            None => builder.build(),
+        }
+    }
+
+    /// The cluster CA's certificate (PEM), which the controller keeps in its data dir.
+    pub fn ca_file(&self) -> PathBuf {
+        self.plan.controller_dir().join(CA_FILE)
     }
 
     /// Runs `texu ARGS...` against this cluster's controller (never the user's own config).

@@ -45,7 +45,7 @@ impl Cluster {
     fn start_controller(&mut self) -> Result<()> {
         let dir = self.plan.controller_dir();
         // A restarted controller listens where the first one did: the agents know that address.
-        let listen = match self.server.strip_prefix("http://") {
+        let listen = match self.server.strip_prefix("https://") {
             Some(addr) if !addr.is_empty() => addr.to_string(),
             _ => format!("{}:0", self.plan.controller_address()),
         };
@@ -75,7 +75,7 @@ impl Cluster {
                     .filter(|s| s.ends_with('\n'))
             },
         )?;
-        self.server = format!("http://{}", addr.trim());
+        self.server = format!("https://{}", addr.trim());
         let read = |file: &str| {
             let path = dir.join(file);
             std::fs::read_to_string(&path)

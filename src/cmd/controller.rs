@@ -109,7 +109,7 @@ pub fn run(args: &Args, config_path: Option<PathBuf>) -> Result<ExitCode> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
         let controller = Controller::bind(&config).await?;
-        let server = format!("http://{}", controller.local_addr);
+        let server = format!("https://{}", controller.local_addr);
         tracing::info!(%server, "controller listening");
         if controller.admin_token_created {
             eprintln!(
@@ -118,25 +118,56 @@ pub fn run(args: &Args, config_path: Option<PathBuf>) -> Result<ExitCode> {
             );
         }
         if !args.no_client_config {
-            write_client_config(&server, controller.admin_token.secret(), config_path);
+            let client = ClientConfig {
+                server: server.replace("0.0.0.0", "127.0.0.1"),
+                token: controller.admin_token.secret().to_string(),
+                ca: Some(controller.tls.ca_pem().to_string()),
+            };
+            write_client_config(&client, &args.data_dir, config_path);
         }
         controller.serve(shutdown_signal()).await?;
         Ok(ExitCode::SUCCESS)
     })
 }
 
-fn write_client_config(server: &str, token: &str, path: Option<PathBuf>) {
+/// Writes the local user's client config when there is none or it names this controller (its
+/// address or its CA); otherwise this controller's own copy in its data dir, and says where, so
+/// starting a second controller never repoints an admin's CLI.
+fn write_client_config(client: &ClientConfig, data_dir: &std::path::Path, path: Option<PathBuf>) {
     let Some(path) = path.or_else(config::default_path) else {
         return;
     };
-    let client = ClientConfig {
-        server: server.replace("0.0.0.0", "127.0.0.1"),
-        token: token.to_string(),
+    let target = match config::read(&path) {
+        Ok(None) => path,
+        Ok(Some(existing)) if names_same_controller(&existing, client) => path,
+        Ok(Some(existing)) => {
+            let own = data_dir.join(CLIENT_CONFIG_FILE);
+            eprintln!(
+                "texu: {} names another controller ({}); left as it is. This controller's client \
+                 config is {} (use it with --config or TEXU_CONFIG)",
+                path.display(),
+                existing.server,
+                own.display()
+            );
+            own
+        }
+        Err(e) => {
+            tracing::warn!("not touching the client config: {e:#}");
+            data_dir.join(CLIENT_CONFIG_FILE)
+        }
     };
-    match config::write(&path, &client) {
-        Ok(()) => eprintln!("texu: client config written to {}", path.display()),
+    match config::write(&target, client) {
+        Ok(()) => eprintln!("texu: client config written to {}", target.display()),
         Err(e) => tracing::warn!("cannot write the client config: {e:#}"),
     }
+}
+
+/// This controller's own client config inside its data dir.
+pub const CLIENT_CONFIG_FILE: &str = "client.yaml";
+
+fn names_same_controller(existing: &ClientConfig, this: &ClientConfig) -> bool {
+    existing.server.trim_end_matches('/') == this.server
+        || existing.ca.is_some() && existing.ca == this.ca
 }
 
 pub async fn shutdown_signal() {
@@ -160,6 +191,53 @@ pub async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_config_naming_another_controller_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let user = dir.path().join("home/config.yaml");
+        let this = |server: &str, ca: &str| ClientConfig {
+            server: server.into(),
+            token: "t".into(),
+            ca: Some(ca.into()),
+        };
+        write_client_config(
+            &this("https://127.0.0.1:1", "A"),
+            dir.path(),
+            Some(user.clone()),
+        );
+        assert_eq!(
+            config::read(&user).unwrap().unwrap().server,
+            "https://127.0.0.1:1"
+        );
+        // The same controller on another port (same CA): the user's config follows it.
+        write_client_config(
+            &this("https://127.0.0.1:2", "A"),
+            dir.path(),
+            Some(user.clone()),
+        );
+        assert_eq!(
+            config::read(&user).unwrap().unwrap().server,
+            "https://127.0.0.1:2"
+        );
+        // Another controller: its own copy in its data dir.
+        write_client_config(
+            &this("https://127.0.0.1:3", "B"),
+            dir.path(),
+            Some(user.clone()),
+        );
+        assert_eq!(
+            config::read(&user).unwrap().unwrap().server,
+            "https://127.0.0.1:2"
+        );
+        let own = config::read(&dir.path().join(CLIENT_CONFIG_FILE))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (own.server.as_str(), own.ca.as_deref()),
+            ("https://127.0.0.1:3", Some("B"))
+        );
+    }
 
     #[test]
     fn parses_etcd_store_urls() {

@@ -14,6 +14,7 @@ pub mod image;
 pub mod label;
 pub mod sim;
 pub mod status;
+pub mod token;
 
 use std::process::ExitCode;
 

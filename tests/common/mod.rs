@@ -3,7 +3,66 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// Every controller this test process started, by URL, with its CA file: the CLI and the
+/// HTTP helpers trust exactly these.
+static CONTROLLERS: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
+
+/// Makes [`http`] and [`texu_with`] trust the controller at `server` with the CA in `ca` (a
+/// [`texu::cluster::Cluster`]'s, say; controllers started here are remembered by themselves).
+pub fn remember(server: &str, ca: &Path) {
+    let mut known = CONTROLLERS.lock().unwrap_or_else(|e| e.into_inner());
+    known.retain(|(s, _)| s != server);
+    known.push((server.to_string(), ca.to_path_buf()));
+}
+
+/// The CA file of the controller at `server`, if this process started it.
+pub fn ca_file_of(server: &str) -> Option<PathBuf> {
+    let known = CONTROLLERS.lock().unwrap_or_else(|e| e.into_inner());
+    known
+        .iter()
+        .find(|(s, _)| server.starts_with(s.as_str()))
+        .map(|(_, ca)| ca.clone())
+}
+
+/// A ureq agent builder trusting the CA of every controller this test process started (and
+/// nothing else); plain `http://` URLs (containers) work as usual.
+pub fn http_builder() -> ureq::AgentBuilder {
+    let bundle: String = CONTROLLERS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .filter_map(|(_, ca)| std::fs::read_to_string(ca).ok())
+        .collect();
+    let builder = ureq::AgentBuilder::new();
+    match texu_controller::tls::client_config(&bundle) {
+        Some(tls) => builder.tls_config(tls),
+        None => builder,
+    }
+}
+
+/// [`http_builder`], built: for requests to controller URLs.
+pub fn http() -> ureq::Agent {
+    http_builder().build()
+}
+
+/// Opens a TLS connection to `addr` (`HOST:PORT`) trusting the controller CA in `ca`, for
+/// tests that write raw HTTP bytes.
+pub fn tls_stream(
+    addr: &str,
+    ca: &Path,
+) -> rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream> {
+    let pem = std::fs::read_to_string(ca).expect("read the controller's CA");
+    let config = texu_controller::tls::client_config(&pem).expect("a CA certificate");
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    let name = rustls::pki_types::ServerName::try_from(host.to_string()).expect("server name");
+    let conn = rustls::ClientConnection::new(config, name).expect("TLS client");
+    let tcp = std::net::TcpStream::connect(addr).expect("connect to the controller");
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    rustls::StreamOwned::new(conn, tcp)
+}
 
 /// The `texu` binary cargo built for these tests.
 pub fn texu_bin() -> PathBuf {
@@ -104,17 +163,40 @@ impl ControllerProcess {
                     .filter(|s| s.ends_with('\n'))
             },
         );
-        self.server = format!("http://{}", addr.trim());
+        self.server = format!("https://{}", addr.trim());
         self.token = std::fs::read_to_string(self.data_dir.join("admin.token"))
             .expect("admin token")
             .trim()
             .to_string();
+        remember(&self.server, &self.ca_file());
         let health = format!("{}/healthz", self.server);
+        let agent = self.http();
         wait_for(
             Duration::from_secs(20),
             "the controller to answer /healthz",
-            || ureq::get(&health).call().ok().map(|_| ()),
+            || agent.get(&health).call().ok().map(|_| ()),
         );
+    }
+
+    /// The controller's CA certificate (PEM) in its data dir.
+    pub fn ca_file(&self) -> PathBuf {
+        self.data_dir.join(texu_controller::tls::CA_CERT_FILE)
+    }
+
+    /// A rustls client config trusting this controller's CA only.
+    pub fn tls(&self) -> Arc<rustls::ClientConfig> {
+        let pem = std::fs::read_to_string(self.ca_file()).expect("the controller's CA");
+        texu_controller::tls::client_config(&pem).expect("a CA certificate")
+    }
+
+    /// A ureq agent trusting this controller's CA only.
+    pub fn http(&self) -> ureq::Agent {
+        ureq::AgentBuilder::new().tls_config(self.tls()).build()
+    }
+
+    /// The `HOST:PORT` the controller listens on.
+    pub fn addr(&self) -> String {
+        self.server.trim_start_matches("https://").to_string()
     }
 
     /// Sends a signal to the process.
@@ -209,6 +291,9 @@ impl Drop for ControllerProcess {
 pub fn texu_with(server: &str, token: &str, args: &[&str], stdin: Option<&[u8]>) -> Output {
     use std::io::Write;
     let mut cmd = Command::new(texu_bin());
+    if let Some(ca) = ca_file_of(server) {
+        cmd.env("TEXU_CA_FILE", ca);
+    }
     cmd.args(args)
         .env("TEXU_SERVER", server)
         .env("TEXU_TOKEN", token)
@@ -447,7 +532,8 @@ impl Drop for AgentProcess {
 
 /// GETs `url` with a short timeout; the body on 2xx.
 pub fn http_get(url: &str) -> Option<String> {
-    ureq::get(url)
+    http()
+        .get(url)
         .timeout(Duration::from_secs(2))
         .call()
         .ok()?

@@ -1,7 +1,8 @@
 //! The agent's client for the controller API: join, heartbeat, list and watch its containers.
 //!
 //! Blocking HTTP (ureq) run on blocking threads: the agent makes a request every half second at
-//! most, and a blocking client keeps the binary and the resident set small.
+//! most, and a blocking client keeps the binary and the resident set small. Every connection is
+//! TLS trusting only the cluster CA pinned from the join token (trust.rs).
 //!
 //! With several controllers ([`Servers`]) every request goes to the current one; when it does
 //! not answer the client moves to the next, and when a follower answers that another
@@ -79,18 +80,41 @@ pub use super::servers::Servers;
 pub struct Client {
     agent: ureq::Agent,
     servers: std::sync::Arc<Servers>,
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl Client {
-    /// A client for `server` (`http://HOST:PORT`, or several comma separated).
+    /// A client for `server` (`https://HOST:PORT`, or several comma separated) with ureq's
+    /// default trust (tests with no controller).
     pub fn new(server: &str) -> Client {
-        let agent = ureq::AgentBuilder::new()
+        Self::with_tls(server, None)
+    }
+
+    /// A client for `server` trusting what `tls` trusts (the pinned cluster CA).
+    pub fn pinned(server: &str, tls: std::sync::Arc<rustls::ClientConfig>) -> Client {
+        Self::with_tls(server, Some(tls))
+    }
+
+    fn with_tls(server: &str, tls: Option<std::sync::Arc<rustls::ClientConfig>>) -> Client {
+        let mut client = Client {
+            agent: ureq::Agent::new(),
+            servers: std::sync::Arc::new(Servers::new(server)),
+            tls,
+        };
+        client.agent = client
+            .builder()
             .timeout_connect(Duration::from_secs(3))
             .timeout_read(Duration::from_secs(10))
             .build();
-        Client {
-            agent,
-            servers: std::sync::Arc::new(Servers::new(server)),
+        client
+    }
+
+    /// A ureq agent builder with this client's TLS settings.
+    fn builder(&self) -> ureq::AgentBuilder {
+        let builder = ureq::AgentBuilder::new();
+        match &self.tls {
+            Some(tls) => builder.tls_config(tls.clone()),
+            None => builder,
         }
     }
 
@@ -241,7 +265,8 @@ impl Client {
         let url = format!("{server}{path}");
         // The controller sends a BOOKMARK line every few seconds on a quiet watch: silence much
         // longer than that is a dead connection (a partition leaves TCP silent), not quiet.
-        let agent = ureq::AgentBuilder::new()
+        let agent = self
+            .builder()
             .timeout_connect(Duration::from_secs(3))
             .timeout_read(Duration::from_secs(5))
             .build();
@@ -276,7 +301,8 @@ impl Client {
     pub fn download(&self, credential: &str, hex: &str, dest: &std::path::Path) -> Result<String> {
         use sha2::Digest;
         use std::io::{Read, Write};
-        let agent = ureq::AgentBuilder::new()
+        let agent = self
+            .builder()
             .timeout_connect(Duration::from_secs(3))
             .timeout_read(Duration::from_secs(60))
             .build();

@@ -26,6 +26,7 @@ mod routes;
 pub mod servers;
 mod slot;
 mod spec;
+pub mod trust;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -131,6 +132,8 @@ pub enum AgentError {
         "this node has no credential yet and no --join-token-file (or --join-token) was given"
     )]
     NoJoinToken,
+    #[error(transparent)]
+    Trust(#[from] trust::TrustError),
     #[error("joining the cluster failed: {0}")]
     Join(#[source] ClientError),
     #[error(transparent)]
@@ -275,7 +278,7 @@ pub async fn run(
         &config.reserved_ports,
         &config.server,
     ));
-    let client = Client::new(&config.server);
+    let client = Client::pinned(&config.server, trust::tls_for(&config).await?);
     let credential = credential(&config, &client).await?;
     let mut tasks = Tasks::default();
     let network = match &config.network {

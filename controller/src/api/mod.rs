@@ -12,6 +12,7 @@ mod images;
 pub mod leader;
 mod nodes;
 mod objects;
+mod token;
 mod watch;
 pub use watch::WatchLimit;
 
@@ -52,6 +53,7 @@ pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30)
 /// Every `/v1` route as (method, pattern); `{name}` stands for an object name.
 pub const ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/roles"),
+    ("POST", "/v1/token/rotate"),
     ("GET", "/v1/roles/{name}"),
     ("PUT", "/v1/roles/{name}"),
     ("DELETE", "/v1/roles/{name}"),
@@ -90,7 +92,7 @@ pub struct ApiState {
     pub objects: Objects,
     pub admin_token: Token,
     /// The cluster join token agents present once to get their own credential.
-    pub join_token: Token,
+    pub join_token: crate::join_token::JoinToken,
     pub nodes: Arc<Nodes>,
     pub images: ImageStore,
     pub metrics: Arc<Metrics>,
@@ -250,6 +252,7 @@ where
             "/v1/containers/{name}/replace",
             replace(state, req, name).await,
         ),
+        ["token", "rotate"] => ("/v1/token/rotate", token::rotate(state, req)),
         ["images"] => ("/v1/images", list_images(state, req).await),
         ["images", name, tag, arch] => (
             "/v1/images/{name}/{tag}/{arch}",

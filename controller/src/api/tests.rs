@@ -30,7 +30,7 @@ fn fixture() -> Fixture {
         images: crate::images::ImageStore::new(dir.path().join("images"), objects.clone()),
         objects,
         admin_token: Token::from_secret("secret"),
-        join_token: Token::from_secret("join"),
+        join_token: crate::join_token::JoinToken::fixed("join"),
         metrics: Arc::new(Metrics::new()),
         shutdown,
         watches: Default::default(),
