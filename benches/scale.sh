@@ -111,9 +111,10 @@ run_size() {
 	done
 	[[ -s $dir/controller/controller.addr ]] || die "the controller wrote no address: $(tail -5 "$dir/controller.log")"
 	local server token
-	server=http://$(head -1 "$dir/controller/controller.addr")
+	server=https://$(head -1 "$dir/controller/controller.addr")
 	token=$(cat "$dir/controller/admin.token")
-	export TEXU_SERVER=$server TEXU_TOKEN=$token TEXU_CONFIG=/nonexistent/texu-bench.yaml
+	export TEXU_SERVER=$server TEXU_TOKEN=$token TEXU_CONFIG=/nonexistent/texu-bench.yaml \
+		TEXU_CA_FILE=$dir/controller/ca.pem
 	install -m 600 "$dir/controller/join.token" "$dir/join.token"
 
 	SIM_LOG=$dir/sim.log

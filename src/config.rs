@@ -62,6 +62,21 @@ pub fn write(path: &Path, config: &ClientConfig) -> Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// The CA to trust without a token (`texu sim` joins boards with the join token): the
+/// `--ca-file`'s text, else the config file's `ca`.
+pub fn ca(config_path: Option<PathBuf>, ca_file: Option<PathBuf>) -> Result<Option<String>> {
+    if let Some(path) = ca_file {
+        return std::fs::read_to_string(&path)
+            .map(Some)
+            .with_context(|| format!("cannot read the CA file {}", path.display()));
+    }
+    let file = match config_path.or_else(default_path) {
+        Some(path) => read(&path)?,
+        None => None,
+    };
+    Ok(file.and_then(|c| c.ca))
+}
+
 /// Resolves the server, token and CA from flags/env (already merged by clap) and the config file.
 pub fn resolve(
     server: Option<String>,

@@ -112,7 +112,8 @@ fn main() -> ExitCode {
         Command::Events(ref args) => client().and_then(|c| cmd::events::run(&c, args)),
         Command::Demo(ref args) => cmd::demo::run(args),
         Command::Schema => cmd::schema(),
-        Command::Sim(ref args) => cmd::sim::run(args, cli.server.clone(), client),
+        Command::Sim(ref args) => config::ca(cli.config.clone(), cli.ca_file.clone())
+            .and_then(|ca| cmd::sim::run(args, cli.server.clone(), ca, client)),
         Command::Token(ref command) => client().and_then(|c| cmd::token::run(&c, command)),
     };
     match result {

@@ -33,6 +33,7 @@ impl Sim {
             .args(args)
             .env("TEXU_SERVER", &c.server)
             .env("TEXU_TOKEN", &c.token)
+            .env("TEXU_CA_FILE", c.ca_file())
             .env("TEXU_CONFIG", "/nonexistent/texu-test-config.yaml")
             .env_remove("RUST_LOG")
             .stdout(Stdio::piped())

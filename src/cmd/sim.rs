@@ -60,11 +60,20 @@ pub struct Args {
 pub fn run(
     args: &Args,
     server: Option<String>,
+    ca: Option<String>,
     admin: impl FnOnce() -> Result<crate::client::Client>,
 ) -> Result<ExitCode> {
     let Some(server) = server else {
-        bail!("say where the controller is: --server http://HOST:PORT (or TEXU_SERVER)");
+        bail!("say where the controller is: --server https://HOST:PORT (or TEXU_SERVER)");
     };
+    let Some(ca) = ca else {
+        bail!(
+            "texu sim trusts only the cluster CA: pass --ca-file DATA_DIR/ca.pem (the \
+             controller's data dir) or run it where `texu controller` wrote the CLI config"
+        );
+    };
+    let tls = texu_controller::tls::client_config(&ca)
+        .ok_or_else(|| anyhow::anyhow!("the cluster CA is not a PEM certificate"))?;
     texu_api::validate_name(&format!("{}-0000", args.prefix))
         .map_err(|why| anyhow::anyhow!("--prefix {:?}: {why}", args.prefix))?;
     let cluster_cidr = Cidr::parse(&args.cluster_cidr).context("--cluster-cidr")?;
@@ -89,6 +98,7 @@ pub fn run(
         heartbeat: args.heartbeat,
         containers_per_board: args.containers_per_board,
         admin,
+        tls,
         power_cut: args.power_off.map(|percent| PowerCut {
             percent,
             after: args.after,

@@ -1,6 +1,7 @@
 //! The simulation's one HTTP client: pooled keep-alive connections to the controller, shared by
 //! every simulated board, with a deadline per request and line-by-line reading of watches.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::{BodyExt, Full};
@@ -10,10 +11,12 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use super::tls::TlsConnector;
+
 /// What can go wrong talking to the controller.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
-    #[error("--server {0:?}: the simulation speaks plain http://HOST:PORT")]
+    #[error("--server {0:?}: the controller speaks only TLS, https://HOST:PORT")]
     BadServer(String),
     #[error("cannot build the request for {path}")]
     Request {
@@ -46,15 +49,15 @@ pub enum HttpError {
 /// A client bound to one controller.
 #[derive(Clone)]
 pub struct Http {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<TlsConnector, Full<Bytes>>,
     server: String,
 }
 
 impl Http {
-    /// A client for `server` (`http://HOST:PORT`).
-    pub fn new(server: &str) -> Result<Http, HttpError> {
+    /// A client for `server` (`https://HOST:PORT`) trusting what `tls` trusts (the cluster CA).
+    pub fn new(server: &str, tls: Arc<rustls::ClientConfig>) -> Result<Http, HttpError> {
         let server = server.trim_end_matches('/');
-        if !server.starts_with("http://") {
+        if !server.starts_with("https://") {
             return Err(HttpError::BadServer(server.to_string()));
         }
         let mut connector = HttpConnector::new();
@@ -63,7 +66,7 @@ impl Http {
         // The controller closes connections idle for 30 s; drop ours before it does.
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(20))
-            .build(connector);
+            .build(TlsConnector::new(connector, tls));
         Ok(Http {
             client,
             server: server.to_string(),

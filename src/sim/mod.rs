@@ -10,6 +10,7 @@
 mod board;
 mod http;
 mod stats;
+mod tls;
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::Ipv4Addr;
@@ -88,6 +89,8 @@ pub struct Options {
     /// With an admin client: a role of `boards x this` replicas is applied onto the boards.
     pub containers_per_board: usize,
     pub admin: Option<crate::client::Client>,
+    /// Trusts the cluster CA (from `--ca-file` or the CLI config's `ca`).
+    pub tls: std::sync::Arc<rustls::ClientConfig>,
     pub power_cut: Option<PowerCut>,
     /// Stop after this long (else at `stop`).
     pub duration: Option<Duration>,
@@ -96,7 +99,7 @@ pub struct Options {
 
 /// Runs the simulation until `stop` or `options.duration`.
 pub async fn run(options: Options, mut stop: watch::Receiver<bool>) -> Result<(), SimError> {
-    let http = Http::new(&options.server)?;
+    let http = Http::new(&options.server, options.tls.clone())?;
     let started = Instant::now();
     let boards = join_all(&http, &options).await?;
     println!(

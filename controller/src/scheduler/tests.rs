@@ -168,7 +168,13 @@ fn scaling_or_a_new_file_text_keeps_the_containers_generation() {
     apply(&p, &mut containers);
     // A new text for a live file: the template follows the role, the generation stays.
     let r = with_file(2, 3, "b");
-    let p = plan(&[r.clone()], &nodes, &containers, &Catalog::new(), NOW);
+    let p = plan(
+        std::slice::from_ref(&r),
+        &nodes,
+        &containers,
+        &Catalog::new(),
+        NOW,
+    );
     assert_eq!(p.update.len(), 2, "the template follows the role");
     assert!(
         p.update.iter().all(|c| c.spec.generation < 3),
