@@ -17,4 +17,4 @@ echo "== build";  cargo build --workspace --all-targets --locked
 install_exchange() { install -m 0755 target/debug/texu-exchange /usr/local/bin/.texu-exchange.new &&
   mv /usr/local/bin/.texu-exchange.new /usr/local/bin/texu-exchange; }
 if [ "$(id -u)" -eq 0 ]; then install_exchange; else sudo bash -c "$(declare -f install_exchange); install_exchange"; fi
-echo "== test";   cargo test --workspace --locked
+echo "== test";   cargo test --workspace --locked --no-fail-fast
