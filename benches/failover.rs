@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use texu::cluster::{Cluster, ClusterConfig};
 use texu_api::ContainerPhase;
 
@@ -27,23 +27,6 @@ spec:
     spread: node
 "#;
 
-fn texu_bin() -> Result<std::path::PathBuf> {
-    let exe = std::env::current_exe()?;
-    // target/release/deps/failover-HASH -> target/release/texu
-    let bin = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .map(|d| d.join("texu"))
-        .context("cannot find the target directory")?;
-    if !bin.exists() {
-        bail!(
-            "{} is missing: run `cargo build --release` first",
-            bin.display()
-        );
-    }
-    Ok(bin)
-}
-
 /// Names of the Ready containers on `node`.
 fn ready_on(c: &Cluster, node: &str) -> Result<Vec<String>> {
     Ok(c.api()
@@ -63,7 +46,7 @@ fn main() -> Result<()> {
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(5);
-    let mut config = ClusterConfig::new(3, texu_bin()?);
+    let mut config = ClusterConfig::new(3, texu::cluster::fixtures::texu_next_to_bench()?);
     config.log_filter = "warn".into();
     let mut c = Cluster::start(config)?;
     c.apply_yaml(STACK)?;

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use texu::cluster::fixtures::responder_role as responder;
 use texu::cluster::{self, Cluster, ClusterConfig, DEMO_NAME};
 use texu_api::{Container, ContainerPhase};
 
@@ -29,31 +30,6 @@ fn texu_bin() -> PathBuf {
 fn start(boards: usize) -> Result<Cluster> {
     Cluster::start(ClusterConfig::new(boards, texu_bin()))
         .with_context(|| format!("cannot start a {boards}-board cluster"))
-}
-
-/// A busybox HTTP responder: `GET /hostname` answers the container's name.
-fn responder(name: &str, replicas: usize, max_per_node: usize) -> String {
-    format!(
-        r#"apiVersion: texu.io/v1
-kind: Role
-metadata:
-  name: {name}
-spec:
-  replicas: {replicas}
-  image: template:busybox
-  command: [/bin/httpd, -f, -p, "8080", -h, /etc]
-  ports:
-  - name: http
-    port: 8080
-  health:
-    readiness:
-      http: {{path: /hostname, port: http}}
-      periodSeconds: 0.5
-  placement:
-    spread: node
-    maxPerNode: {max_per_node}
-"#
-    )
 }
 
 /// Ready containers by node name.

@@ -30,23 +30,6 @@ spec:
     spread: node
 "#;
 
-fn texu_bin() -> Result<std::path::PathBuf> {
-    // target/debug/examples/ha -> target/debug/texu
-    let exe = std::env::current_exe()?;
-    let bin = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .map(|d| d.join("texu"))
-        .context("cannot find the target directory")?;
-    if !bin.exists() {
-        bail!(
-            "{} is missing: run `cargo build --bin texu` first",
-            bin.display()
-        );
-    }
-    Ok(bin)
-}
-
 /// The controller (from 1) that says it leads, skipping `dead`.
 fn leader(c: &Cluster, dead: usize) -> Option<usize> {
     c.servers().iter().enumerate().find_map(|(i, s)| {
@@ -97,7 +80,7 @@ fn main() -> Result<()> {
         .and_then(|r| r.parse().ok())
         .unwrap_or(5);
     let etcd = EtcdCluster::start(3).map_err(anyhow::Error::msg)?;
-    let mut config = ClusterConfig::new(3, texu_bin()?);
+    let mut config = ClusterConfig::new(3, texu::cluster::fixtures::texu_next_to_bench()?);
     config.controllers = 3;
     config.controller_args = vec!["--store".into(), etcd.store_url()];
     config.log_filter = "warn".into();
