@@ -26,6 +26,9 @@ const POLL: Duration = Duration::from_millis(20);
 /// How long to wait for a container to disappear after SIGKILL.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 
+/// How long a start waits for the previous run's cgroups (its monitor exiting) to empty.
+const CGROUP_DRAIN_WAIT: Duration = Duration::from_secs(3);
+
 /// The cgroups this process was in when its first runtime was made (see [`ProcessCgroups`]).
 pub(super) static HOME_CGROUPS: OnceLock<Option<ProcessCgroups>> = OnceLock::new();
 
@@ -34,24 +37,15 @@ pub(super) static HOME_CGROUPS: OnceLock<Option<ProcessCgroups>> = OnceLock::new
 static START_LOCK: Mutex<()> = Mutex::new(());
 
 impl Inner {
-    /// Deletes empty leftover cgroups of a container (after a crash, LXC would refuse them).
+    /// Deletes leftover cgroups of a container (after a crash, or while the previous run's
+    /// monitor is still exiting, LXC would refuse to create them again). A cgroup that still
+    /// holds a process is waited for, at most [`CGROUP_DRAIN_WAIT`], then left for LXC to report.
     fn remove_stale_cgroups(&self, name: &str) {
+        let deadline = Instant::now() + CGROUP_DRAIN_WAIT;
         for mount in CgroupLayout::all_mount_points() {
             let base = mount.join(&self.cgroup_prefix);
             for sub in [format!("{name}.monitor"), name.to_owned()] {
-                let path = base.join(sub);
-                if path.is_dir() {
-                    // Attach leaves sub-cgroups (`.lxc`): empty ones go first, deepest first.
-                    remove_empty_subdirs(&path);
-                    match fs::remove_dir(&path) {
-                        Ok(()) => {
-                            debug!(container = name, path = %path.display(), "removed a stale cgroup")
-                        }
-                        Err(e) => {
-                            debug!(container = name, path = %path.display(), error = %e, "stale cgroup stays")
-                        }
-                    }
-                }
+                remove_cgroup_when_empty(name, &base.join(sub), deadline);
             }
         }
     }
@@ -283,6 +277,32 @@ fn pid_t(pid: u32) -> libc::pid_t {
 
 /// Removes the empty directories below `dir`, deepest first (cgroup directories that still
 /// hold processes refuse and stay).
+/// Removes one cgroup directory once it holds no process, polling until `deadline` while the
+/// kernel reports it busy (a monitor or init that is still exiting).
+fn remove_cgroup_when_empty(name: &str, path: &std::path::Path, deadline: Instant) {
+    loop {
+        if !path.is_dir() {
+            return;
+        }
+        // Attach leaves sub-cgroups (`.lxc`): empty ones go first, deepest first.
+        remove_empty_subdirs(path);
+        match fs::remove_dir(path) {
+            Ok(()) => {
+                debug!(container = name, path = %path.display(), "removed a stale cgroup");
+                return;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                thread::sleep(POLL);
+            }
+            Err(e) => {
+                debug!(container = name, path = %path.display(), error = %e, "stale cgroup stays");
+                return;
+            }
+        }
+    }
+}
+
 fn remove_empty_subdirs(dir: &std::path::Path) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
