@@ -1,9 +1,12 @@
-//! The API's accept loop: HTTP/1 over TLS over TCP with limits, so that a flood of idle or
-//! half-open connections cannot starve heartbeats and `/healthz`.
+//! The API's accept loop: HTTP/1.1 or HTTP/2 over TLS over TCP with limits, so that a flood of
+//! idle or half-open connections cannot starve heartbeats and `/healthz`.
 //!
 //! Every connection is TLS (tokio-rustls in front of hyper): a plain-HTTP request gets no
 //! answer, the handshake fails and the connection closes. The handshake runs in the
 //! connection's own task, within the header-read timeout, so a slow one never holds up accepts.
+//! ALPN picks the protocol: agents and the CLI speak HTTP/1.1; a browser gets HTTP/2, so the
+//! dashboard's several watch streams share one connection instead of using up the six a
+//! browser opens to one host (a second tab would wait for a free one).
 //!
 //! Every connection gets a header-read timeout (a client that does not finish its request head
 //! in time is cut off) and an idle timeout between requests. At most `max_connections` are open
@@ -19,7 +22,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio_util::sync::CancellationToken;
 use tower_service::Service;
 
@@ -52,6 +55,8 @@ pub struct PeerAddr(pub std::net::SocketAddr);
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// Pause after an accept error (out of file descriptors, say) before trying again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(5);
+/// Most requests in flight on one HTTP/2 connection (a dashboard holds five watches).
+const H2_MAX_STREAMS: u32 = 32;
 /// Idle connections closed at once when accepting fails for want of descriptors.
 const EVICT_ON_ACCEPT_ERROR: usize = 16;
 
@@ -253,10 +258,6 @@ pub async fn serve<F>(
             id,
             PeerAddr(peer),
         );
-        let mut http = hyper::server::conn::http1::Builder::new();
-        http.timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
-            .keep_alive(true);
         let watcher = graceful.watcher();
         let acceptor = acceptor.clone();
         let registry = registry.clone();
@@ -275,8 +276,22 @@ pub async fn serve<F>(
                         return;
                     }
                 };
-                let conn = watcher.watch(http.serve_connection(TokioIo::new(stream), service));
-                if let Err(e) = conn.await {
+                let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+                let io = TokioIo::new(stream);
+                let ended = if h2 {
+                    let mut http = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                    http.timer(TokioTimer::new())
+                        .max_concurrent_streams(H2_MAX_STREAMS)
+                        .keep_alive_interval(Some(limits.idle_timeout));
+                    watcher.watch(http.serve_connection(io, service)).await
+                } else {
+                    let mut http = hyper::server::conn::http1::Builder::new();
+                    http.timer(TokioTimer::new())
+                        .header_read_timeout(limits.header_read_timeout)
+                        .keep_alive(true);
+                    watcher.watch(http.serve_connection(io, service)).await
+                };
+                if let Err(e) = ended {
                     tracing::debug!(%peer, error = %e, "connection ended");
                 }
             };
@@ -301,7 +316,9 @@ fn connection_service<S, B>(
     http::Request<hyper::body::Incoming>,
     Response = http::Response<Tracked<B>>,
     Error = Infallible,
-    Future = impl Send,
+    Future = impl std::future::Future<Output = Result<http::Response<Tracked<B>>, Infallible>>
+                 + Send
+                 + 'static,
 > + Clone
 where
     S: Service<

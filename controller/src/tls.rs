@@ -144,7 +144,8 @@ impl Tls {
         self.issued().not_after
     }
 
-    /// The rustls settings for the API: HTTP/1.1, the current certificate on every handshake.
+    /// The rustls settings for the API: HTTP/2 for clients that offer it (browsers), else
+    /// HTTP/1.1; the current certificate on every handshake.
     pub fn server_config(self: &Arc<Self>) -> Result<Arc<rustls::ServerConfig>> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
@@ -152,7 +153,7 @@ impl Tls {
             .map_err(TlsError::Rustls)?
             .with_no_client_auth()
             .with_cert_resolver(self.clone());
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Arc::new(config))
     }
 
