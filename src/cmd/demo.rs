@@ -161,8 +161,11 @@ fn print_what_to_try(cluster: &Cluster, exe: &std::path::Path, exchange: bool) -
     containers.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     let plan = cluster.plan();
     println!("\nEvery container answers on its address, from this machine too:");
+    // A proxy's readiness is its port: in an exchange stack its line asks the exchange behind
+    // it whether it is ready (`/` would be a 404 of the exchange's).
+    let tcp_path = if exchange { "/readyz" } else { "/" };
     for c in &containers {
-        if let Some(line) = curl_line(c, &roles) {
+        if let Some(line) = curl_line(c, &roles, tcp_path) {
             println!("  {line}");
         }
     }
@@ -200,8 +203,9 @@ fn print_what_to_try(cluster: &Cluster, exe: &std::path::Path, exchange: bool) -
     Ok(())
 }
 
-/// `curl http://ADDRESS:PORT/PATH    # NAME on NODE`, for a ready container with a port.
-fn curl_line(c: &Container, roles: &[Role]) -> Option<String> {
+/// `curl http://ADDRESS:PORT/PATH    # NAME on NODE`, for a ready container with a port: PATH
+/// is its HTTP readiness probe's, else `tcp_path`.
+fn curl_line(c: &Container, roles: &[Role], tcp_path: &str) -> Option<String> {
     let status = c
         .status
         .as_ref()
@@ -220,7 +224,7 @@ fn curl_line(c: &Container, roles: &[Role]) -> Option<String> {
                 port.name, port.port
             ));
         }
-        _ => "/".into(),
+        _ => tcp_path.into(),
     };
     let url = format!("http://{address}:{}{path}", port.port);
     Some(format!("curl {url:<38} # {} on {on}", c.metadata.name))
