@@ -84,7 +84,7 @@ fn up(args: &Args) -> Result<ExitCode> {
         None => cluster.apply_yaml(&args.stack.manifests())?,
     };
     let timeout = args.stack.ready_timeout();
-    if !wait_ready(&cluster, &stop, timeout)? {
+    if !wait_ready(&cluster, &stop, started, timeout)? {
         return stop_demo(cluster);
     }
     println!(
@@ -104,12 +104,16 @@ fn up(args: &Args) -> Result<ExitCode> {
     stop_demo(cluster)
 }
 
-/// Shows a line per change of the ready count until everything is ready; false when the user
-/// stopped the demo first.
-fn wait_ready(cluster: &Cluster, stop: &StopFlag, timeout: Duration) -> Result<bool> {
+/// Shows a line per change of the ready count (with the seconds since the demo `started`) until
+/// everything is ready, for at most `timeout`; false when the user stopped the demo first.
+fn wait_ready(
+    cluster: &Cluster,
+    stop: &StopFlag,
+    started: Instant,
+    timeout: Duration,
+) -> Result<bool> {
     let api = cluster.api();
-    let started = Instant::now();
-    let deadline = started + timeout;
+    let deadline = Instant::now() + timeout;
     let mut last: Option<Progress> = None;
     loop {
         if stop.is_set() {
