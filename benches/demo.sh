@@ -8,7 +8,8 @@
 # Usage: sudo benches/demo.sh [ROUNDS]        (default 3)
 #   TEXU=PATH picks the texu binary (default: target/debug/texu, built here; the time is the
 #   JVMs', not texu's). /usr/local/bin/texu-exchange is installed from the same build, as
-#   scripts/demo.sh does. Needs no running demo (`texu demo down` stops one).
+#   scripts/demo.sh does. DEMO_ARGS adds arguments to `texu demo` (e.g. "-f DIR" for other
+#   manifests). Needs no running demo (`texu demo down` stops one).
 set -euo pipefail
 rounds=${1:-3}
 cd "$(dirname "$(readlink -f "$0")")/.."
@@ -38,7 +39,8 @@ boards=() m1=() m2=() m3=() ready=() stops=()
 echo "texu demo bench, $rounds rounds, $(nproc) cores; load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 for r in $(seq 1 "$rounds"); do
   : >"$log"
-  "$TEXU" demo </dev/null >"$log" 2>&1 &
+  # shellcheck disable=SC2086
+  "$TEXU" demo ${DEMO_ARGS:-} </dev/null >"$log" 2>&1 &
   pid=$!
   # Bounded: the demo itself gives up after 7 minutes of applying.
   for _ in $(seq 1 6000); do

@@ -13,9 +13,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use texu::cluster::fixtures::{
-    demo_container_inits, demo_leftovers, responder_role as responder, DemoRun,
-};
+use texu::cluster::fixtures::{demo_container_inits, responder_role as responder, DemoRun};
 use texu::cluster::{self, Cluster, ClusterConfig};
 use texu_api::{Container, ContainerPhase};
 
@@ -242,25 +240,7 @@ fn the_demo_gets_ready_and_ctrl_c_leaves_nothing_behind() -> Result<()> {
         inits.len()
     );
 
-    let exit = demo.interrupt(Duration::from_secs(30))?;
-    let rest = exit.rest.join("\n");
-    ensure!(
-        exit.status.success(),
-        "texu demo exited {}:\n{rest}\n{}",
-        exit.status,
-        exit.errors
-    );
-    ensure!(
-        rest.contains("texu demo: stopped"),
-        "no 'stopped' line:\n{rest}\n{}",
-        exit.errors
-    );
-    let left = demo_leftovers(&inits);
-    ensure!(
-        left.is_empty(),
-        "texu demo left behind:\n{}",
-        left.join("\n")
-    );
+    demo.interrupt_and_check(Duration::from_secs(30), &inits)?;
     Ok(())
 }
 
