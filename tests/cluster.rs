@@ -9,17 +9,12 @@
 //! when the test fails. Traffic stays on loopback and in 198.18.0.0/15.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
-use texu::cluster::fixtures::responder_role as responder;
-use texu::cluster::{self, Cluster, ClusterConfig, DEMO_NAME};
+use anyhow::{ensure, Context, Result};
+use texu::cluster::fixtures::{demo_container_inits, responder_role as responder, DemoRun};
+use texu::cluster::{self, Cluster, ClusterConfig};
 use texu_api::{Container, ContainerPhase};
 
 fn texu_bin() -> PathBuf {
@@ -205,161 +200,18 @@ fn a_powered_off_board_goes_not_ready_and_a_restored_one_comes_back() -> Result<
     Ok(())
 }
 
-/// Everything of the demo that must be gone after it stops; empty when nothing is left.
-fn demo_leftovers(container_inits: &[u32]) -> Vec<String> {
-    let mut left = Vec::new();
-    let netns = std::fs::read_dir("/run/netns")
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_else(|_| Vec::<String>::new());
-    left.extend(
-        netns
-            .into_iter()
-            .filter(|n| n.starts_with("texu-demo-"))
-            .map(|n| format!("namespace {n}")),
-    );
-    let links = std::fs::read_dir("/sys/class/net")
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_else(|_| Vec::<String>::new());
-    left.extend(
-        links
-            .into_iter()
-            .filter(|l| l.starts_with("txdemo"))
-            .map(|l| format!("interface {l}")),
-    );
-    let routes = Command::new("ip")
-        .args(["-4", "route", "show"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    left.extend(
-        routes
-            .lines()
-            .filter(|r| r.contains("txdemo"))
-            .map(|r| format!("route {r}")),
-    );
-    let dir = cluster::plan::state_dir(DEMO_NAME);
-    if dir.exists() {
-        left.push(format!("directory {}", dir.display()));
-    }
-    let needle = format!("{}/", dir.display());
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains(&needle) {
-            left.push(format!("process {pid}: {cmdline}"));
-        }
-    }
-    for pid in container_inits {
-        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            left.push(format!("container init {pid}"));
-        }
-    }
-    left
-}
-
-/// The init pids of every container the demo runs (the agent records them in `texu.init`).
-fn demo_container_inits() -> Vec<u32> {
-    let dir = cluster::plan::state_dir(DEMO_NAME);
-    let mut pids = Vec::new();
-    for board in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-        for container in std::fs::read_dir(board.path().join("lxc"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            let text =
-                std::fs::read_to_string(container.path().join("texu.init")).unwrap_or_default();
-            pids.extend(text.lines().filter_map(|l| {
-                l.strip_prefix("init ")?
-                    .split_whitespace()
-                    .next()?
-                    .parse::<u32>()
-                    .ok()
-            }));
-        }
-    }
-    pids
-}
-
-/// Kills the demo and removes its leftovers when the test fails halfway.
-struct DemoGuard(Option<std::process::Child>);
-
-impl Drop for DemoGuard {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-            let _ = cluster::down(DEMO_NAME);
-        }
-    }
-}
-
 #[test]
 fn the_demo_gets_ready_and_ctrl_c_leaves_nothing_behind() -> Result<()> {
     cluster::preflight()?;
-    if let Some(pid) = cluster::owner(DEMO_NAME) {
-        bail!("a texu demo is already running on this machine (process {pid}): stop it with `texu demo down` first");
-    }
     let started = Instant::now();
-    let mut child = Command::new(texu_bin())
-        // The quick stack: this test is about the demo's life (ready, curl, Ctrl-C); the
-        // default Rastru stack has its own test in tests/rastru.rs.
-        .args(["demo", "--boards", "2", "--stack", "web"])
-        .env("TEXU_CONFIG", "/nonexistent/texu-test-config.yaml")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("cannot run texu demo")?;
-    let (stdout, mut stderr) = (
-        child.stdout.take().context("stdout")?,
-        child.stderr.take().context("stderr")?,
-    );
-    let mut guard = DemoGuard(Some(child));
-    let (tx, lines) = mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout)
-            .lines()
-            .map_while(std::result::Result::ok)
-        {
-            let _ = tx.send(line);
-        }
-    });
-    let errors = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = stderr.read_to_string(&mut text);
-        text
-    });
-
-    let mut output = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(90);
+    // The quick stack: this test is about the demo's life (ready, curl, Ctrl-C); the default
+    // Rastru stack has its own test in tests/demo_rastru.rs.
+    let mut demo = DemoRun::start(&texu_bin(), &["--boards", "2", "--stack", "web"])?;
     // Ready, then everything up to the "running" line (status and what to curl).
-    while !output
-        .iter()
-        .any(|l: &String| l.contains("texu demo: running"))
-    {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match lines.recv_timeout(left) {
-            Ok(line) => output.push(line),
-            Err(_) => bail!(
-                "texu demo did not get ready in 90s; it printed:\n{}",
-                output.join("\n")
-            ),
-        }
-    }
+    let text = demo
+        .wait_for("texu demo: running", Duration::from_secs(90))?
+        .join("\n");
     let ready_after = started.elapsed();
-    let text = output.join("\n");
     eprintln!("texu demo --boards 2 was ready after {ready_after:.1?}");
     ensure!(
         text.contains("Nodes:       2/2 ready"),
@@ -388,38 +240,7 @@ fn the_demo_gets_ready_and_ctrl_c_leaves_nothing_behind() -> Result<()> {
         inits.len()
     );
 
-    let child = guard.0.as_mut().context("demo process")?;
-    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT)?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "texu demo did not exit within 30s of SIGINT"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    guard.0 = None;
-    let rest: Vec<String> = lines.try_iter().collect();
-    let errors = errors.join().unwrap_or_default();
-    ensure!(
-        status.success(),
-        "texu demo exited {status}:\n{}\n{errors}",
-        rest.join("\n")
-    );
-    ensure!(
-        rest.iter().any(|l| l.contains("texu demo: stopped")),
-        "no 'stopped' line:\n{}\n{errors}",
-        rest.join("\n")
-    );
-    let left = demo_leftovers(&inits);
-    ensure!(
-        left.is_empty(),
-        "texu demo left behind:\n{}",
-        left.join("\n")
-    );
+    demo.interrupt_and_check(Duration::from_secs(30), &inits)?;
     Ok(())
 }
 

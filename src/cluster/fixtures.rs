@@ -1,9 +1,13 @@
 //! Manifests and paths that end-to-end tests and benchmarks share: the busybox HTTP responder
-//! role (`GET /hostname` answers the container's name) and the `texu` binary next to a bench.
+//! role (`GET /hostname` answers the container's name), the `texu` binary next to a bench, and
+//! `texu demo` run as a user runs it ([`DemoRun`]) with what it may leave behind.
 
 use std::path::PathBuf;
 
 use super::{ClusterError, Result};
+
+mod demo;
+pub use demo::{demo_container_inits, demo_leftovers, DemoExit, DemoRun};
 
 /// A role `name` of busybox responders on port 8080 (named `http`), Ready once `/hostname`
 /// answers (probed every 0.5 s), spread over the boards with at most `max_per_node` each.

@@ -84,7 +84,7 @@ fn up(args: &Args) -> Result<ExitCode> {
         None => cluster.apply_yaml(&args.stack.manifests())?,
     };
     let timeout = args.stack.ready_timeout();
-    if !wait_ready(&cluster, &stop, timeout)? {
+    if !wait_ready(&cluster, &stop, started, timeout)? {
         return stop_demo(cluster);
     }
     println!(
@@ -104,12 +104,16 @@ fn up(args: &Args) -> Result<ExitCode> {
     stop_demo(cluster)
 }
 
-/// Shows a line per change of the ready count until everything is ready; false when the user
-/// stopped the demo first.
-fn wait_ready(cluster: &Cluster, stop: &StopFlag, timeout: Duration) -> Result<bool> {
+/// Shows a line per change of the ready count (with the seconds since the demo `started`) until
+/// everything is ready, for at most `timeout`; false when the user stopped the demo first.
+fn wait_ready(
+    cluster: &Cluster,
+    stop: &StopFlag,
+    started: Instant,
+    timeout: Duration,
+) -> Result<bool> {
     let api = cluster.api();
-    let started = Instant::now();
-    let deadline = started + timeout;
+    let deadline = Instant::now() + timeout;
     let mut last: Option<Progress> = None;
     loop {
         if stop.is_set() {
@@ -161,8 +165,11 @@ fn print_what_to_try(cluster: &Cluster, exe: &std::path::Path, exchange: bool) -
     containers.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     let plan = cluster.plan();
     println!("\nEvery container answers on its address, from this machine too:");
+    // A proxy's readiness is its port: in an exchange stack its line asks the exchange behind
+    // it whether it is ready (`/` would be a 404 of the exchange's).
+    let tcp_path = if exchange { "/readyz" } else { "/" };
     for c in &containers {
-        if let Some(line) = curl_line(c, &roles) {
+        if let Some(line) = curl_line(c, &roles, tcp_path) {
             println!("  {line}");
         }
     }
@@ -200,8 +207,9 @@ fn print_what_to_try(cluster: &Cluster, exe: &std::path::Path, exchange: bool) -
     Ok(())
 }
 
-/// `curl http://ADDRESS:PORT/PATH    # NAME on NODE`, for a ready container with a port.
-fn curl_line(c: &Container, roles: &[Role]) -> Option<String> {
+/// `curl http://ADDRESS:PORT/PATH    # NAME on NODE`, for a ready container with a port: PATH
+/// is its HTTP readiness probe's, else `tcp_path`.
+fn curl_line(c: &Container, roles: &[Role], tcp_path: &str) -> Option<String> {
     let status = c
         .status
         .as_ref()
@@ -220,7 +228,7 @@ fn curl_line(c: &Container, roles: &[Role]) -> Option<String> {
                 port.name, port.port
             ));
         }
-        _ => "/".into(),
+        _ => tcp_path.into(),
     };
     let url = format!("http://{address}:{}{path}", port.port);
     Some(format!("curl {url:<38} # {} on {on}", c.metadata.name))

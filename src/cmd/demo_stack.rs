@@ -168,4 +168,26 @@ mod tests {
             .contains("etcd"));
         assert_eq!(Stack::Web.missing_in(empty.path()), None);
     }
+
+    #[test]
+    fn rastru_names_the_cassandra_install_until_java_the_jars_and_the_launcher_are_all_there() {
+        let root = tempfile::tempdir().unwrap();
+        let put = |p: &str| {
+            let path = root.path().join(p.trim_start_matches('/'));
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, "").unwrap();
+        };
+        put(EXCHANGE_BIN);
+        put("/usr/bin/java");
+        let lacks = Stack::Rastru.missing_in(root.path()).unwrap();
+        assert!(
+            lacks.contains("Apache Cassandra") && lacks.contains("`sudo scripts/setup.sh`"),
+            "{lacks}"
+        );
+        assert!(!lacks.contains("texu-exchange (the exchange"), "{lacks}");
+        put(&format!("{CASSANDRA_JARS}/cassandra-all-5.0.9.jar"));
+        assert!(Stack::Rastru.missing_in(root.path()).is_some());
+        put(CASSANDRA_BIN);
+        assert_eq!(Stack::Rastru.missing_in(root.path()), None);
+    }
 }
