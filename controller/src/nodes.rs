@@ -282,28 +282,65 @@ impl Nodes {
                 .collect();
             tracing::info!(node = name, containers = ?names, "heartbeat from a board that was not Ready");
         }
-        for mut reported in beat.containers {
-            reported.status.address = own_address(name, subnet, &reported);
-            // A conflict means someone changed it meanwhile: read it again and retry, as the
-            // decisions of a returning board's first heartbeat are taken only once.
-            for _ in 0..4 {
-                let Some(c) = self.objects.get::<Container>(&reported.name).await? else {
-                    break;
+        self.take_reports(name, !was_ready, subnet, beat.containers)
+            .await
+    }
+
+    /// Writes what the reported container statuses change, all in one store batch (one
+    /// commit), each guarded on its own. A conflict means someone changed a container
+    /// meanwhile: it is read again and retried (up to four rounds), as the decisions of a
+    /// returning board's first heartbeat are taken only once.
+    async fn take_reports(
+        &self,
+        name: &str,
+        returning: bool,
+        subnet: Option<Cidr>,
+        reports: Vec<ReportedContainer>,
+    ) -> Result<(), NodeError> {
+        let mut pending: Vec<ReportedContainer> = reports
+            .into_iter()
+            .map(|mut reported| {
+                reported.status.address = own_address(name, subnet, &reported);
+                reported
+            })
+            .collect();
+        for _ in 0..4 {
+            if pending.is_empty() {
+                break;
+            }
+            let reads = futures::future::join_all(
+                pending
+                    .iter()
+                    .map(|r| self.objects.get::<Container>(&r.name)),
+            )
+            .await;
+            let mut writes = Vec::new();
+            let mut written = Vec::new();
+            for (reported, read) in std::mem::take(&mut pending).into_iter().zip(reads) {
+                let Some(c) = read? else {
+                    continue;
                 };
                 if c.spec.generation != reported.generation {
                     tracing::debug!(node = name, container = %reported.name, reported = reported.generation, current = c.spec.generation, "report of an older generation ignored");
-                    break;
+                    continue;
                 }
-                let Some(next) = self
-                    .take_report(name, !was_ready, c, reported.clone())
+                if let Some(next) = self
+                    .take_report(name, returning, c, reported.clone())
                     .await?
-                else {
-                    break;
-                };
-                match self.leader_objects.replace(&next).await {
-                    Err(ObjectError::Stale { .. }) => continue,
+                {
+                    writes.push(next);
+                    written.push(reported);
+                }
+            }
+            if writes.is_empty() {
+                break;
+            }
+            let answers = self.leader_objects.replace_all(&writes).await?;
+            for (reported, answer) in written.into_iter().zip(answers) {
+                match answer {
+                    Err(ObjectError::Stale { .. }) => pending.push(reported),
                     Err(e) => return Err(e.into()),
-                    Ok(_) => break,
+                    Ok(_) => {}
                 }
             }
         }
@@ -471,6 +508,10 @@ impl Nodes {
                 })
                 .collect()
         };
+        // Every verdict of this check in one store batch (one commit): a site's power cut
+        // marks its boards NotReady together.
+        let mut verdicts = Vec::with_capacity(dead.len());
+        let mut messages = Vec::with_capacity(dead.len());
         for (mut node, silence, deadline) in dead {
             tracing::warn!(node = %node.metadata.name, "no heartbeat for {silence:.1}s: NotReady");
             let message = format!(
@@ -481,7 +522,15 @@ impl Nodes {
                 s.message = Some(message.clone());
                 s.since = Some(clock::now_rfc3339());
             }
-            if self.leader_objects.replace(&node).await.is_ok() {
+            verdicts.push(node);
+            messages.push(message);
+        }
+        if verdicts.is_empty() {
+            return Ok(());
+        }
+        let answers = self.leader_objects.replace_all(&verdicts).await?;
+        for ((node, message), answer) in verdicts.iter().zip(messages).zip(answers) {
+            if answer.is_ok() {
                 let name = &node.metadata.name;
                 self.objects.events().record(
                     texu_api::EventKind::NodeNotReady,
