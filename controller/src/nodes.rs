@@ -308,12 +308,12 @@ impl Nodes {
             if pending.is_empty() {
                 break;
             }
-            let reads = futures::future::join_all(
-                pending
-                    .iter()
-                    .map(|r| self.objects.get::<Container>(&r.name)),
-            )
-            .await;
+            // One read after another: a heartbeat holds at most one blocking read at a time,
+            // so a thousand boards' beats do not flood the blocking pool with threads.
+            let mut reads = Vec::with_capacity(pending.len());
+            for r in &pending {
+                reads.push(self.objects.get::<Container>(&r.name).await);
+            }
             let mut writes = Vec::new();
             let mut written = Vec::new();
             for (reported, read) in std::mem::take(&mut pending).into_iter().zip(reads) {
