@@ -84,6 +84,8 @@ ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 kib() { awk -v k="$2" '$1 == k":" { print $2 }' "/proc/$1/status"; }
 write_bytes() { awk '$1 == "write_bytes:" { print $2 }' "/proc/$1/io"; }
 mib() { awk -v k="$1" 'BEGIN { printf "%.1f MiB", k / 1024 }'; }
+# The store revision the controller's last node list was read at (every write bumps it).
+store_revision() { "$TEXU" get nodes -o json | jq '.revision // .metadata.revision // 0'; }
 # Waits up to $2 s for a line starting with $1 in the simulation's log; prints it.
 sim_line() {
 	local prefix=$1 timeout=$2 line
@@ -135,7 +137,8 @@ run_size() {
 	say "all $containers containers Ready at the controller; warming up ${WARM}s"
 	sleep "$WARM"
 
-	local tick0 wb0 lines0 start_ns end_ns tick1 wb1 lines1 sim0 sim1
+	local tick0 wb0 lines0 start_ns end_ns tick1 wb1 lines1 sim0 sim1 rev0 rev1
+	rev0=$(store_revision)
 	tick0=$(ticks "$CONTROLLER_PID")
 	sim0=$(ticks "$SIM_PID")
 	wb0=$(write_bytes "$CONTROLLER_PID")
@@ -148,6 +151,7 @@ run_size() {
 	lines1=$(wc -l <"$SIM_LOG")
 	wb1=$(write_bytes "$CONTROLLER_PID")
 	end_ns=$(date +%s%N)
+	rev1=$(store_revision)
 	local rss hwm threads secs cpu sim_cpu load
 	load=$(cut -d' ' -f1-3 /proc/loadavg)
 	rss=$(kib "$CONTROLLER_PID" VmRSS)
@@ -191,7 +195,7 @@ run_size() {
 == $boards boards, $containers containers (heartbeat 500 ms, embedded store), $(date -u +%Y-%m-%dT%H:%M:%SZ), load $load
   $joined; $ready
   controller over ${secs} s idle: VmRSS $(mib "$rss") (VmHWM $(mib "$hwm")), CPU ${cpu} % of one core, $threads threads (texu sim: ${sim_cpu} %)
-  controller disk writes in that window: $((wb1 - wb0)) bytes (/proc/PID/io write_bytes)
+  controller disk writes in that window: $((wb1 - wb0)) bytes (/proc/PID/io write_bytes); store revisions in it: $((rev1 - rev0))
   heartbeat round trips in the window, per ${REPORT_EVERY} s period:
 $(sed 's/^/    /' <<<"$beats")
   $off

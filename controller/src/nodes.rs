@@ -282,28 +282,65 @@ impl Nodes {
                 .collect();
             tracing::info!(node = name, containers = ?names, "heartbeat from a board that was not Ready");
         }
-        for mut reported in beat.containers {
-            reported.status.address = own_address(name, subnet, &reported);
-            // A conflict means someone changed it meanwhile: read it again and retry, as the
-            // decisions of a returning board's first heartbeat are taken only once.
-            for _ in 0..4 {
-                let Some(c) = self.objects.get::<Container>(&reported.name).await? else {
-                    break;
+        self.take_reports(name, !was_ready, subnet, beat.containers)
+            .await
+    }
+
+    /// Writes what the reported container statuses change, all in one store batch (one
+    /// commit), each guarded on its own. A conflict means someone changed a container
+    /// meanwhile: it is read again and retried (up to four rounds), as the decisions of a
+    /// returning board's first heartbeat are taken only once.
+    async fn take_reports(
+        &self,
+        name: &str,
+        returning: bool,
+        subnet: Option<Cidr>,
+        reports: Vec<ReportedContainer>,
+    ) -> Result<(), NodeError> {
+        let mut pending: Vec<ReportedContainer> = reports
+            .into_iter()
+            .map(|mut reported| {
+                reported.status.address = own_address(name, subnet, &reported);
+                reported
+            })
+            .collect();
+        for _ in 0..4 {
+            if pending.is_empty() {
+                break;
+            }
+            // One read after another: a heartbeat holds at most one blocking read at a time,
+            // so a thousand boards' beats do not flood the blocking pool with threads.
+            let mut reads = Vec::with_capacity(pending.len());
+            for r in &pending {
+                reads.push(self.objects.get::<Container>(&r.name).await);
+            }
+            let mut writes = Vec::new();
+            let mut written = Vec::new();
+            for (reported, read) in std::mem::take(&mut pending).into_iter().zip(reads) {
+                let Some(c) = read? else {
+                    continue;
                 };
                 if c.spec.generation != reported.generation {
                     tracing::debug!(node = name, container = %reported.name, reported = reported.generation, current = c.spec.generation, "report of an older generation ignored");
-                    break;
+                    continue;
                 }
-                let Some(next) = self
-                    .take_report(name, !was_ready, c, reported.clone())
+                if let Some(next) = self
+                    .take_report(name, returning, c, reported.clone())
                     .await?
-                else {
-                    break;
-                };
-                match self.leader_objects.replace(&next).await {
-                    Err(ObjectError::Stale { .. }) => continue,
+                {
+                    writes.push(next);
+                    written.push(reported);
+                }
+            }
+            if writes.is_empty() {
+                break;
+            }
+            let answers = self.leader_objects.replace_all(&writes).await?;
+            for (reported, answer) in written.into_iter().zip(answers) {
+                match answer {
+                    Err(ObjectError::Stale { .. }) => pending.push(reported),
                     Err(e) => return Err(e.into()),
-                    Ok(_) => break,
+                    Ok(_) => {}
                 }
             }
         }
@@ -471,6 +508,10 @@ impl Nodes {
                 })
                 .collect()
         };
+        // Every verdict of this check in one store batch (one commit): a site's power cut
+        // marks its boards NotReady together.
+        let mut verdicts = Vec::with_capacity(dead.len());
+        let mut messages = Vec::with_capacity(dead.len());
         for (mut node, silence, deadline) in dead {
             tracing::warn!(node = %node.metadata.name, "no heartbeat for {silence:.1}s: NotReady");
             let message = format!(
@@ -481,7 +522,15 @@ impl Nodes {
                 s.message = Some(message.clone());
                 s.since = Some(clock::now_rfc3339());
             }
-            if self.leader_objects.replace(&node).await.is_ok() {
+            verdicts.push(node);
+            messages.push(message);
+        }
+        if verdicts.is_empty() {
+            return Ok(());
+        }
+        let answers = self.leader_objects.replace_all(&verdicts).await?;
+        for ((node, message), answer) in verdicts.iter().zip(messages).zip(answers) {
+            if answer.is_ok() {
                 let name = &node.metadata.name;
                 self.objects.events().record(
                     texu_api::EventKind::NodeNotReady,
@@ -496,95 +545,4 @@ impl Nodes {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::embedded::EmbeddedStore;
-    use std::collections::BTreeMap;
-    use texu_api::Arch;
-
-    fn spec() -> NodeSpec {
-        NodeSpec {
-            address: "198.18.0.2".into(),
-            arch: Arch::Amd64,
-            cpus: 2,
-            memory_bytes: 1 << 30,
-            subnet: None,
-            unschedulable: false,
-            draining: false,
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn label_churning_heartbeats_write_at_most_once_per_interval() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(EmbeddedStore::open(&dir.path().join("state.redb")).unwrap());
-        let objects = Objects::new(store.clone());
-        let nodes = Nodes::new(
-            objects.clone(),
-            Duration::from_secs(2),
-            Cidr::parse("198.19.0.0/16").unwrap(),
-        );
-        let join = JoinRequest {
-            name: "board-a".into(),
-            labels: BTreeMap::new(),
-            spec: spec(),
-        };
-        nodes.join(join, Joiner::JoinToken).await.unwrap();
-        let revision = || async { objects.list::<Node>().await.unwrap().1 };
-        let beat = |i: usize| Heartbeat {
-            spec: spec(),
-            labels: BTreeMap::from([("churn".to_string(), format!("v{i}"))]),
-            containers: Vec::new(),
-            prompt: false,
-        };
-        nodes.heartbeat("board-a", beat(0)).await.unwrap();
-        let before = revision().await;
-        let started = tokio::time::Instant::now();
-        const BEATS: usize = 10_000;
-        for i in 1..=BEATS {
-            tokio::time::advance(Duration::from_millis(100)).await;
-            nodes.heartbeat("board-a", beat(i)).await.unwrap();
-        }
-        let writes = revision().await - before;
-        let windows = started.elapsed().as_secs() / FACTS_WRITE_INTERVAL.as_secs();
-        assert!(
-            writes as u64 <= windows + 1,
-            "{writes} writes for {BEATS} beats over {windows} windows"
-        );
-        assert!(writes > 0, "the facts do get written");
-        // The last request is there once its window is due.
-        tokio::time::advance(FACTS_WRITE_INTERVAL).await;
-        nodes.heartbeat("board-a", beat(BEATS)).await.unwrap();
-        let node = objects.get::<Node>("board-a").await.unwrap().unwrap();
-        let status = node.status.unwrap();
-        assert_eq!(status.requested_labels["churn"], format!("v{BEATS}"));
-        assert!(node.metadata.labels.is_empty(), "requests are not labels");
-    }
-
-    #[tokio::test]
-    async fn only_addresses_in_the_boards_own_subnet_are_kept() {
-        let subnet = Cidr::parse("198.19.1.0/24").ok();
-        let report = |address: &str| ReportedContainer {
-            name: "db-0".into(),
-            generation: 1,
-            status: ContainerStatus {
-                address: Some(address.into()),
-                ..Default::default()
-            },
-        };
-        assert_eq!(
-            own_address("a", subnet, &report("198.19.1.7")).as_deref(),
-            Some("198.19.1.7")
-        );
-        for bad in [
-            "1.2.3.4\"; touch /tmp/X; echo \"",
-            "198.19.2.7",
-            "198.19.1.7 ",
-            "::1",
-            "",
-        ] {
-            assert_eq!(own_address("a", subnet, &report(bad)), None, "{bad:?}");
-        }
-        assert_eq!(own_address("a", None, &report("198.19.1.7")), None);
-    }
-}
+mod tests;

@@ -220,27 +220,48 @@ impl Objects {
     /// Writes an object read earlier, if nobody changed it since (its `metadata.revision`);
     /// a revision of 0 creates it only if it does not exist. Returns the new revision.
     pub async fn replace<T: Object>(&self, obj: &T) -> Result<i64> {
-        let name = obj.meta().name.clone();
-        let key = object_key(T::KIND, &name);
-        let expected = obj.meta().revision;
-        let mut stored = obj.clone();
-        stored.meta_mut().revision = 0;
-        if expected == 0 && stored.meta().created.is_none() {
-            // A revision of 0 creates the object: this is its birth (a container's AGE).
-            stored.meta_mut().created = Some(clock::now_rfc3339());
-        }
-        let txn = Txn::new()
-            .when_mod_revision(key.clone(), expected)
-            .put(key, encode(&stored)?);
-        let result = self.store.txn(txn).await?;
+        let result = self.store.txn(replace_txn(obj)?).await?;
         if result.succeeded {
             Ok(result.revision)
         } else {
-            Err(ObjectError::Stale {
-                kind: T::KIND.as_str(),
-                name,
-            })
+            Err(stale(obj))
         }
+    }
+
+    /// [`Objects::replace`] for several objects at once, as one store batch (the embedded
+    /// store commits it with one sync): each is written only if nobody changed it since it was
+    /// read, and fails alone (`Stale`) otherwise. One answer per object, in order.
+    pub async fn replace_all<T: Object>(&self, objs: &[T]) -> Result<Vec<Result<i64>>> {
+        let txns = objs.iter().map(replace_txn).collect::<Result<Vec<_>>>()?;
+        let answers = self.store.txn_batch(txns).await?;
+        Ok(answers
+            .into_iter()
+            .zip(objs)
+            .map(|(answer, obj)| match answer {
+                Ok(r) if r.succeeded => Ok(r.revision),
+                Ok(_) => Err(stale(obj)),
+                Err(e) => Err(e.into()),
+            })
+            .collect())
+    }
+
+    /// [`Objects::delete_at`] for several objects of a kind at once, as one store batch. One
+    /// answer per `(name, revision)`, in order: true when it was deleted.
+    pub async fn delete_all_at(&self, kind: Kind, at: &[(&str, i64)]) -> Result<Vec<Result<bool>>> {
+        let txns = at
+            .iter()
+            .map(|(name, revision)| {
+                let key = object_key(kind, name);
+                Txn::new()
+                    .when_mod_revision(key.clone(), *revision)
+                    .delete(key)
+            })
+            .collect();
+        let answers = self.store.txn_batch(txns).await?;
+        Ok(answers
+            .into_iter()
+            .map(|a| a.map(|r| r.succeeded).map_err(ObjectError::from))
+            .collect())
     }
 
     /// Deletes an object if it is still at `revision`.
@@ -275,12 +296,29 @@ impl Objects {
         kind: Kind,
         after: i64,
     ) -> Result<impl futures::Stream<Item = Result<Vec<WatchEvent>>> + Send + 'static> {
+        self.watch_where(kind, after, |_, _| true).await
+    }
+
+    /// [`Objects::watch`], passing over every change `keep` refuses before it is decoded
+    /// (`keep` sees the changes in order, with the stored bytes): a watch filtered on one
+    /// board among a thousand decodes only what may concern that board. A batch may come
+    /// out empty.
+    pub async fn watch_where<F>(
+        &self,
+        kind: Kind,
+        after: i64,
+        mut keep: F,
+    ) -> Result<impl futures::Stream<Item = Result<Vec<WatchEvent>>> + Send + 'static>
+    where
+        F: FnMut(EventKind, &KeyValue) -> bool + Send + 'static,
+    {
         let from = if after > 0 { after + 1 } else { 0 };
         let stream = self.store.watch(&kind_prefix(kind), from).await?;
         Ok(stream.map(move |batch| {
             let batch = batch?;
             batch
                 .into_iter()
+                .filter(|ev| keep(ev.kind, &ev.kv))
                 .map(|ev| watch_event(kind, ev.kind, &ev.kv))
                 .collect()
         }))
@@ -316,6 +354,28 @@ fn watch_event(kind: Kind, event: EventKind, kv: &KeyValue) -> Result<WatchEvent
         revision: kv.mod_revision,
         object,
     })
+}
+
+/// The guarded write of [`Objects::replace`].
+fn replace_txn<T: Object>(obj: &T) -> Result<Txn> {
+    let key = object_key(T::KIND, &obj.meta().name);
+    let expected = obj.meta().revision;
+    let mut stored = obj.clone();
+    stored.meta_mut().revision = 0;
+    if expected == 0 && stored.meta().created.is_none() {
+        // A revision of 0 creates the object: this is its birth (a container's AGE).
+        stored.meta_mut().created = Some(clock::now_rfc3339());
+    }
+    Ok(Txn::new()
+        .when_mod_revision(key.clone(), expected)
+        .put(key, encode(&stored)?))
+}
+
+fn stale<T: Object>(obj: &T) -> ObjectError {
+    ObjectError::Stale {
+        kind: T::KIND.as_str(),
+        name: obj.meta().name.clone(),
+    }
 }
 
 fn decode<T: Object>(kv: &KeyValue) -> Result<T> {

@@ -15,6 +15,8 @@ use crate::scheduler;
 
 /// How long the loop waits for more changes before it plans: a burst becomes one pass.
 const DEBOUNCE: Duration = Duration::from_millis(20);
+/// Most container writes of a pass in one store batch (one commit in the embedded store).
+const WRITE_BATCH: usize = 512;
 /// Longest pause between passes, so a missed wake-up never strands a container.
 const RESYNC: Duration = Duration::from_secs(1);
 
@@ -94,7 +96,8 @@ pub async fn catalog(objects: &Objects) -> Result<scheduler::Catalog, ObjectErro
         .collect())
 }
 
-/// Writes a plan: deletions guarded by revision, then creations and updates.
+/// Writes a plan: deletions guarded by revision, then creations and updates, each step in
+/// batches of [`WRITE_BATCH`] (one store commit each), every write guarded on its own.
 async fn write(
     objects: &Objects,
     containers: &[Container],
@@ -103,31 +106,47 @@ async fn write(
     if plan.is_empty() {
         return Ok(());
     }
-    for name in &plan.delete {
-        if let Some(c) = containers.iter().find(|c| &c.metadata.name == name) {
-            if objects
-                .delete_at(Kind::Container, name, c.metadata.revision)
-                .await?
-            {
-                tracing::info!(container = %name, "container removed");
-                crate::stateful::record_removed(objects.events(), c);
-            }
-        }
-    }
     let before: HashMap<&str, &Container> = containers
         .iter()
         .map(|c| (c.metadata.name.as_str(), c))
         .collect();
-    for c in plan.create.iter().chain(plan.update.iter()) {
-        match objects.replace(c).await {
-            Ok(_) => {
-                let was = before.get(c.metadata.name.as_str()).copied();
-                record_decision(objects.events(), was, c);
-                crate::stateful::record_update(objects.events(), was, c);
+    let doomed: Vec<&Container> = plan
+        .delete
+        .iter()
+        .filter_map(|name| before.get(name.as_str()).copied())
+        .collect();
+    for chunk in doomed.chunks(WRITE_BATCH) {
+        let at: Vec<(&str, i64)> = chunk
+            .iter()
+            .map(|c| (c.metadata.name.as_str(), c.metadata.revision))
+            .collect();
+        let answers = objects.delete_all_at(Kind::Container, &at).await?;
+        for (c, answer) in chunk.iter().zip(answers) {
+            if answer? {
+                tracing::info!(container = %c.metadata.name, "container removed");
+                crate::stateful::record_removed(objects.events(), c);
             }
-            // Someone else wrote it meanwhile: the next pass sees the new state.
-            Err(ObjectError::Stale { .. }) => {}
-            Err(e) => return Err(e),
+        }
+    }
+    let writes: Vec<Container> = plan
+        .create
+        .iter()
+        .chain(plan.update.iter())
+        .cloned()
+        .collect();
+    for chunk in writes.chunks(WRITE_BATCH) {
+        let answers = objects.replace_all(chunk).await?;
+        for (c, answer) in chunk.iter().zip(answers) {
+            match answer {
+                Ok(_) => {
+                    let was = before.get(c.metadata.name.as_str()).copied();
+                    record_decision(objects.events(), was, c);
+                    crate::stateful::record_update(objects.events(), was, c);
+                }
+                // Someone else wrote it meanwhile: the next pass sees the new state.
+                Err(ObjectError::Stale { .. }) => {}
+                Err(e) => return Err(e),
+            }
         }
     }
     Ok(())

@@ -92,19 +92,28 @@ pub async fn serve(
             format!("too many open watches for this credential (at most {MAX_WATCHES})"),
         )
     })?;
-    let mut events = Box::pin(state.objects.watch(kind, after).await?);
     // A DELETED event carries only a name: remember which names matched the filters.
     let filtered = role.is_some() || node.is_some();
     let mut matching: HashSet<String> = HashSet::new();
     if filtered {
         let (items, _) = state.objects.list::<Container>().await?;
         for item in items {
-            let value = serde_json::to_value(&item).unwrap_or_default();
-            if matches_filters(&value, role, node) {
+            if container_matches(&item, role, node) {
                 matching.insert(item.metadata.name);
             }
         }
     }
+    let mut events = if filtered {
+        let mut maybe = Prefilter::new(role, node, matching.clone());
+        Box::pin(
+            state
+                .objects
+                .watch_where(kind, after, move |k, kv| maybe.keep(k, kv))
+                .await?,
+        ) as std::pin::Pin<Box<dyn futures::Stream<Item = _> + Send>>
+    } else {
+        Box::pin(state.objects.watch(kind, after).await?)
+    };
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(CLIENT_BUFFER);
     let mut shutdown = state.shutdown.clone();
     let (role, node) = (role.cloned(), node.cloned());
@@ -127,7 +136,6 @@ pub async fn serve(
                 }
                 continue;
             };
-            bookmark.reset();
             let events = match batch {
                 None => break,
                 Some(Ok(events)) => events,
@@ -172,6 +180,9 @@ pub async fn serve(
                 if tx.send(Ok(line_of(&event))).await.is_err() {
                     return;
                 }
+                // Only a line sent counts as a sign of life: changes that all concern other
+                // boards must not hold back the bookmarks.
+                bookmark.reset();
             }
         }
     });
@@ -182,6 +193,58 @@ pub async fn serve(
         header::HeaderValue::from_static("application/x-ndjson"),
     );
     Ok(response)
+}
+
+/// [`matches_filters`] on a typed container.
+fn container_matches(c: &Container, role: Option<&String>, node: Option<&String>) -> bool {
+    role.is_none_or(|r| &c.spec.role == r)
+        && node.is_none_or(|n| {
+            c.spec.node.as_ref() == Some(n) || c.spec.handoff.as_ref().is_some_and(|h| &h.node == n)
+        })
+}
+
+/// Passes over, before decoding, the changes of a filtered watch that cannot concern it: a
+/// stored container names its node and role as `"node":"NAME"` and `"role":"NAME"` (compact
+/// JSON), so a change without them is not for this watch, unless it is a container that was
+/// (it moved away or was deleted: the watch tells its client). Keeps a superset of what
+/// [`matches_filters`] then decides on.
+struct Prefilter {
+    patterns: Vec<memchr::memmem::Finder<'static>>,
+    /// Every name a kept change may have matched: a superset of the watch's own set.
+    maybe: HashSet<String>,
+}
+
+impl Prefilter {
+    fn new(role: Option<&String>, node: Option<&String>, matching: HashSet<String>) -> Self {
+        let pattern = |field: &str, value: &String| {
+            let mut p = format!("\"{field}\":").into_bytes();
+            p.extend(serde_json::to_vec(value).unwrap_or_default());
+            p
+        };
+        let mut patterns = Vec::new();
+        patterns.extend(role.map(|r| pattern("role", r)));
+        patterns.extend(node.map(|n| pattern("node", n)));
+        let patterns = patterns
+            .iter()
+            .map(|p| memchr::memmem::Finder::new(p).into_owned())
+            .collect();
+        Prefilter {
+            patterns,
+            maybe: matching,
+        }
+    }
+
+    fn keep(&mut self, kind: crate::store::EventKind, kv: &crate::store::KeyValue) -> bool {
+        let name = kv.key.rsplit('/').next().unwrap_or_default();
+        let may_match = kind == crate::store::EventKind::Put
+            && self.patterns.iter().all(|p| p.find(&kv.value).is_some());
+        if may_match {
+            self.maybe.insert(name.to_string());
+            true
+        } else {
+            self.maybe.remove(name)
+        }
+    }
 }
 
 fn line_of<T: serde::Serialize>(value: &T) -> Vec<u8> {
@@ -210,4 +273,67 @@ pub fn matches_filters(
                     .and_then(|v| v.as_str())
                     == Some(n.as_str())
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{EventKind, KeyValue};
+    use texu_api::{ContainerSpec, Handoff};
+
+    fn put(c: &Container) -> (EventKind, KeyValue) {
+        let kv = KeyValue {
+            key: format!("/texu/v1/containers/{}", c.metadata.name),
+            value: serde_json::to_vec(c).unwrap(),
+            create_revision: 1,
+            mod_revision: 1,
+            version: 1,
+        };
+        (EventKind::Put, kv)
+    }
+
+    fn on(node: Option<&str>) -> Container {
+        Container::new(
+            "app-0",
+            ContainerSpec {
+                role: "app".into(),
+                node: node.map(str::to_string),
+                ..Default::default()
+            },
+        )
+    }
+
+    #[test]
+    fn the_prefilter_keeps_every_change_that_concerns_the_board() {
+        let node = "b1".to_string();
+        let mut pre = Prefilter::new(None, Some(&node), HashSet::new());
+        let keep = |pre: &mut Prefilter, c: &Container| {
+            let (k, kv) = put(c);
+            (pre.keep(k, &kv), container_matches(c, None, Some(&node)))
+        };
+        // Elsewhere and never here: passed over (and it would not match).
+        assert_eq!(keep(&mut pre, &on(Some("b10"))), (false, false));
+        assert_eq!(keep(&mut pre, &on(None)), (false, false));
+        // Placed here: kept.
+        assert_eq!(keep(&mut pre, &on(Some("b1"))), (true, true));
+        // Moved away: kept once, so the board hears it is gone; then passed over.
+        assert_eq!(keep(&mut pre, &on(Some("b2"))), (true, false));
+        assert_eq!(keep(&mut pre, &on(Some("b2"))), (false, false));
+        // A move to here (the new copy): kept.
+        let mut moving = on(Some("b2"));
+        moving.spec.handoff = Some(Handoff {
+            node: "b1".into(),
+            reason: "drain".into(),
+            image_digest: None,
+            status: None,
+        });
+        assert_eq!(keep(&mut pre, &moving), (true, true));
+        // Its deletion: kept; a deletion of what was never here: passed over.
+        let gone = KeyValue {
+            value: Vec::new(),
+            ..put(&moving).1
+        };
+        assert!(pre.keep(EventKind::Delete, &gone));
+        assert!(!pre.keep(EventKind::Delete, &gone));
+    }
 }

@@ -118,6 +118,17 @@ impl Txn {
     }
 }
 
+/// Every key a transaction compares or writes.
+fn txn_keys(txn: &Txn) -> Vec<&str> {
+    let compared = txn.compares.iter().map(|c| match c {
+        Compare::ModRevision { key, .. } => key.as_str(),
+    });
+    let written = txn.ops.iter().map(|op| match op {
+        Op::Put { key, .. } | Op::Delete { key } => key.as_str(),
+    });
+    compared.chain(written).collect()
+}
+
 /// The outcome of a transaction.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TxnResult {
@@ -161,6 +172,30 @@ pub trait Store: Send + Sync + 'static {
     async fn range(&self, prefix: &str) -> Result<RangeResult>;
     /// Runs a guarded transaction.
     async fn txn(&self, txn: Txn) -> Result<TxnResult>;
+    /// Runs independent transactions, each with its own compares and its own revision, as if
+    /// one after the other in order, and answers each: a failed compare or a refused
+    /// transaction fails only itself. The embedded store commits them all with one sync (a
+    /// group commit); this default sends them at once, one round of concurrent requests per
+    /// run of transactions that share no key, so writes to one key keep their order. `Err`
+    /// only when nothing could be tried (the store is closed).
+    async fn txn_batch(&self, txns: Vec<Txn>) -> Result<Vec<Result<TxnResult>>> {
+        let mut answers = Vec::with_capacity(txns.len());
+        let mut round: Vec<Txn> = Vec::new();
+        let mut keys: std::collections::HashSet<String> = std::collections::HashSet::new();
+        for txn in txns {
+            let touched = txn_keys(&txn);
+            if touched.iter().any(|k| keys.contains(*k)) {
+                let sent = std::mem::take(&mut round);
+                answers
+                    .extend(futures::future::join_all(sent.into_iter().map(|t| self.txn(t))).await);
+                keys.clear();
+            }
+            keys.extend(touched.into_iter().map(str::to_string));
+            round.push(txn);
+        }
+        answers.extend(futures::future::join_all(round.into_iter().map(|t| self.txn(t))).await);
+        Ok(answers)
+    }
     /// Watches every key under `prefix`, replaying changes with revision >= `from_revision`
     /// (0: only changes after the call), then following new ones.
     async fn watch(&self, prefix: &str, from_revision: i64) -> Result<WatchStream>;

@@ -44,6 +44,9 @@ impl Store for TimedStore {
     async fn txn(&self, txn: Txn) -> Result<TxnResult> {
         timed("txn", self.inner.txn(txn)).await
     }
+    async fn txn_batch(&self, txns: Vec<Txn>) -> Result<Vec<Result<TxnResult>>> {
+        timed("txn_batch", self.inner.txn_batch(txns)).await
+    }
     async fn watch(&self, prefix: &str, from_revision: i64) -> Result<WatchStream> {
         timed("watch", self.inner.watch(prefix, from_revision)).await
     }

@@ -17,6 +17,9 @@ use futures::{FutureExt, StreamExt};
 
 use super::{Event, EventKind, KeyValue, Store, StoreError, Txn, WatchStream};
 
+mod batch;
+pub use batch::txn_batch_each_alone;
+
 /// How long a case waits for a watch event before it fails.
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -46,6 +49,7 @@ pub const CASES: &[(&str, Case)] = cases![
     watch_ignores_other_prefixes,
     compaction,
     concurrent_txns_one_wins,
+    txn_batch_each_alone,
 ];
 
 /// Runs every case in [`CASES`] one after another; panics naming the first case that fails.

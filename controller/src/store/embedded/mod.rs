@@ -33,8 +33,9 @@ const META_FORMAT: &str = "format";
 const META_REVISION: &str = "revision";
 const META_COMPACTED: &str = "compacted";
 
-/// Most transactions the writer folds into one commit.
-const MAX_GROUP: usize = 256;
+/// Most writes the writer folds into one commit from requests that wait (one
+/// [`Store::txn_batch`] larger than this is committed whole, alone).
+const MAX_GROUP: usize = 1024;
 /// Commits a watch may fall behind before it goes back to the history table to catch up.
 const LIVE_CAPACITY: usize = 1024;
 /// Revisions a catching-up watch reads from history per blocking call.
@@ -121,6 +122,8 @@ struct Shared {
     /// Taken by the writer to publish a commit and by a watch to subscribe, so that a watch knows
     /// exactly which revisions it will receive live and which it must replay.
     live: Mutex<Live>,
+    /// Durable commits since the store was opened (a group is one).
+    commits: std::sync::atomic::AtomicU64,
 }
 
 /// The events of one group commit, in revision order.
@@ -145,11 +148,12 @@ struct Writer {
     thread: JoinHandle<()>,
 }
 
-/// A write for the writer thread. Both kinds are answered with the revision after them (a
-/// compaction counts as a write that succeeded without changing the revision).
+/// Writes for the writer thread, applied in order in one commit and answered together, each
+/// with the revision after it (a compaction counts as a write that succeeded without changing
+/// the revision).
 struct Request {
-    write: Write,
-    reply: oneshot::Sender<Res<TxnResult>>,
+    writes: Vec<Write>,
+    reply: oneshot::Sender<Vec<Res<TxnResult>>>,
 }
 
 enum Write {
@@ -184,6 +188,7 @@ impl EmbeddedStore {
                 revision,
                 compacted,
             }),
+            commits: std::sync::atomic::AtomicU64::new(0),
         });
         let (requests, rx) = mpsc::channel();
         let thread_shared = shared.clone();
@@ -203,18 +208,40 @@ impl EmbeddedStore {
 
     /// Hands a write to the writer thread and waits until it is durable (or refused).
     async fn write(&self, write: Write) -> Result<TxnResult> {
+        self.write_all(vec![write])
+            .await?
+            .pop()
+            .unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// Hands writes to the writer thread as one request (they share one commit) and waits until
+    /// they are durable; one answer per write, in order.
+    async fn write_all(&self, writes: Vec<Write>) -> Result<Vec<Result<TxnResult>>> {
+        let count = writes.len();
         let requests = lock(&self.writer)
             .as_ref()
             .map(|w| w.requests.clone())
             .ok_or(StoreError::Closed)?;
         let (reply, answer) = oneshot::channel();
         requests
-            .send(Request { write, reply })
+            .send(Request { writes, reply })
             .map_err(|_| StoreError::Closed)?;
-        match answer.await {
-            Ok(r) => r.map_err(|e| self.error(e)),
-            Err(_) => Err(StoreError::Closed),
+        let answers = answer.await.map_err(|_| StoreError::Closed)?;
+        if answers.len() != count {
+            return Err(StoreError::Closed);
         }
+        Ok(answers
+            .into_iter()
+            .map(|r| r.map_err(|e| self.error(e)))
+            .collect())
+    }
+
+    /// Durable commits since the store was opened: a group of writes that waited together, or
+    /// one [`Store::txn_batch`], counts once.
+    pub fn commits(&self) -> u64 {
+        self.shared
+            .commits
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Runs `f` on a snapshot, on the blocking pool.
@@ -370,6 +397,31 @@ impl Store for EmbeddedStore {
         self.write(Write::Txn(txn)).await
     }
 
+    async fn txn_batch(&self, txns: Vec<Txn>) -> Result<Vec<Result<TxnResult>>> {
+        // A transaction that touches a key twice is refused alone; the rest share one commit.
+        let mut answers: Vec<Option<Result<TxnResult>>> = Vec::with_capacity(txns.len());
+        let mut writes = Vec::with_capacity(txns.len());
+        for txn in txns {
+            match check_distinct_keys(&txn) {
+                Ok(()) => {
+                    answers.push(None);
+                    writes.push(Write::Txn(txn));
+                }
+                Err(e) => answers.push(Some(Err(self.error(e.into())))),
+            }
+        }
+        let mut written = if writes.is_empty() {
+            Vec::new()
+        } else {
+            self.write_all(writes).await?
+        }
+        .into_iter();
+        Ok(answers
+            .into_iter()
+            .map(|a| a.unwrap_or_else(|| written.next().unwrap_or(Err(StoreError::Closed))))
+            .collect())
+    }
+
     async fn watch(&self, prefix: &str, from_revision: i64) -> Result<WatchStream> {
         let Subscription {
             rx,
@@ -438,5 +490,7 @@ mod writer;
 use watch::Watch;
 use writer::{check_distinct_keys, run_writer};
 
+#[cfg(test)]
+mod batch_tests;
 #[cfg(test)]
 mod tests;

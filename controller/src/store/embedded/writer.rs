@@ -1,4 +1,9 @@
 //! The single writer thread: group commit of waiting transactions, each at its own revision, acknowledged after one sync.
+//!
+//! Whatever waits when the writer is free goes into the next commit: many heartbeats' status
+//! writes, a scheduling pass's placements (sent as one request by [`Store::txn_batch`]), the
+//! detector's verdicts. Each write keeps its own compare-and-swap: a failed compare fails only
+//! that write, and writes apply in the order they arrived, so two writes to one key keep theirs.
 
 use super::*;
 
@@ -6,10 +11,14 @@ pub(super) fn run_writer(shared: &Shared, requests: &mpsc::Receiver<Request>) {
     // `recv` fails only once every sender is gone and the queue is empty, so every request that
     // was accepted is answered before the thread ends.
     while let Ok(first) = requests.recv() {
+        let mut writes = first.writes.len();
         let mut group = vec![first];
-        while group.len() < MAX_GROUP {
+        while writes < MAX_GROUP {
             match requests.try_recv() {
-                Ok(r) => group.push(r),
+                Ok(r) => {
+                    writes += r.writes.len();
+                    group.push(r);
+                }
                 Err(_) => break,
             }
         }
@@ -24,8 +33,13 @@ pub(super) fn commit_group(shared: &Shared, group: Vec<Request>) {
         None => Err(Fail::Closed),
     };
     drop(guard);
+    if matches!(&applied, Ok((_, _, _, _, _, true))) {
+        shared
+            .commits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     match applied {
-        Ok((outcomes, events, revision, compacted, trimmed)) => {
+        Ok((outcomes, events, revision, compacted, trimmed, _)) => {
             if trimmed {
                 shrink_file(shared);
             }
@@ -39,8 +53,14 @@ pub(super) fn commit_group(shared: &Shared, group: Vec<Request>) {
                 }
             }
             // Answer only after publishing, so that whoever hears back sees its write everywhere.
-            for (request, outcome) in group.into_iter().zip(outcomes) {
-                let _ = request.reply.send(outcome.map_err(Fail::Db));
+            let mut outcomes = outcomes.into_iter();
+            for request in group {
+                let answers = outcomes
+                    .by_ref()
+                    .take(request.writes.len())
+                    .map(|o| o.map_err(Fail::Db))
+                    .collect();
+                let _ = request.reply.send(answers);
             }
         }
         Err(fail) => {
@@ -49,23 +69,28 @@ pub(super) fn commit_group(shared: &Shared, group: Vec<Request>) {
                 _ => None,
             };
             for request in group {
-                let each = match &cause {
-                    Some(e) => Fail::Db(EmbeddedError::Group(e.clone())),
-                    None => Fail::Closed,
-                };
-                let _ = request.reply.send(Err(each));
+                let answers = request
+                    .writes
+                    .iter()
+                    .map(|_| match &cause {
+                        Some(e) => Err(Fail::Db(EmbeddedError::Group(e.clone()))),
+                        None => Err(Fail::Closed),
+                    })
+                    .collect();
+                let _ = request.reply.send(answers);
             }
         }
     }
 }
 
-/// Per request its answer (or why it was refused), then the group's events, revision,
-/// compacted revision and whether a compaction removed history.
+/// Per write its answer (or why it was refused), then the group's events, revision,
+/// compacted revision, whether a compaction removed history and whether it was committed.
 type Applied = (
     Vec<std::result::Result<TxnResult, EmbeddedError>>,
     Vec<Event>,
     i64,
     i64,
+    bool,
     bool,
 );
 
@@ -94,8 +119,8 @@ pub(super) fn apply_group(db: &Database, group: &[Request]) -> Res<Applied> {
         let mut meta = tx.open_table(META)?;
         let mut revision = meta.get(META_REVISION)?.map(|g| g.value()).unwrap_or(0);
         let mut compacted = meta.get(META_COMPACTED)?.map(|g| g.value()).unwrap_or(0);
-        for request in group {
-            match &request.write {
+        for write in group.iter().flat_map(|r| &r.writes) {
+            match write {
                 Write::Txn(txn) => {
                     let before = events.len();
                     let result = apply_txn(&mut kv, txn, &mut revision, &mut events)?;
@@ -138,7 +163,7 @@ pub(super) fn apply_group(db: &Database, group: &[Request]) -> Res<Applied> {
         // Nothing to write: an idle or refused write must not touch the disk.
         tx.abort()?;
     }
-    Ok((outcomes, events, revision, compacted, trimmed))
+    Ok((outcomes, events, revision, compacted, trimmed, changed))
 }
 
 pub(super) fn stored(kv: &redb::Table<&str, &[u8]>, key: &str) -> Res<Option<KeyValue>> {
