@@ -132,13 +132,8 @@ TEXU=$TARGET_DIR/release/texu
 AGENT=$TARGET_DIR/release/$AGENT_BIN
 [[ -x $TEXU && -x $AGENT ]] || die "$TEXU or $AGENT was not built"
 # The agent's command: `texu-agent --server URL ARGS` or `texu --server URL agent ARGS`.
-agent_cmd() {
-	if [[ $AGENT_BIN == texu ]]; then
-		"$AGENT" --server "$1" agent "${@:2}"
-	else
-		"$AGENT" --server "$1" "${@:2}"
-	fi
-}
+AGENT_SUB=()
+[[ $AGENT_BIN == texu ]] && AGENT_SUB=(agent)
 
 mkdir -p "$WORK"
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -170,7 +165,7 @@ unset RUST_LOG
 say "controller $CONTROLLER_PID at $TEXU_SERVER"
 
 # --- agent ----------------------------------------------------------------------------------
-NO_COLOR=1 RUST_LOG=warn,texu_agent=debug agent_cmd "$TEXU_SERVER" --name "$NODE" \
+NO_COLOR=1 RUST_LOG=warn,texu_agent=debug "$AGENT" --server "$TEXU_SERVER" "${AGENT_SUB[@]}" --name "$NODE" \
 	--data-dir "$WORK/a" --join-token-file "$WORK/c/join.token" \
 	--bridge "$BRIDGE" --subnet "$SUBNET" </dev/null >"$WORK/agent.log" 2>&1 &
 AGENT_PID=$!

@@ -85,7 +85,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let daemon = matches!(cli.command, Command::Controller(_) | Command::Agent(_));
-    texu_agent::cli::init_logging(if daemon { "info" } else { "warn" });
+    init_logging(if daemon { "info" } else { "warn" });
     let client = || {
         config::resolve(
             cli.server.clone(),
@@ -123,4 +123,13 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn init_logging(default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
