@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Agent benchmark (issue 3; targets in DESIGN.md section 10), on this one machine:
-#   1. the resident memory of the `texu agent` process (VmRSS, and PSS from smaps_rollup) while
-#      it runs 10 containers;
+#   1. the resident memory of the agent process (the agent-only `texu-agent` binary, or
+#      `texu agent` with AGENT_BIN=texu) while it runs 10 containers: VmRSS, PSS from
+#      smaps_rollup, and the resident kB of each file mapped (binary, libc, liblxc...);
 #   2. the time from `texu apply` to all 10 containers Ready, RUNS times (the role is deleted,
 #      and its containers are gone from disk, between runs): min / median / max.
 # It also prints, from the agent's debug log, how long each container's create and start took.
@@ -12,7 +13,8 @@
 # 127.0.0.1 and an agent with bridge txbench0 on 198.19.250.0/24; removes everything it made
 # on exit, Ctrl-C or TERM (and, at start, what a SIGKILLed earlier run left). Settings (environment): RUNS (5), READY_TIMEOUT (120 s per run),
 # SETTLE (2 s from all Ready to reading memory), TEXU_BENCH_WORK (/tmp/texu-bench-agent),
-# IMAGE (template:busybox; `host` runs the board's own busybox instead, for comparison).
+# IMAGE (template:busybox; `host` runs the board's own busybox instead, for comparison),
+# AGENT_BIN (texu-agent; `texu` runs the agent as `texu agent`, from the one big binary).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -32,6 +34,11 @@ RUNS=${RUNS:-5}
 READY_TIMEOUT=${READY_TIMEOUT:-120}
 GONE_TIMEOUT=60
 SETTLE=${SETTLE:-2} # seconds between all Ready and reading the agent's memory
+AGENT_BIN=${AGENT_BIN:-texu-agent}
+case "$AGENT_BIN" in
+texu | texu-agent) ;;
+*) echo "AGENT_BIN is texu-agent or texu" >&2 && exit 1 ;;
+esac
 
 say() { printf '[agent.sh] %s\n' "$*" >&2; }
 die() {
@@ -118,11 +125,15 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # --- build ----------------------------------------------------------------------------------
-say "building (cargo build --release --locked)"
-(cd "$ROOT" && cargo build --release --locked)
+say "building (cargo build --release --locked -p texu -p texu-agent)"
+(cd "$ROOT" && cargo build --release --locked -p texu -p texu-agent)
 TARGET_DIR=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps | jq -r .target_directory)
 TEXU=$TARGET_DIR/release/texu
-[[ -x $TEXU ]] || die "$TEXU was not built"
+AGENT=$TARGET_DIR/release/$AGENT_BIN
+[[ -x $TEXU && -x $AGENT ]] || die "$TEXU or $AGENT was not built"
+# The agent's command: `texu-agent --server URL ARGS` or `texu --server URL agent ARGS`.
+AGENT_SUB=()
+[[ $AGENT_BIN == texu ]] && AGENT_SUB=(agent)
 
 mkdir -p "$WORK"
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -154,7 +165,7 @@ unset RUST_LOG
 say "controller $CONTROLLER_PID at $TEXU_SERVER"
 
 # --- agent ----------------------------------------------------------------------------------
-NO_COLOR=1 RUST_LOG=warn,texu_agent=debug "$TEXU" --server "$TEXU_SERVER" agent --name "$NODE" \
+NO_COLOR=1 RUST_LOG=warn,texu_agent=debug "$AGENT" --server "$TEXU_SERVER" "${AGENT_SUB[@]}" --name "$NODE" \
 	--data-dir "$WORK/a" --join-token-file "$WORK/c/join.token" \
 	--bridge "$BRIDGE" --subnet "$SUBNET" </dev/null >"$WORK/agent.log" 2>&1 &
 AGENT_PID=$!
@@ -210,6 +221,13 @@ mem_of() {
 	fi
 	read -r rss hwm anon file threads <<<"$status"
 	echo "$rss $hwm $anon $file $pss $threads"
+}
+
+# Resident kB of each file the agent maps (and [anon] for the rest), largest first: "kB name".
+mapped() {
+	awk '/^[0-9a-f]+-[0-9a-f]+ / { name = (NF >= 6) ? $6 : "[anon]"; sub(/.*\//, "", name) }
+		/^Rss:/ { rss[name] += $2 }
+		END { for (n in rss) if (rss[n] > 0) print rss[n], n }' "/proc/$1/smaps" | sort -rn
 }
 
 # LXC's per-container monitor processes ("[lxc monitor] LXCPATH NAME"): liblxc forks them from
@@ -299,6 +317,7 @@ for run in $(seq 1 "$RUNS"); do
 	read -r rss hwm anon file pss pss_anon pss_file threads <<<"$(mem_of "$AGENT_PID")"
 	read -r mon_n mon_rss mon_pss <<<"$(monitors)"
 	running=$(lxc-ls -P "$LXCPATH" --running -1 | wc -l)
+	mapped "$AGENT_PID" >"$WORK/mapped"
 	echo "    agent with $running running containers: VmRSS ${rss} kB (anon ${anon}, file ${file})," \
 		"PSS ${pss} kB (anon ${pss_anon}, file ${pss_file}), VmHWM ${hwm} kB, ${threads} threads;" \
 		"$mon_n lxc monitor processes: RSS ${mon_rss} kB, PSS ${mon_pss} kB in all"
@@ -333,7 +352,7 @@ cat <<EOF
 date        $(date -u '+%Y-%m-%d %H:%M UTC')
 machine     $(nproc) cores ($(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)), $(awk '/^MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo) RAM, kernel $(uname -r), LXC $(lxc-ls --version)
 load avg    before $LOAD_BEFORE, after $LOAD_AFTER
-binary      $TEXU ($(stat -c %s "$TEXU") bytes)
+agent       $AGENT ($(stat -c %s "$AGENT") bytes)$([[ $AGENT_BIN == texu ]] && echo ", run as texu agent")
 runs        $RUNS x apply of $REPLICAS replicas of $IMAGE (httpd, HTTP readiness every 0.1 s)
 
 agent memory with $running running containers (last run, ${SETTLE} s after all Ready)
@@ -343,6 +362,7 @@ agent memory with $running running containers (last run, ${SETTLE} s after all R
   + $mon_n LXC monitor processes (forked by liblxc, one per container): RSS $(mb "$mon_rss"), PSS $(mb "$mon_pss") in all
     (they share the agent's pages, which lowers its PSS; agent + monitors PSS $(mb "$(awk -v a="$pss" -v b="$mon_pss" 'BEGIN { print a + b }')"))
   target    < 10 MB (taken as MiB) VmRSS: $rss_ok
+  resident by mapping (last run, kB): $(head -n 8 "$WORK/mapped" | awk '{ printf "%s%s %s", (NR > 1 ? ", " : ""), $2, $1 }')
 
 apply -> all $REPLICAS Ready (s)   min $r_min   median $r_med   max $r_max
   runs (s): $(awk '{ printf "%s ", $1 }' "$WORK/results")

@@ -170,23 +170,8 @@ fn names_same_controller(existing: &ClientConfig, this: &ClientConfig) -> bool {
         || existing.ca.is_some() && existing.ca == this.ca
 }
 
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (mut term, mut int) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(t), Ok(i)) => (t, i),
-        _ => {
-            tracing::error!("cannot install signal handlers; stop with SIGKILL");
-            return std::future::pending().await;
-        }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
-    }
-}
+/// Waits for SIGTERM or SIGINT (the agent's own; the controller and `texu sim` stop on it too).
+pub use texu_agent::cli::shutdown_signal;
 
 #[cfg(test)]
 mod tests {
