@@ -283,7 +283,9 @@ pub fn heal(c: &mut Cluster, board: usize) -> Result<()> {
     c.restore(board)?;
     ring::wait_node(c, board, NodePhase::Ready, Duration::from_secs(60))?;
     c.wait_ready(Duration::from_secs(300))?;
-    ring::wait_ring(c, 3, Duration::from_secs(180))?;
+    if let Err(e) = ring::wait_ring(c, 3, Duration::from_secs(180)) {
+        anyhow::bail!("{e:#}\n{}", ring::members_report(c));
+    }
     eprintln!(
         "board {board} back, stack Ready and three UN in {:.1?}",
         asked.elapsed()

@@ -64,11 +64,39 @@ pub fn restart(c: &mut Cluster, how: Cold, committed: &mut usize) -> Result<()> 
             "the members' init pids changed over an agent restart: {pids:?} -> {now:?}"
         );
     }
+    if how == Cold::Boards {
+        // The controller's statuses are the ones from before the cut until the agents report:
+        // wait until every member runs again (a new init) and says Ready.
+        let running_again = c.wait_until(
+            Duration::from_secs(420),
+            "every member started again",
+            || {
+                std::thread::sleep(Duration::from_millis(500));
+                let now = member_pids(c).ok()?;
+                let ready = ring::containers(c, "cassandra")
+                    .ok()?
+                    .iter()
+                    .all(ring::is_ready);
+                (ready
+                    && now
+                        .iter()
+                        .zip(&pids)
+                        .all(|(a, b)| a.1.is_some() && a.1 != b.1))
+                .then_some(now)
+            },
+        );
+        if let Err(e) = running_again {
+            anyhow::bail!("{e}\n{}", ring::members_report(c));
+        }
+    }
     c.wait_ready(Duration::from_secs(420))?;
     let ready_in = started.elapsed();
-    let status = ring::wait_ring(c, 3, Duration::from_secs(240))?;
+    let status = match ring::wait_ring(c, 3, Duration::from_secs(240)) {
+        Ok(s) => s,
+        Err(e) => anyhow::bail!("{e:#}\n{}", ring::members_report(c)),
+    };
     let ring_in = started.elapsed();
-    let ex = ring::proxy(c, 0)?;
+    let ex = ring::wait_serving(c, Duration::from_secs(180))?;
     let after = ring::counts(&ex)?;
     ensure!(
         before == after,

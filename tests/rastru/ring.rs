@@ -293,3 +293,48 @@ pub fn ledger_intact(ex: &Exchange, acked: &[String], more: usize) -> Result<Val
     }
     audit(ex, Some(acked.len() + more), Duration::from_secs(120))
 }
+
+/// What each member shows (phase, board, init pid, the end of its system.log) and the
+/// cluster's diagnostics: for a failure message.
+pub fn members_report(c: &Cluster) -> String {
+    let mut out = String::new();
+    for m in containers(c, "cassandra").unwrap_or_default() {
+        let name = &m.metadata.name;
+        let board = board_of(c, &m).unwrap_or(0);
+        let pid = c.container_init_pid(board, name);
+        out.push_str(&format!(
+            "== {name} on board {board}, init {pid:?}, status {:?}\n",
+            m.status
+        ));
+        if pid.is_some() {
+            let argv = [
+                "/bin/sh",
+                "-c",
+                "cat /run/cassandra/node.env; tail -n 25 /var/lib/cassandra/logs/system.log",
+            ];
+            if let Ok(o) = c.exec_in_container(board, name, &argv) {
+                out.push_str(&String::from_utf8_lossy(&o.stdout));
+            }
+        }
+    }
+    out.push_str(&c.diagnostics());
+    out
+}
+
+/// Waits (up to `timeout`) until a Ready proxy answers `/v1/audit`: the exchange through it.
+pub fn wait_serving(c: &Cluster, timeout: Duration) -> Result<Exchange> {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        match proxy(c, 0) {
+            Ok(ex) => match ex.call("GET", "/v1/audit", None) {
+                Ok((200, _)) => return Ok(ex),
+                Ok((status, v)) => last = format!("{status} {v}"),
+                Err(e) => last = format!("{e:#}"),
+            },
+            Err(e) => last = format!("{e:#}"),
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    bail!("the exchange did not serve within {timeout:?}: {last}")
+}
