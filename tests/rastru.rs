@@ -92,6 +92,35 @@ fn the_rastru_ring_forms_scales_and_survives_a_power_cut_a_replace_and_cold_rest
     let mut config = ClusterConfig::new(4, texu_bin());
     config.host_routes = true;
     let mut c = Cluster::start(config).context("cannot start a 4-board cluster")?;
+    if let Err(e) = steps(&mut c) {
+        keep_logs(&c);
+        return Err(e);
+    }
+    c.teardown()?;
+    Ok(())
+}
+
+/// After a failure: the cluster's state, its events and every log copied to
+/// /tmp/texu-rastru-logs/ (the cluster's own directory goes with it).
+fn keep_logs(c: &Cluster) {
+    let keep = Path::new("/tmp/texu-rastru-logs");
+    let _ = std::fs::remove_dir_all(keep);
+    let _ = std::fs::create_dir_all(keep);
+    if let Ok(dir) = std::fs::read_dir(c.plan().dir().join("logs")) {
+        for f in dir.flatten() {
+            let _ = std::fs::copy(f.path(), keep.join(f.file_name()));
+        }
+    }
+    let events = c.texu(&["events"]).map(|o| o.stdout).unwrap_or_default();
+    let _ = std::fs::write(keep.join("events.txt"), events);
+    let _ = std::fs::write(keep.join("members.txt"), ring::members_report(c));
+    eprintln!(
+        "the cluster's logs, events and members kept in {}",
+        keep.display()
+    );
+}
+
+fn steps(c: &mut Cluster) -> Result<()> {
     let started = Instant::now();
     c.apply(&stack_dir())?;
 
@@ -99,7 +128,7 @@ fn the_rastru_ring_forms_scales_and_survives_a_power_cut_a_replace_and_cold_rest
     let mut first_seen: BTreeMap<i64, Vec<bool>> = BTreeMap::new();
     let deadline = started + Duration::from_secs(480);
     loop {
-        let members = containers(&c, "cassandra")?;
+        let members = containers(c, "cassandra")?;
         for m in &members {
             first_seen.entry(m.spec.ordinal).or_insert_with(|| {
                 members
@@ -135,10 +164,10 @@ fn the_rastru_ring_forms_scales_and_survives_a_power_cut_a_replace_and_cold_rest
         "rastru stack: ring Ready after {ring_ready:.1?}, everything after {:.1?}",
         started.elapsed()
     );
-    let status = wait_ring(&c, 3, Duration::from_secs(60))?;
+    let status = wait_ring(c, 3, Duration::from_secs(60))?;
     ensure!(up_normal(&status).len() == 3, "{status}");
 
-    let ex = ring::proxy(&c, 0)?;
+    let ex = ring::proxy(c, 0)?;
     let codes = ring::open_accounts(&ex, "acct", 4)?;
     let mut acked = ring::transfer(&ex, &codes, "first", 40);
     ensure!(
@@ -147,7 +176,7 @@ fn the_rastru_ring_forms_scales_and_survives_a_power_cut_a_replace_and_cold_rest
         acked.len()
     );
     // Replication factor 3 on three members: each owns all of the keyspace.
-    let owned = nodetool(&c, "cassandra-1", &["status", "rastru"])?;
+    let owned = nodetool(c, "cassandra-1", &["status", "rastru"])?;
     let full = up_normal(&owned)
         .iter()
         .filter(|l| l.contains("100.0%"))
@@ -163,20 +192,20 @@ fn the_rastru_ring_forms_scales_and_survives_a_power_cut_a_replace_and_cold_rest
     ring::ledger_intact(&ex, &acked, 0)?;
 
     // 2. Scale 3 -> 4: the fourth member joins the ring.
-    apply_replicas(&c, 4)?;
+    apply_replicas(c, 4)?;
     c.wait_until(Duration::from_secs(240), "cassandra-3 Ready", || {
-        containers(&c, "cassandra")
+        containers(c, "cassandra")
             .ok()
             .filter(|ms| ms.len() == 4 && ms.iter().all(is_ready))
     })?;
-    wait_ring(&c, 4, Duration::from_secs(60))?;
+    wait_ring(c, 4, Duration::from_secs(60))?;
     acked.extend(ring::transfer(&ex, &codes, "four", 20));
 
     // ... and 4 -> 3: decommissioned by its preStop hook before it stops, then removed.
     let asked = Instant::now();
-    apply_replicas(&c, 3)?;
+    apply_replicas(c, 3)?;
     c.wait_until(Duration::from_secs(300), "cassandra-3 removed", || {
-        containers(&c, "cassandra").ok().filter(|ms| ms.len() == 3)
+        containers(c, "cassandra").ok().filter(|ms| ms.len() == 3)
     })?;
     eprintln!(
         "cassandra-3 decommissioned and removed in {:.1?}",
@@ -197,7 +226,7 @@ fn the_rastru_ring_forms_scales_and_survives_a_power_cut_a_replace_and_cold_rest
         removed.contains("texu-nodetool decommission\" exited 0"),
         "the hook did not succeed: {removed}"
     );
-    let status = wait_ring(&c, 3, Duration::from_secs(60))?;
+    let status = wait_ring(c, 3, Duration::from_secs(60))?;
     ensure!(
         !status.contains("DN ") && !status.contains("UL "),
         "the ring still lists the decommissioned member:\n{status}"
@@ -216,11 +245,11 @@ fn the_rastru_ring_forms_scales_and_survives_a_power_cut_a_replace_and_cold_rest
     let mut last = None;
     for round in 1..=rounds {
         let step = Instant::now();
-        let r = failover::round(&mut c, round, &mut committed)?;
+        let r = failover::round(c, round, &mut committed)?;
         (sent, failed) = (sent + r.sent, failed + r.failed);
         eprintln!("step 3 round {round} took {:.1?}", step.elapsed());
         if round < rounds {
-            failover::heal(&mut c, r.board)?;
+            failover::heal(c, r.board)?;
         }
         last = Some(r);
     }
@@ -232,16 +261,15 @@ fn the_rastru_ring_forms_scales_and_survives_a_power_cut_a_replace_and_cold_rest
 
     // 4. The lost member stays Lost; texu replace moves it; the old board comes back.
     let step = Instant::now();
-    lost::stays_lost_then_replaced(&mut c, &last, committed)?;
+    lost::stays_lost_then_replaced(c, &last, committed)?;
     eprintln!("step 4 took {:.1?}", step.elapsed());
 
     // 5. Cold restarts: processes only, then whole boards.
     for how in [Cold::Processes, Cold::Boards] {
         let step = Instant::now();
-        restart::restart(&mut c, how, &mut committed)?;
+        restart::restart(c, how, &mut committed)?;
         eprintln!("step 5 ({how:?}) took {:.1?}", step.elapsed());
     }
     eprintln!("rastru test: every step done in {:.1?}", started.elapsed());
-    c.teardown()?;
     Ok(())
 }

@@ -238,8 +238,28 @@ pub fn round(c: &mut Cluster, round: usize, committed: &mut usize) -> Result<Rou
     );
     ring::wait_node(c, board, NodePhase::NotReady, Duration::from_secs(30))?;
 
-    // Every acknowledged transfer is in exactly once; some failed ones may be in too.
+    let proxies: Vec<String> = ring::containers(c, "proxy")?
+        .iter()
+        .map(|p| {
+            let s = p.status.as_ref();
+            format!(
+                "{} on {:?} {:?} {:?}",
+                p.metadata.name,
+                p.spec.node,
+                s.map(|s| s.phase),
+                s.and_then(|s| s.address.clone())
+            )
+        })
+        .collect();
+    eprintln!(
+        "rastru failover round {round}: the load went through {}; proxies now: {proxies:?}",
+        ex.base
+    );
+
+    // Every acknowledged transfer is in exactly once; some failed ones may be in too. The
+    // checks go through any proxy that serves.
     let checked = Instant::now();
+    let ex = ring::wait_serving(c, Duration::from_secs(120))?;
     ring::audit(&ex, None, Duration::from_secs(120))?;
     let in_before_retry = check_statements(&ex, &sent, &accounts, false)?;
     ring::audit(
