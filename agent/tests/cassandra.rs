@@ -294,6 +294,44 @@ fn a_replacing_member_never_seeds_itself() {
     );
 }
 
+#[test]
+fn a_replaced_member_restarts_without_replacing_again() {
+    require_install();
+    let role = cassandra_role();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Once Ready its `replaces` is cleared and node.env rendered again: member 0 with no
+    // Ready member seeds itself (a cold boot of the ring). Its environment still carries
+    // TEXU_REPLACES from its create; the env file decides, so it starts, and plainly.
+    let (yaml, env) = render_into(&role, &context(&role, 0, None), dir.path());
+    let launch = |with_env_file: bool| {
+        let mut cmd = Command::new(repo().join("scripts/cassandra/texu-cassandra"));
+        cmd.arg("print").env("TEXU_REPLACES", "127.0.0.9");
+        if with_env_file {
+            cmd.args(["--config".as_ref(), yaml.as_os_str()])
+                .args(["--env-file".as_ref(), env.as_os_str()]);
+        } else {
+            cmd.args(["--seeds", "127.0.0.2", "--listen", "127.0.0.1"]);
+        }
+        cmd.output().expect("texu-cassandra")
+    };
+    let out = launch(true);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "a restart was refused: {said}");
+    assert!(!said.contains("replace_address_first_boot"), "{said}");
+    // Without an env file, TEXU_REPLACES still says what to replace.
+    let out = launch(false);
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("-Dcassandra.replace_address_first_boot=127.0.0.9"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A memory and CPU cgroup of this test's own (v2, or v1's memory and cpu hierarchies),
 /// removed when dropped.
 struct Cgroup {

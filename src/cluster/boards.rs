@@ -1,5 +1,5 @@
 //! Reaching into boards (commands in a board's namespace or in a container, HTTP from there)
-//! and breaking them: a power cut, a cut link, and putting things back.
+//! and breaking them: a power cut, a cut link, a crashed agent, and putting things back.
 
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -130,6 +130,16 @@ impl Cluster {
         // containers' cgroup directories go too (a start would find them and fail).
         if let Ok(runtime) = texu_agent::runtime::LxcRuntime::new(self.plan.lxc_path(board)) {
             runtime.remove_cgroup_dirs();
+        }
+        Ok(())
+    }
+
+    /// SIGKILLs board `board`'s agent alone, as a crash of it would: its containers keep
+    /// running. [`Cluster::restore`] starts it again.
+    pub fn kill_agent(&mut self, board: usize) -> Result<()> {
+        self.check_board(board)?;
+        if let Some(mut agent) = self.agents[board - 1].take() {
+            procs::kill_child(&mut agent);
         }
         Ok(())
     }
