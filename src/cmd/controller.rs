@@ -11,6 +11,9 @@ use texu_controller::store::compactor::Retention;
 
 use crate::config::{self, ClientConfig};
 
+/// Most threads the controller's store reads run on at once (see the runtime below).
+const MAX_BLOCKING_THREADS: usize = 16;
+
 /// Arguments of `texu controller`.
 #[derive(clap::Args)]
 pub struct Args {
@@ -104,6 +107,10 @@ pub fn run(args: &Args, config_path: Option<PathBuf>) -> Result<ExitCode> {
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        // The embedded store reads on blocking threads: past a few per core they only queue
+        // for the same cores, and each costs a stack and a malloc arena (under tokio's
+        // default cap of 512, 100 simulated boards had the controller at 311 threads).
+        .max_blocking_threads(MAX_BLOCKING_THREADS)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

@@ -204,6 +204,8 @@ impl CassandraLedger {
             );
             let mark_row = (code, "m", &mark_key, next_mark);
             let mut batch = Batch::new(BatchType::Logged);
+            // Conditional on the version it read: a second run does not apply.
+            batch.set_is_idempotent(true);
             batch.append_statement(UPDATE_STATICS);
             batch.append_statement(INSERT_ROW);
             let result = match &entry {

@@ -72,6 +72,16 @@ pub(super) fn to_json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_default()
 }
 
+/// `statement`, marked safe to run twice. True of every statement the ledger runs: reads;
+/// upserts of the same values under the same key (members, listings, journal, account rows);
+/// and conditional writes (`IF state = ?`, `IF version = ?`, `IF NOT EXISTS`), which a second
+/// run finds not applying, and whose callers then read the row again, as they do when another
+/// driver of the same transfer got there first. No counter, no append, no `USING TIMESTAMP`.
+pub(super) fn idempotent(mut statement: Statement) -> Statement {
+    statement.set_is_idempotent(true);
+    statement
+}
+
 /// A read at SERIAL: it sees every lightweight transaction accepted so far, finished or not.
 pub(super) fn serial(cql: &str) -> Statement {
     let mut s = Statement::new(cql);
@@ -80,7 +90,9 @@ pub(super) fn serial(cql: &str) -> Statement {
 }
 
 impl CassandraLedger {
-    /// Runs one statement (prepared once, then from the session's cache).
+    /// Runs one statement (prepared once, then from the session's cache). Every statement of
+    /// the ledger is idempotent (see [`idempotent`]), so the driver may send it again to
+    /// another member when the first one's connection breaks.
     pub(super) async fn exec(
         &self,
         op: &'static str,
@@ -88,7 +100,7 @@ impl CassandraLedger {
         values: impl SerializeRow,
     ) -> Result<QueryResult> {
         self.session
-            .execute_unpaged(cql, values)
+            .execute_unpaged(idempotent(cql.into()), values)
             .await
             .map_err(|e| fail(op, e))
     }

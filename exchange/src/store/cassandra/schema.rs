@@ -28,6 +28,12 @@ const TABLES: [&str; 6] = [
     "listings (id text PRIMARY KEY, data text)",
 ];
 
+/// How often the driver asks each member's connections whether they are alive.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
+/// How long an unanswered keepalive may wait before its connection counts as broken (longer
+/// than a JVM's pause on a loaded board).
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
+
 impl CassandraLedger {
     /// Connects to `hosts`, creates the keyspace (SimpleStrategy, `replication` copies) and the
     /// tables if needed, and uses QUORUM (SERIAL for conditions) from then on.
@@ -50,6 +56,13 @@ impl CassandraLedger {
         let session = SessionBuilder::new()
             .known_nodes(&nodes)
             .connection_timeout(Duration::from_secs(5))
+            // A member whose board lost power never closes its connections: without an answer
+            // to a keepalive within KEEPALIVE_TIMEOUT the driver drops them (failing what is in
+            // flight there over to the next member, every statement being idempotent) and
+            // sends nothing more to it until it answers again. The driver's default, 30 s + 30 s,
+            // sent a third of the requests to a dead coordinator for up to a minute.
+            .keepalive_interval(KEEPALIVE_INTERVAL)
+            .keepalive_timeout(KEEPALIVE_TIMEOUT)
             .default_execution_profile_handle(profile.into_handle())
             .build()
             .await
