@@ -5,27 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{wait_for, ControllerProcess};
+use common::{call_json as call, wait_for, ControllerProcess};
 use serde_json::{json, Value};
-
-fn call(method: &str, url: &str, token: &str, body: Option<&Value>) -> (u16, Value) {
-    let req = common::http()
-        .request(method, url)
-        .set("Authorization", &format!("Bearer {token}"));
-    let result = match body {
-        Some(b) => req
-            .set("Content-Type", "application/json")
-            .send_string(&b.to_string()),
-        None => req.call(),
-    };
-    let (code, response) = match result {
-        Ok(r) => (r.status(), r),
-        Err(ureq::Error::Status(code, r)) => (code, r),
-        Err(e) => panic!("{method} {url}: {e}"),
-    };
-    let text = response.into_string().unwrap_or_default();
-    (code, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
 
 fn spec(address: &str) -> Value {
     spec_of(address, "amd64")

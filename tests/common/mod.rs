@@ -530,6 +530,36 @@ impl Drop for AgentProcess {
     }
 }
 
+/// An API call with a bearer token: (status, JSON body or null). Never panics on an HTTP
+/// error status, only when no answer comes (10 s).
+pub fn call_json(
+    method: &str,
+    url: &str,
+    token: &str,
+    body: Option<&serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let req = http()
+        .request(method, url)
+        .set("Authorization", &format!("Bearer {token}"))
+        .timeout(Duration::from_secs(10));
+    let result = match body {
+        Some(b) => req
+            .set("Content-Type", "application/json")
+            .send_string(&b.to_string()),
+        None => req.call(),
+    };
+    let (code, response) = match result {
+        Ok(r) => (r.status(), r),
+        Err(ureq::Error::Status(code, r)) => (code, r),
+        Err(e) => panic!("{method} {url}: {e}"),
+    };
+    let text = response.into_string().unwrap_or_default();
+    (
+        code,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    )
+}
+
 /// GETs `url` with a short timeout; the body on 2xx.
 pub fn http_get(url: &str) -> Option<String> {
     http()

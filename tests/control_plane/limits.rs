@@ -3,27 +3,7 @@
 //! whose metrics server stops.
 
 use super::*;
-
-/// An API call with a bearer token: (status, JSON body or null). Never panics on an HTTP error.
-fn call_json(method: &str, url: &str, token: &str, body: Option<&Value>) -> (u16, Value) {
-    let req = common::http()
-        .request(method, url)
-        .set("Authorization", &format!("Bearer {token}"))
-        .timeout(Duration::from_secs(10));
-    let result = match body {
-        Some(b) => req
-            .set("Content-Type", "application/json")
-            .send_string(&b.to_string()),
-        None => req.call(),
-    };
-    let (code, response) = match result {
-        Ok(r) => (r.status(), r),
-        Err(ureq::Error::Status(code, r)) => (code, r),
-        Err(e) => panic!("{method} {url}: {e}"),
-    };
-    let text = response.into_string().unwrap_or_default();
-    (code, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
+use common::call_json;
 
 #[test]
 fn two_thousand_half_open_connections_starve_neither_healthz_nor_heartbeats() {
