@@ -277,8 +277,17 @@ fn the_dashboard_lists_the_boards_and_shows_a_powered_off_board_not_ready_and_it
         browser.close_tab()?;
     }
     browser.switch_to(&first_tab)?;
+    // The row's text and its colour come from one render, but the computed style may be read
+    // a frame before it is applied: read the row again until it is drawn.
+    let drawn = wait_until(Duration::from_secs(5), "board 2's status drawn", || {
+        browser
+            .rows("nodes")
+            .ok()?
+            .into_iter()
+            .find(|r| r.cell(0) == boards[1] && r.status_color == "rgb(197, 48, 48)")
+    });
     ensure!(
-        board2.status_color == "rgb(197, 48, 48)",
+        drawn.is_ok(),
         "board 2's status is drawn in {}, not red",
         board2.status_color
     );
