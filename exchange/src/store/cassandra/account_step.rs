@@ -4,7 +4,7 @@
 
 use scylla::statement::batch::{Batch, BatchType};
 
-use super::cql::{applied, bigint, fail, json, serial, text, to_json};
+use super::cql::{applied, bigint, fail, json, read, text, to_json, Read};
 use super::{CassandraLedger, MAX_ATTEMPTS};
 use crate::model::{now_ms, Account, AccountState, Entry, Refusal, Transfer};
 use crate::store::{LedgerError, Result};
@@ -51,14 +51,15 @@ const UPDATE_STATICS: &str = "UPDATE account_log SET balance = ?, entry_count = 
 const INSERT_ROW: &str = "INSERT INTO account_log (code, kind, key, data) VALUES (?, ?, ?, ?)";
 
 impl CassandraLedger {
-    /// The static columns of account `code`, if it exists.
-    pub(super) async fn statics(&self, code: &str) -> Result<Option<Statics>> {
+    /// The static columns of account `code`, if it exists, read as `how` says.
+    pub(super) async fn statics(&self, code: &str, how: Read) -> Result<Option<Statics>> {
         let found = self
             .select(
                 "read account",
-                serial(
+                read(
                     "SELECT account, balance, entry_count, held, incoming, version FROM account_log \
                      WHERE code = ? LIMIT 1",
+                    how,
                 ),
                 (code,),
             )
@@ -80,25 +81,32 @@ impl CassandraLedger {
         }))
     }
 
-    /// The static columns of account `code`, which must exist.
-    pub(super) async fn existing(&self, code: &str) -> Result<Statics> {
-        self.statics(code)
+    /// The static columns of account `code`, which must exist, read as `how` says.
+    pub(super) async fn existing(&self, code: &str, how: Read) -> Result<Statics> {
+        self.statics(code, how)
             .await?
             .ok_or_else(|| LedgerError::not_found("account", code))
     }
 
-    async fn marker(&self, code: &str, key: &str) -> Result<Option<String>> {
+    async fn marker(&self, code: &str, key: &str, how: Read) -> Result<Option<String>> {
         let found = self
             .select(
                 "read marker",
-                serial("SELECT data FROM account_log WHERE code = ? AND kind = 'm' AND key = ?"),
+                read(
+                    "SELECT data FROM account_log WHERE code = ? AND kind = 'm' AND key = ?",
+                    how,
+                ),
                 (code, key),
             )
             .await?;
         Ok(found.first().and_then(|r| text(r, 0)))
     }
 
-    /// Brings one side of transfer `t` (attempt `attempt`) to `goal`.
+    /// Brings one side of transfer `t` (attempt `attempt`) to `goal`. The first try reads the
+    /// account and the marker at QUORUM, together (two reads in one round trip's time, no
+    /// Paxos): its batch is conditional on the version it read, so a stale read only loses
+    /// the condition, and every later try reads at SERIAL. A step is one Paxos round when
+    /// nothing else changes the account meanwhile (three when every read was SERIAL).
     pub(super) async fn step(
         &self,
         t: &Transfer,
@@ -112,9 +120,10 @@ impl CassandraLedger {
             &t.payee
         };
         let mark_key = format!("{}#{attempt}", t.id);
+        let mut how = Read::Quorum;
         for _ in 0..MAX_ATTEMPTS {
-            let s = self.existing(code).await?;
-            let mark = self.marker(code, &mark_key).await?;
+            let (s, mark) =
+                tokio::try_join!(self.existing(code, how), self.marker(code, &mark_key, how))?;
             let a = &s.account;
             let (mut balance, mut held, mut incoming, mut entries) =
                 (a.balance, s.held, s.incoming, a.entries as i64);
@@ -184,6 +193,11 @@ impl CassandraLedger {
                     MARK_RELEASED
                 }
                 (Goal::Release, None) => MARK_RELEASED,
+                // What a QUORUM read cannot tell from a transaction in progress: read again.
+                _ if how == Read::Quorum => {
+                    how = Read::Serial;
+                    continue;
+                }
                 (goal, mark) => {
                     return Err(LedgerError::Inconsistent {
                         what: format!(
@@ -222,6 +236,7 @@ impl CassandraLedger {
             if applied(result)? {
                 return Ok(Step::Done);
             }
+            how = Read::Serial;
         }
         Err(LedgerError::contention(
             format!("account {code}"),

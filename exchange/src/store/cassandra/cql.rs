@@ -84,8 +84,29 @@ pub(super) fn idempotent(mut statement: Statement) -> Statement {
 
 /// A read at SERIAL: it sees every lightweight transaction accepted so far, finished or not.
 pub(super) fn serial(cql: &str) -> Statement {
+    read(cql, Read::Serial)
+}
+
+/// How a read of a row that lightweight transactions change sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Read {
+    /// SERIAL: a Paxos round that also finishes a transaction in progress; what an answer to a
+    /// client and a retry after a lost condition read.
+    Serial,
+    /// QUORUM: one round trip that sees every committed transaction (they commit at QUORUM),
+    /// not one still in progress. Enough for a first try whose conditional write checks what
+    /// it read (`IF version = ?`): a stale read only loses the condition, and the retry reads
+    /// at SERIAL.
+    Quorum,
+}
+
+/// Statement `cql` read as `how` says.
+pub(super) fn read(cql: &str, how: Read) -> Statement {
     let mut s = Statement::new(cql);
-    s.set_consistency(Consistency::Serial);
+    s.set_consistency(match how {
+        Read::Serial => Consistency::Serial,
+        Read::Quorum => Consistency::Quorum,
+    });
     s
 }
 

@@ -3,7 +3,7 @@
 //! it (submit, accept or reject a payment request, recover, list what is in flight).
 
 use super::account_step::{Goal, Side, Step};
-use super::cql::{bigint, int, json, serial, text, to_json};
+use super::cql::{bigint, int, json, serial, text, to_json, Read};
 use super::{CassandraLedger, MAX_ATTEMPTS, RECOVERY_GRACE};
 use crate::model::{now_ms, Transfer, TransferState};
 use crate::store::{LedgerError, Result, Submitted};
@@ -89,10 +89,22 @@ impl CassandraLedger {
 
     /// Drives transfer `id` to a final state (or back to pending) and returns it.
     async fn drive(&self, id: &str) -> Result<Transfer> {
+        self.drive_from(id, None).await
+    }
+
+    /// [`drive`](Self::drive), starting from `known`, the row as this driver just wrote it
+    /// (none: read it). After each move this driver wins it knows the row without reading it
+    /// again; after a lost move it reads the row (at SERIAL) to see what the winner did. The
+    /// two sides of an apply or a release go together (no limit can refuse them); a
+    /// reservation goes payer first, so a payer that cannot pay reserves nothing on the payee.
+    async fn drive_from(&self, id: &str, mut known: Option<TransferRow>) -> Result<Transfer> {
         for _ in 0..MAX_ATTEMPTS {
-            let row = self.existing_row(id).await?;
+            let row = match known.take() {
+                Some(row) => row,
+                None => self.existing_row(id).await?,
+            };
             let (t, attempt) = (row.transfer, row.attempt);
-            match row.state.as_str() {
+            let (mut next, from, to) = match row.state.as_str() {
                 "journaled" => {
                     let mut refusal = None;
                     let mut fenced = false;
@@ -120,29 +132,39 @@ impl CassandraLedger {
                         }
                         None => "applying",
                     };
-                    self.move_row(&next, "journaled", to, attempt).await?;
+                    (next, "journaled", to)
                 }
                 "applying" => {
-                    self.step(&t, attempt, Side::Payer, Goal::Apply).await?;
-                    self.step(&t, attempt, Side::Payee, Goal::Apply).await?;
+                    tokio::try_join!(
+                        self.step(&t, attempt, Side::Payer, Goal::Apply),
+                        self.step(&t, attempt, Side::Payee, Goal::Apply)
+                    )?;
                     let mut done = t.clone();
                     done.decided = Some(now_ms());
                     done.refusal = None;
-                    done.state = TransferState::Committed;
-                    self.move_row(&done, "applying", "committed", attempt)
-                        .await?;
+                    (done, "applying", "committed")
                 }
                 "cancelling" => {
-                    self.step(&t, attempt, Side::Payer, Goal::Release).await?;
-                    self.step(&t, attempt, Side::Payee, Goal::Release).await?;
+                    tokio::try_join!(
+                        self.step(&t, attempt, Side::Payer, Goal::Release),
+                        self.step(&t, attempt, Side::Payee, Goal::Release)
+                    )?;
                     // An accepted payment request the payer cannot afford stays pending.
                     let to = if attempt > 0 { "pending" } else { "refused" };
-                    self.move_row(&t, "cancelling", to, attempt).await?;
+                    (t.clone(), "cancelling", to)
                 }
                 _ => {
                     self.unjournal(id).await?;
                     return Ok(t);
                 }
+            };
+            next.state = state_of(to);
+            if self.move_row(&next, from, to, attempt).await? {
+                known = Some(TransferRow {
+                    state: to.to_string(),
+                    attempt,
+                    transfer: next,
+                });
             }
         }
         Err(LedgerError::contention(
@@ -153,9 +175,11 @@ impl CassandraLedger {
 
     /// [`Ledger::submit`](crate::store::Ledger::submit): journal, insert the row, drive it.
     pub(super) async fn submit_transfer(&self, transfer: Transfer) -> Result<Submitted> {
-        for code in [&transfer.payer, &transfer.payee] {
-            self.existing(code).await?;
-        }
+        // Accounts are never deleted: QUORUM tells whether they exist.
+        tokio::try_join!(
+            self.existing(&transfer.payer, Read::Quorum),
+            self.existing(&transfer.payee, Read::Quorum)
+        )?;
         let pending = transfer.state == TransferState::Pending;
         if !pending {
             self.journal(&transfer.id).await?;
@@ -173,7 +197,15 @@ impl CassandraLedger {
             return if pending {
                 Ok(Submitted::New(transfer))
             } else {
-                Ok(Submitted::New(self.drive(&transfer.id).await?))
+                let id = transfer.id.clone();
+                let mut transfer = transfer;
+                transfer.state = state_of(state);
+                let row = TransferRow {
+                    state: state.to_string(),
+                    attempt: 0,
+                    transfer,
+                };
+                Ok(Submitted::New(self.drive_from(&id, Some(row)).await?))
             };
         }
         let existing = self.existing_row(&transfer.id).await?;
