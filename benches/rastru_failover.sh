@@ -2,9 +2,11 @@
 # The share of failed requests when a board holding a Cassandra member and an exchange replica
 # loses power under load (issue 13's target: under 0.1 %), over ROUNDS power cuts in one run of
 # tests/rastru.rs (RASTRU_FAILOVER_ROUNDS: step 3 repeats, the board powered on between rounds;
-# 8 client threads through a proxy on another board, each request sent once, at most 150 per
-# thread, one per 100 ms, 45 s; the power cut 10 s in). Prints each round's line, the total,
-# the machine's load, and how long the run took. The test's other steps run too (the ring, a
+# 8 client threads through a proxy on another board, at most 150 transfers per thread, one per
+# 100 ms, 45 s; the power cut 10 s in; a transfer without an answer or with a 5xx is sent again
+# once with the same id, as the API asks of a client). Prints each round's line (failed on the
+# first attempt, and still failed after the resend), the total, the machine's load, and how
+# long the run took. The test's other steps run too (the ring, a
 # scale 3 -> 4 -> 3, texu replace, cold restarts): about 15 minutes on a loaded 2-core machine.
 #
 # Usage: sudo benches/rastru_failover.sh [ROUNDS]    (default 3; 1 to 10)
