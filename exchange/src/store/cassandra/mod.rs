@@ -48,6 +48,35 @@ use crate::model::{Account, Entry, Listing, Member, Transfer};
 pub const RECOVERY_GRACE: Duration = Duration::from_secs(5);
 /// Attempts before a step that keeps losing its LWT gives up.
 const MAX_ATTEMPTS: u32 = 100;
+/// Waits before each new try of a transfer after a cluster error (a timeout, a member that
+/// stopped answering): a board that loses power costs its Paxos rounds a timeout or a broken
+/// connection until the driver and the other members give up on it, and a transfer resumes
+/// from its row, so trying again a little later finishes it instead of answering 503.
+const CLUSTER_RETRIES: [Duration; 3] = [
+    Duration::from_millis(100),
+    Duration::from_millis(300),
+    Duration::from_millis(900),
+];
+
+/// Runs `op`, and again after each of [`CLUSTER_RETRIES`] while it fails with an error of the
+/// cluster rather than of the request. Only for operations that resume from what is stored
+/// (a transfer's saga, a decision on one), never for a create that would find itself.
+async fn patiently<T, F, Fut>(mut op: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    for wait in CLUSTER_RETRIES {
+        match op().await {
+            Err(e @ LedgerError::Cassandra { .. }) => {
+                tracing::warn!(error = %e, ?wait, "cluster error; trying again");
+                tokio::time::sleep(wait).await;
+            }
+            done => return done,
+        }
+    }
+    op().await
+}
 
 /// A [`Ledger`] on a Cassandra cluster.
 pub struct CassandraLedger {
@@ -169,11 +198,16 @@ impl Ledger for CassandraLedger {
     }
 
     async fn submit(&self, transfer: Transfer) -> Result<Submitted> {
-        self.submit_transfer(transfer).await
+        let mut retry = false;
+        patiently(|| {
+            let again = std::mem::replace(&mut retry, true);
+            self.submit_transfer(transfer.clone(), again)
+        })
+        .await
     }
 
     async fn decide(&self, id: &str, accept: bool) -> Result<Transfer> {
-        self.decide_transfer(id, accept).await
+        patiently(|| self.decide_transfer(id, accept)).await
     }
 
     async fn transfer(&self, id: &str) -> Result<Option<Transfer>> {

@@ -174,7 +174,13 @@ impl CassandraLedger {
     }
 
     /// [`Ledger::submit`](crate::store::Ledger::submit): journal, insert the row, drive it.
-    pub(super) async fn submit_transfer(&self, transfer: Transfer) -> Result<Submitted> {
+    /// `again`: a try after a cluster error, whose insert may have applied unseen, so a row
+    /// with the same fingerprint is this request's own (answered as new, not as a replay).
+    pub(super) async fn submit_transfer(
+        &self,
+        transfer: Transfer,
+        again: bool,
+    ) -> Result<Submitted> {
         // Accounts are never deleted: QUORUM tells whether they exist.
         tokio::try_join!(
             self.existing(&transfer.payer, Read::Quorum),
@@ -215,7 +221,12 @@ impl CassandraLedger {
             });
         }
         // A retry of a transfer still in flight finishes it.
-        Ok(Submitted::Repeated(self.drive(&transfer.id).await?))
+        let driven = self.drive(&transfer.id).await?;
+        Ok(if again {
+            Submitted::New(driven)
+        } else {
+            Submitted::Repeated(driven)
+        })
     }
 
     /// [`Ledger::decide`](crate::store::Ledger::decide): accept (a new attempt, journaled and
