@@ -44,20 +44,7 @@ fn status(method: &str, url: &str, token: Option<&str>, body: Option<&Value>) ->
     if let Some(t) = token {
         req = req.set("Authorization", &format!("Bearer {t}"));
     }
-    let result = match body {
-        Some(b) => req
-            .set("Content-Type", "application/json")
-            .send_string(&b.to_string()),
-        None => req.call(),
-    };
-    let response = match result {
-        Ok(r) => r,
-        Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => panic!("{method} {url}: {e}"),
-    };
-    let code = response.status();
-    let text = response.into_string().unwrap_or_default();
-    (code, serde_json::from_str(&text).unwrap_or(Value::Null))
+    common::status_and_json(common::send(req, body))
 }
 
 /// `texu events --watch` as a child process whose stdout lines arrive on a channel; killed on drop.

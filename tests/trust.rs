@@ -18,25 +18,10 @@ fn call_full(
     let req = common::http()
         .request(method, url)
         .set("Authorization", &format!("Bearer {token}"));
-    let result = match body {
-        Some(b) => req
-            .set("Content-Type", "application/json")
-            .send_string(&b.to_string()),
-        None => req.call(),
-    };
-    let response = match result {
-        Ok(r) => r,
-        Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => panic!("{method} {url}: {e}"),
-    };
-    let code = response.status();
+    let response = common::send(req, body);
     let retry = response.header("Retry-After").map(str::to_string);
-    let text = response.into_string().unwrap_or_default();
-    (
-        code,
-        retry,
-        serde_json::from_str(&text).unwrap_or(Value::Null),
-    )
+    let (code, answer) = common::status_and_json(response);
+    (code, retry, answer)
 }
 
 fn call(method: &str, url: &str, token: &str, body: Option<&Value>) -> (u16, Value) {
