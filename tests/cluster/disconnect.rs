@@ -8,7 +8,7 @@ use anyhow::{ensure, Context, Result};
 use texu::cluster::fixtures::responder_role as responder;
 use texu::cluster::Cluster;
 
-use super::reads::{container, exactly_one_copy_each, ready_by_node, running_on, wait_node};
+use super::reads::{container, exactly_one_copy_each, ready_elsewhere, running_on, wait_node};
 use super::start;
 
 /// A responder role with a `disconnect` policy (YAML lines under `disconnect:`).
@@ -58,13 +58,7 @@ fn partitions_shorter_than_lost_after_move_nothing_longer_ones_leave_one_copy() 
     c.wait_until(
         Duration::from_secs(30),
         "orig's replacement Ready elsewhere",
-        || {
-            ready_by_node(&c)
-                .ok()?
-                .iter()
-                .any(|(n, cs)| *n != node2 && cs.iter().any(|x| x.metadata.name == orig2))
-                .then_some(())
-        },
+        || ready_elsewhere(&c, &node2, &orig2).then_some(()),
     )?;
     c.restore(2)?;
     wait_node(&c, 2, "Ready")?;
@@ -97,13 +91,7 @@ fn partitions_shorter_than_lost_after_move_nothing_longer_ones_leave_one_copy() 
     c.wait_until(
         Duration::from_secs(40),
         "slow's container of board 2 to be Ready on another board",
-        || {
-            ready_by_node(&c)
-                .ok()?
-                .iter()
-                .any(|(n, cs)| *n != node2 && cs.iter().any(|x| x.metadata.name == slow2))
-                .then_some(())
-        },
+        || ready_elsewhere(&c, &node2, &slow2).then_some(()),
     )?;
     ensure!(
         c.container_init_pid(2, &slow2).is_some(),
@@ -161,11 +149,7 @@ fn a_cut_off_board_stops_containers_after_stop_on_node_after_and_starts_them_aga
         },
     )?;
     c.wait_until(Duration::from_secs(30), "fast's replacement Ready", || {
-        ready_by_node(&c)
-            .ok()?
-            .iter()
-            .any(|(n, cs)| *n != node2 && cs.iter().any(|x| x.metadata.name == fast2))
-            .then_some(())
+        ready_elsewhere(&c, &node2, &fast2).then_some(())
     })?;
     ensure!(
         running_on(&c, &fast2).len() == 1,

@@ -21,6 +21,15 @@ pub fn ready_by_node(c: &Cluster) -> Result<BTreeMap<String, Vec<Container>>> {
     Ok(by_node)
 }
 
+/// Whether the container `name` is Ready on a node other than `node`.
+pub fn ready_elsewhere(c: &Cluster, node: &str, name: &str) -> bool {
+    ready_by_node(c).is_ok_and(|by_node| {
+        by_node
+            .iter()
+            .any(|(n, cs)| n != node && cs.iter().any(|x| x.metadata.name == name))
+    })
+}
+
 /// A container's address on its board's container subnet.
 pub fn address(c: &Container) -> Result<String> {
     c.status
