@@ -279,6 +279,16 @@ impl ControllerProcess {
         all.extend_from_slice(&["-o", "json"]);
         serde_json::from_str(&self.texu_ok(&all)).expect("get -o json prints JSON")
     }
+
+    /// The admin's watch of roles from `revision`, ready to call (an NDJSON stream).
+    pub fn watch_roles(&self, revision: i64) -> ureq::Request {
+        http()
+            .get(&format!(
+                "{}/v1/roles?watch=true&revision={revision}",
+                self.server
+            ))
+            .set("Authorization", &format!("Bearer {}", self.token))
+    }
 }
 
 impl Drop for ControllerProcess {
