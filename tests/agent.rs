@@ -323,28 +323,19 @@ spec:
         "{typo}"
     );
     assert!(
-        typo["message"]
-            .as_str()
-            .unwrap()
-            .contains("/bin/no-such-command"),
+        status_message(typo).contains("/bin/no-such-command"),
         "{typo}"
     );
     let arm = &all["armonly-0"]["status"];
     assert_eq!(arm["phase"], "Pending");
     assert!(
-        arm["message"]
-            .as_str()
-            .unwrap()
-            .contains("1 wrong architecture"),
+        status_message(arm).contains("1 wrong architecture"),
         "{arm}"
     );
     let stored = &all["stored-0"]["status"];
     assert_eq!(stored["phase"], "Pending");
     assert!(
-        stored["message"]
-            .as_str()
-            .unwrap()
-            .contains("image exchange:1.0 is not in the image store"),
+        status_message(stored).contains("image exchange:1.0 is not in the image store"),
         "{stored}"
     );
     assert!(
@@ -352,6 +343,11 @@ spec:
         "nothing half-created: {:?}",
         agent.lxc_containers()
     );
+}
+
+/// The message of a container's status (it must have one).
+fn status_message(status: &Value) -> &str {
+    status["message"].as_str().unwrap()
 }
 
 /// A root filesystem tarball with busybox and a page to serve.
@@ -477,10 +473,7 @@ fn imported_images_are_verified_cached_and_unpacked_and_a_bad_digest_is_refused(
         (v["status"]["reason"] == "ImageDigestMismatch").then(|| v["status"].clone())
     });
     assert_eq!(status["phase"], "Failed");
-    assert!(
-        status["message"].as_str().unwrap().contains(&digest),
-        "{status}"
-    );
+    assert!(status_message(&status).contains(&digest), "{status}");
     assert!(!agent.lxc_containers().contains(&"bad-0".to_string()));
     assert!(
         !agent.data_dir.join("rootfs/bad-0").exists(),
