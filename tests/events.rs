@@ -18,12 +18,7 @@ fn role(name: &str) -> String {
 }
 
 fn apply(c: &ControllerProcess, name: &str) {
-    let out = c.texu_stdin(&["apply", "-f", "-"], role(name).as_bytes());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    c.apply(&role(name));
 }
 
 /// `texu events -o json`'s items.
@@ -256,8 +251,7 @@ fn a_burst_larger_than_one_etcd_transaction_is_saved_in_batches() {
     let endpoint = etcd.endpoint().trim_start_matches("http://").to_string();
     let mut c = ControllerProcess::start_with_store(Some(format!("etcd://{endpoint}")));
     let many = role("app").replace("replicas: 1", "replicas: 200");
-    let out = c.texu_stdin(&["apply", "-f", "-"], many.as_bytes());
-    assert!(out.status.success());
+    c.apply(&many);
     wait_for(Duration::from_secs(20), "200 events", || {
         (events(&c).len() == 200).then_some(())
     });
