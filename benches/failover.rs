@@ -5,27 +5,9 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use texu::cluster::fixtures::quick_responder_role;
 use texu::cluster::{Cluster, ClusterConfig};
 use texu_api::ContainerPhase;
-
-const STACK: &str = r#"apiVersion: texu.io/v1
-kind: Role
-metadata:
-  name: echo
-spec:
-  replicas: 6
-  image: template:busybox
-  command: [/bin/httpd, -f, -p, "8080", -h, /etc]
-  ports:
-  - name: http
-    port: 8080
-  health:
-    readiness:
-      http: {path: /hostname, port: http}
-      periodSeconds: 0.2
-  placement:
-    spread: node
-"#;
 
 /// Names of the Ready containers on `node`.
 fn ready_on(c: &Cluster, node: &str) -> Result<Vec<String>> {
@@ -49,7 +31,7 @@ fn main() -> Result<()> {
     let mut config = ClusterConfig::new(3, texu::cluster::fixtures::texu_next_to_bench()?);
     config.log_filter = "warn".into();
     let mut c = Cluster::start(config)?;
-    c.apply_yaml(STACK)?;
+    c.apply_yaml(&quick_responder_role("echo", 6))?;
     c.wait_ready(Duration::from_secs(120))?;
     // The failure detector judges a board it has heard from only a few times gently (its two
     // assumed starting intervals count until it has learned 8 of its own): let the boards run

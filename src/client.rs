@@ -115,12 +115,7 @@ impl Client {
 
     /// PUTs a JSON body and decodes the JSON answer.
     pub fn put<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
-        let body = serde_json::to_string(body)?;
-        self.call(self.send(|s| {
-            self.request(s, "PUT", path)
-                .set("Content-Type", "application/json")
-                .send_string(&body)
-        }))
+        self.send_json("PUT", path, body)
     }
 
     /// PUTs a file as the request body (streamed) and decodes the JSON answer.
@@ -161,9 +156,19 @@ impl Client {
 
     /// POSTs a JSON body and decodes the JSON answer.
     pub fn post_json<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
+        self.send_json("POST", path, body)
+    }
+
+    /// Sends `body` as JSON with `method` and decodes the JSON answer.
+    fn send_json<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: &str,
+        path: &str,
+        body: &B,
+    ) -> Result<T> {
         let body = serde_json::to_string(body)?;
         self.call(self.send(|s| {
-            self.request(s, "POST", path)
+            self.request(s, method, path)
                 .set("Content-Type", "application/json")
                 .send_string(&body)
         }))

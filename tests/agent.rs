@@ -9,15 +9,6 @@ use std::time::{Duration, Instant};
 use common::{http_get, wait_for, AgentProcess, ControllerProcess};
 use serde_json::Value;
 
-fn apply_yaml(c: &ControllerProcess, yaml: &str) {
-    let out = c.texu_stdin(&["apply", "-f", "-"], yaml.as_bytes());
-    assert!(
-        out.status.success(),
-        "apply failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Every container, by name.
 fn containers(c: &ControllerProcess) -> BTreeMap<String, Value> {
     c.get_json(&["containers"])["items"]
@@ -99,7 +90,7 @@ fn containers_become_ready_restart_survive_an_agent_restart_and_go_with_their_ro
     common::require_root_and_lxc();
     let c = ControllerProcess::start();
     let mut agent = AgentProcess::start(&c, "board-a", 241);
-    apply_yaml(&c, WEB_AND_HOST);
+    c.apply(WEB_AND_HOST);
     let names = ["web-0", "web-1", "web-2", "hostweb-0"];
     let all = wait_ready(&c, &names, Duration::from_secs(60));
 
@@ -194,8 +185,7 @@ fn a_failing_liveness_probe_restarts_with_growing_delays_into_a_crash_loop() {
     common::require_root_and_lxc();
     let c = ControllerProcess::start();
     let _agent = AgentProcess::start(&c, "board-b", 242);
-    apply_yaml(
-        &c,
+    c.apply(
         r#"
 apiVersion: texu.io/v1
 kind: Role
@@ -244,8 +234,7 @@ fn a_container_over_its_memory_limit_is_killed_and_says_so() {
     common::require_root_and_lxc();
     let c = ControllerProcess::start();
     let _agent = AgentProcess::start(&c, "board-c", 243);
-    apply_yaml(
-        &c,
+    c.apply(
         r#"
 apiVersion: texu.io/v1
 kind: Role
@@ -270,8 +259,7 @@ fn failures_say_why_and_leave_nothing_half_created() {
     common::require_root_and_lxc();
     let c = ControllerProcess::start();
     let agent = AgentProcess::start(&c, "board-d", 244);
-    apply_yaml(
-        &c,
+    c.apply(
         r#"
 apiVersion: texu.io/v1
 kind: Role
@@ -323,28 +311,19 @@ spec:
         "{typo}"
     );
     assert!(
-        typo["message"]
-            .as_str()
-            .unwrap()
-            .contains("/bin/no-such-command"),
+        status_message(typo).contains("/bin/no-such-command"),
         "{typo}"
     );
     let arm = &all["armonly-0"]["status"];
     assert_eq!(arm["phase"], "Pending");
     assert!(
-        arm["message"]
-            .as_str()
-            .unwrap()
-            .contains("1 wrong architecture"),
+        status_message(arm).contains("1 wrong architecture"),
         "{arm}"
     );
     let stored = &all["stored-0"]["status"];
     assert_eq!(stored["phase"], "Pending");
     assert!(
-        stored["message"]
-            .as_str()
-            .unwrap()
-            .contains("image exchange:1.0 is not in the image store"),
+        status_message(stored).contains("image exchange:1.0 is not in the image store"),
         "{stored}"
     );
     assert!(
@@ -352,6 +331,11 @@ spec:
         "nothing half-created: {:?}",
         agent.lxc_containers()
     );
+}
+
+/// The message of a container's status (it must have one).
+fn status_message(status: &Value) -> &str {
+    status["message"].as_str().unwrap()
 }
 
 /// A root filesystem tarball with busybox and a page to serve.
@@ -403,7 +387,7 @@ fn imported_images_are_verified_cached_and_unpacked_and_a_bad_digest_is_refused(
              health:\n    readiness:\n      http: {{path: /index.html, port: http}}\n      periodSeconds: 0.2\n"
         )
     };
-    apply_yaml(&c, &role("img", "bb:1"));
+    c.apply(&role("img", "bb:1"));
     let all = wait_ready(&c, &["img-0"], Duration::from_secs(60));
     let address = all["img-0"]["status"]["address"]
         .as_str()
@@ -425,7 +409,7 @@ fn imported_images_are_verified_cached_and_unpacked_and_a_bad_digest_is_refused(
         "arm64",
         tarball.to_str().unwrap(),
     ]);
-    apply_yaml(&c, &role("arm", "armonly:1"));
+    c.apply(&role("arm", "armonly:1"));
     let status = wait_for(Duration::from_secs(20), "arm-0 pending", || {
         let v = containers(&c).remove("arm-0")?;
         v["status"]["message"].as_str().map(str::to_string)
@@ -471,16 +455,13 @@ fn imported_images_are_verified_cached_and_unpacked_and_a_bad_digest_is_refused(
     let mut bytes = std::fs::read(&blob).unwrap();
     bytes.extend_from_slice(b"tampered");
     std::fs::write(&blob, bytes).unwrap();
-    apply_yaml(&c, &role("bad", "bad:1"));
+    c.apply(&role("bad", "bad:1"));
     let status = wait_for(Duration::from_secs(30), "bad-0 refused", || {
         let v = containers(&c).remove("bad-0")?;
         (v["status"]["reason"] == "ImageDigestMismatch").then(|| v["status"].clone())
     });
     assert_eq!(status["phase"], "Failed");
-    assert!(
-        status["message"].as_str().unwrap().contains(&digest),
-        "{status}"
-    );
+    assert!(status_message(&status).contains(&digest), "{status}");
     assert!(!agent.lxc_containers().contains(&"bad-0".to_string()));
     assert!(
         !agent.data_dir.join("rootfs/bad-0").exists(),
@@ -502,9 +483,7 @@ fn a_container_turning_ready_is_reported_at_once_not_at_the_next_heartbeat() {
     // reach the controller within the 30 s waited here only by a prompt heartbeat.
     let c = ControllerProcess::start_with(None, &["--node-grace", "180s"]);
     let _agent = AgentProcess::start_with(&c, "board-f", 246, &["--heartbeat", "60s"]);
-    apply_yaml(
-        &c,
-        "apiVersion: texu.io/v1\nkind: Role\nmetadata:\n  name: prompt\nspec:\n  image: host\n  \
+    c.apply("apiVersion: texu.io/v1\nkind: Role\nmetadata:\n  name: prompt\nspec:\n  image: host\n  \
          command: [/bin/busybox, httpd, -f, -p, \"8080\", -h, /etc]\n  ports:\n  - {name: http, port: 8080}\n  \
          health:\n    readiness:\n      http: {path: /hostname, port: http}\n      periodSeconds: 0.2\n",
     );

@@ -439,14 +439,7 @@ fn watch_streams_changes_after_a_revision() {
     c.texu_ok(&["apply", "-f", stack.to_str().unwrap()]);
     let list = c.get_json(&["roles"]);
     let revision = list["revision"].as_i64().unwrap();
-    let response = common::http()
-        .get(&format!(
-            "{}/v1/roles?watch=true&revision={revision}",
-            c.server
-        ))
-        .set("Authorization", &format!("Bearer {}", c.token))
-        .call()
-        .unwrap();
+    let response = c.watch_roles(revision).call().unwrap();
     assert_eq!(
         response.header("content-type"),
         Some("application/x-ndjson")

@@ -17,33 +17,13 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use browser::{require_chromium, Browser, Row};
 use serde_json::{json, Value};
+use texu::cluster::fixtures::responder_role;
 use texu::cluster::{wait_until, Cluster, ClusterConfig};
 use texu_api::ContainerPhase;
 
 fn texu_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_texu"))
 }
-
-/// A busybox HTTP responder, one per board (at most two on one).
-const ECHO: &str = r#"apiVersion: texu.io/v1
-kind: Role
-metadata:
-  name: echo
-spec:
-  replicas: 3
-  image: template:busybox
-  command: [/bin/httpd, -f, -p, "8080", -h, /etc]
-  ports:
-  - name: http
-    port: 8080
-  health:
-    readiness:
-      http: {path: /hostname, port: http}
-      periodSeconds: 0.5
-  placement:
-    spread: node
-    maxPerNode: 2
-"#;
 
 /// Opens the dashboard in the current tab and gives it the admin token as a person would.
 fn log_in(browser: &Browser, page: &str, token: &str) -> Result<()> {
@@ -101,7 +81,8 @@ fn the_dashboard_lists_the_boards_and_shows_a_powered_off_board_not_ready_and_it
     require_chromium()?;
     let mut c = Cluster::start(ClusterConfig::new(3, texu_bin()))
         .context("cannot start a 3-board cluster")?;
-    c.apply_yaml(ECHO)?;
+    // A busybox HTTP responder, one per board (at most two on one).
+    c.apply_yaml(&responder_role("echo", 3, 2))?;
     c.wait_ready(Duration::from_secs(90))?;
     let boards: Vec<String> = (1..=3).map(|b| c.plan().node_name(b)).collect();
     let page = format!("{}/ui", c.server());

@@ -18,12 +18,7 @@ fn role(name: &str) -> String {
 }
 
 fn apply(c: &ControllerProcess, name: &str) {
-    let out = c.texu_stdin(&["apply", "-f", "-"], role(name).as_bytes());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    c.apply(&role(name));
 }
 
 /// `texu events -o json`'s items.
@@ -44,20 +39,7 @@ fn status(method: &str, url: &str, token: Option<&str>, body: Option<&Value>) ->
     if let Some(t) = token {
         req = req.set("Authorization", &format!("Bearer {t}"));
     }
-    let result = match body {
-        Some(b) => req
-            .set("Content-Type", "application/json")
-            .send_string(&b.to_string()),
-        None => req.call(),
-    };
-    let response = match result {
-        Ok(r) => r,
-        Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => panic!("{method} {url}: {e}"),
-    };
-    let code = response.status();
-    let text = response.into_string().unwrap_or_default();
-    (code, serde_json::from_str(&text).unwrap_or(Value::Null))
+    common::status_and_json(common::send(req, body))
 }
 
 /// `texu events --watch` as a child process whose stdout lines arrive on a channel; killed on drop.
@@ -269,8 +251,7 @@ fn a_burst_larger_than_one_etcd_transaction_is_saved_in_batches() {
     let endpoint = etcd.endpoint().trim_start_matches("http://").to_string();
     let mut c = ControllerProcess::start_with_store(Some(format!("etcd://{endpoint}")));
     let many = role("app").replace("replicas: 1", "replicas: 200");
-    let out = c.texu_stdin(&["apply", "-f", "-"], many.as_bytes());
-    assert!(out.status.success());
+    c.apply(&many);
     wait_for(Duration::from_secs(20), "200 events", || {
         (events(&c).len() == 200).then_some(())
     });

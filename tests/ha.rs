@@ -9,30 +9,12 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use nix::sys::signal::Signal;
+use texu::cluster::fixtures::quick_responder_role;
 use texu::cluster::{Cluster, ClusterConfig};
 use texu_api::{ContainerPhase, Node, NodePhase};
 use texu_controller::store::etcd::EtcdStore;
 use texu_controller::store::etcd_cluster::EtcdCluster;
 use texu_controller::store::Store;
-
-const ROLE: &str = r#"apiVersion: texu.io/v1
-kind: Role
-metadata:
-  name: echo
-spec:
-  replicas: 3
-  image: template:busybox
-  command: [/bin/httpd, -f, -p, "8080", -h, /etc]
-  ports:
-  - name: http
-    port: 8080
-  health:
-    readiness:
-      http: {path: /hostname, port: http}
-      periodSeconds: 0.2
-  placement:
-    spread: node
-"#;
 
 /// An etcd cluster and three controllers on it with three boards.
 fn start() -> (EtcdCluster, Cluster) {
@@ -126,7 +108,8 @@ fn texu_through(c: &Cluster, first: usize, args: &[&str]) -> std::process::Outpu
 #[test]
 fn sigkill_of_the_leader_hands_over_and_a_board_lost_meanwhile_still_fails_over() {
     let (etcd, mut c) = start();
-    c.apply_yaml(ROLE).unwrap_or_else(|e| panic!("apply: {e}"));
+    c.apply_yaml(&quick_responder_role("echo", 3))
+        .unwrap_or_else(|e| panic!("apply: {e}"));
     let (first, term) = wait(&c, 30, "a leader", || leader(&c, &[]));
     let api_of = |c: &Cluster, n: usize| c.api_at(&c.servers()[n - 1]);
     let survivor = if first == 1 { 2 } else { 1 };

@@ -72,12 +72,7 @@ fn boards_join_see_only_their_own_containers_and_go_not_ready_when_silent() {
     assert_eq!(beat(&c, "board-a", &a, json!([])), 200);
     assert_eq!(beat(&c, "board-b", &b, json!([])), 200);
     let app = "apiVersion: texu.io/v1\nkind: Role\nmetadata:\n  name: app\nspec:\n  replicas: 3\n  image: host\n  command: [/bin/sleep, '100']\n";
-    let out = c.texu_stdin(&["apply", "-f", "-"], app.as_bytes());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    c.apply(app);
     let containers = wait_for(Duration::from_secs(10), "3 app containers placed", || {
         // Keep both boards Ready meanwhile (the grace period is short here).
         beat(&c, "board-a", &a, json!([]));
@@ -348,12 +343,7 @@ fn a_kept_original_keeps_its_own_boards_image_variant() {
     let arm = join_as(&c, "board-arm", arm_spec.clone());
     beat_as(&c, "board-arm", &arm, arm_spec.clone(), json!([]));
     let role = "apiVersion: texu.io/v1\nkind: Role\nmetadata:\n  name: app\nspec:\n  replicas: 1\n  image: app:1\n  command: [/bin/sleep, '100']\n  disconnect:\n    keep: original\n";
-    let out = c.texu_stdin(&["apply", "-f", "-"], role.as_bytes());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    c.apply(role);
     let ready = json!([{ "name": "app-0", "generation": 1,
         "status": { "phase": "Ready", "address": "198.19.0.5" } }]);
     let placed = wait_for(Duration::from_secs(10), "app-0 on the arm board", || {

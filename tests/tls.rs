@@ -310,20 +310,7 @@ fn call(method: &str, url: &str, token: &str, body: Option<Value>) -> (u16, Valu
     let req = common::http()
         .request(method, url)
         .set("Authorization", &format!("Bearer {token}"));
-    let result = match body {
-        Some(b) => req
-            .set("Content-Type", "application/json")
-            .send_string(&b.to_string()),
-        None => req.call(),
-    };
-    let response = match result {
-        Ok(r) => r,
-        Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => panic!("{method} {url}: {e}"),
-    };
-    let code = response.status();
-    let text = response.into_string().unwrap_or_default();
-    (code, serde_json::from_str(&text).unwrap_or(Value::Null))
+    common::status_and_json(common::send(req, body.as_ref()))
 }
 
 #[test]

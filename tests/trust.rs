@@ -18,25 +18,10 @@ fn call_full(
     let req = common::http()
         .request(method, url)
         .set("Authorization", &format!("Bearer {token}"));
-    let result = match body {
-        Some(b) => req
-            .set("Content-Type", "application/json")
-            .send_string(&b.to_string()),
-        None => req.call(),
-    };
-    let response = match result {
-        Ok(r) => r,
-        Err(ureq::Error::Status(_, r)) => r,
-        Err(e) => panic!("{method} {url}: {e}"),
-    };
-    let code = response.status();
+    let response = common::send(req, body);
     let retry = response.header("Retry-After").map(str::to_string);
-    let text = response.into_string().unwrap_or_default();
-    (
-        code,
-        retry,
-        serde_json::from_str(&text).unwrap_or(Value::Null),
-    )
+    let (code, answer) = common::status_and_json(response);
+    (code, retry, answer)
 }
 
 fn call(method: &str, url: &str, token: &str, body: Option<&Value>) -> (u16, Value) {
@@ -197,12 +182,7 @@ fn a_malformed_reported_address_never_reaches_a_template() {
         .unwrap()
         .to_string();
     let role = "apiVersion: texu.io/v1\nkind: Role\nmetadata:\n  name: db\nspec:\n  replicas: 1\n  image: host\n  command: [/bin/sleep, '100']\n  placement:\n    nodeSelector:\n      site: a\n";
-    let out = c.texu_stdin(&["apply", "-f", "-"], role.as_bytes());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    c.apply(role);
     c.texu_ok(&["label", "node", "board-a", "site=a"]);
     let db0 = |c: &ControllerProcess| c.get_json(&["containers", "db-0"]);
     wait_for(Duration::from_secs(10), "db-0 on board-a", || {
@@ -287,12 +267,7 @@ fn a_boards_own_labels_do_not_attract_a_role_until_an_admin_gives_them() {
         "{described}"
     );
     let role = "apiVersion: texu.io/v1\nkind: Role\nmetadata:\n  name: secrets\nspec:\n  replicas: 1\n  image: host\n  command: [/bin/sleep, '100']\n  placement:\n    nodeSelector:\n      trusted: \"yes\"\n";
-    let out = c.texu_stdin(&["apply", "-f", "-"], role.as_bytes());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    c.apply(role);
     let pending = wait_for(Duration::from_secs(10), "secrets-0 unschedulable", || {
         beat(&c, "board-a", &a, claim.clone());
         let v = c.get_json(&["containers"]);

@@ -7,28 +7,10 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use texu::cluster::fixtures::quick_responder_role;
 use texu::cluster::{Api, Cluster, ClusterConfig};
 use texu_api::{ContainerPhase, NodePhase};
 use texu_controller::store::etcd_cluster::EtcdCluster;
-
-const ROLE: &str = r#"apiVersion: texu.io/v1
-kind: Role
-metadata:
-  name: echo
-spec:
-  replicas: 3
-  image: template:busybox
-  command: [/bin/httpd, -f, -p, "8080", -h, /etc]
-  ports:
-  - name: http
-    port: 8080
-  health:
-    readiness:
-      http: {path: /hostname, port: http}
-      periodSeconds: 0.2
-  placement:
-    spread: node
-"#;
 
 /// The controller (from 1) that says it leads, skipping `dead`.
 fn leader(c: &Cluster, dead: usize) -> Option<usize> {
@@ -86,7 +68,7 @@ fn main() -> Result<()> {
     config.log_filter = "warn".into();
     config.start_timeout = Duration::from_secs(60);
     let mut c = Cluster::start(config)?;
-    c.apply_yaml(ROLE)?;
+    c.apply_yaml(&quick_responder_role("echo", 3))?;
     let (mut elections, mut failovers) = (Vec::new(), Vec::new());
     for round in 1..=rounds {
         let first = wait("a leader", 30, || leader(&c, 0))?;

@@ -12,6 +12,22 @@ pub use demo::{demo_container_inits, demo_leftovers, DemoExit, DemoRun};
 /// A role `name` of busybox responders on port 8080 (named `http`), Ready once `/hostname`
 /// answers (probed every 0.5 s), spread over the boards with at most `max_per_node` each.
 pub fn responder_role(name: &str, replicas: usize, max_per_node: usize) -> String {
+    responder(
+        name,
+        replicas,
+        "0.5",
+        &format!("    maxPerNode: {max_per_node}\n"),
+    )
+}
+
+/// The responder role of [`responder_role`] probed every 0.2 s and with no cap per board: for
+/// the tests and benchmarks that time how soon a container is Ready again after a failure.
+pub fn quick_responder_role(name: &str, replicas: usize) -> String {
+    responder(name, replicas, "0.2", "")
+}
+
+/// The responder role with `periodSeconds: PERIOD` and `placement` lines after `spread: node`.
+fn responder(name: &str, replicas: usize, period: &str, placement: &str) -> String {
     format!(
         r#"apiVersion: texu.io/v1
 kind: Role
@@ -27,11 +43,10 @@ spec:
   health:
     readiness:
       http: {{path: /hostname, port: http}}
-      periodSeconds: 0.5
+      periodSeconds: {period}
   placement:
     spread: node
-    maxPerNode: {max_per_node}
-"#
+{placement}"#
     )
 }
 

@@ -188,40 +188,22 @@ mod tests {
     fn a_config_naming_another_controller_is_left_alone() {
         let dir = tempfile::tempdir().unwrap();
         let user = dir.path().join("home/config.yaml");
-        let this = |server: &str, ca: &str| ClientConfig {
-            server: server.into(),
-            token: "t".into(),
-            ca: Some(ca.into()),
+        // Writes the client config of a controller at `server` with CA `ca`; returns the server
+        // the user's config names afterwards.
+        let write = |server: &str, ca: &str| {
+            let this = ClientConfig {
+                server: server.into(),
+                token: "t".into(),
+                ca: Some(ca.into()),
+            };
+            write_client_config(&this, dir.path(), Some(user.clone()));
+            config::read(&user).unwrap().unwrap().server
         };
-        write_client_config(
-            &this("https://127.0.0.1:1", "A"),
-            dir.path(),
-            Some(user.clone()),
-        );
-        assert_eq!(
-            config::read(&user).unwrap().unwrap().server,
-            "https://127.0.0.1:1"
-        );
+        assert_eq!(write("https://127.0.0.1:1", "A"), "https://127.0.0.1:1");
         // The same controller on another port (same CA): the user's config follows it.
-        write_client_config(
-            &this("https://127.0.0.1:2", "A"),
-            dir.path(),
-            Some(user.clone()),
-        );
-        assert_eq!(
-            config::read(&user).unwrap().unwrap().server,
-            "https://127.0.0.1:2"
-        );
+        assert_eq!(write("https://127.0.0.1:2", "A"), "https://127.0.0.1:2");
         // Another controller: its own copy in its data dir.
-        write_client_config(
-            &this("https://127.0.0.1:3", "B"),
-            dir.path(),
-            Some(user.clone()),
-        );
-        assert_eq!(
-            config::read(&user).unwrap().unwrap().server,
-            "https://127.0.0.1:2"
-        );
+        assert_eq!(write("https://127.0.0.1:3", "B"), "https://127.0.0.1:2");
         let own = config::read(&dir.path().join(CLIENT_CONFIG_FILE))
             .unwrap()
             .unwrap();

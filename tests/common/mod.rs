@@ -279,6 +279,16 @@ impl ControllerProcess {
         all.extend_from_slice(&["-o", "json"]);
         serde_json::from_str(&self.texu_ok(&all)).expect("get -o json prints JSON")
     }
+
+    /// The admin's watch of roles from `revision`, ready to call (an NDJSON stream).
+    pub fn watch_roles(&self, revision: i64) -> ureq::Request {
+        http()
+            .get(&format!(
+                "{}/v1/roles?watch=true&revision={revision}",
+                self.server
+            ))
+            .set("Authorization", &format!("Bearer {}", self.token))
+    }
 }
 
 impl Drop for ControllerProcess {
@@ -542,17 +552,28 @@ pub fn call_json(
         .request(method, url)
         .set("Authorization", &format!("Bearer {token}"))
         .timeout(Duration::from_secs(10));
+    status_and_json(send(req, body))
+}
+
+/// Sends `req` with `body` as JSON (or with no body): the response, whatever its status.
+/// Panics, naming the call, only when no answer comes.
+pub fn send(req: ureq::Request, body: Option<&serde_json::Value>) -> ureq::Response {
+    let call = format!("{} {}", req.method(), req.url());
     let result = match body {
         Some(b) => req
             .set("Content-Type", "application/json")
             .send_string(&b.to_string()),
         None => req.call(),
     };
-    let (code, response) = match result {
-        Ok(r) => (r.status(), r),
-        Err(ureq::Error::Status(code, r)) => (code, r),
-        Err(e) => panic!("{method} {url}: {e}"),
-    };
+    match result {
+        Ok(r) | Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{call}: {e}"),
+    }
+}
+
+/// A response's status and its body as JSON (null when it is not JSON).
+pub fn status_and_json(response: ureq::Response) -> (u16, serde_json::Value) {
+    let code = response.status();
     let text = response.into_string().unwrap_or_default();
     (
         code,

@@ -108,25 +108,16 @@ fn a_watch_from_a_compacted_revision_gets_410_with_a_resync_hint() {
     c.texu_ok(&["apply", "-f", stack.to_str().unwrap()]);
     c.texu_ok(&["delete", "role", "proxy"]);
     c.texu_ok(&["apply", "-f", stack.to_str().unwrap()]);
-    let url = format!("{}/v1/roles?watch=true&revision=1", c.server);
     // Until the compactor has run, the watch opens (200) and streams: give each try a second.
-    let (code, body) =
-        common::wait_for(
-            Duration::from_secs(20),
-            "compaction",
-            || match common::http()
-                .get(&url)
-                .set("Authorization", &format!("Bearer {}", c.token))
-                .timeout(Duration::from_secs(1))
-                .call()
-            {
-                Err(ureq::Error::Status(410, r)) => Some((
-                    410,
-                    serde_json::from_str::<Value>(&r.into_string().ok()?).ok()?,
-                )),
-                _ => None,
-            },
-        );
+    let (code, body) = common::wait_for(Duration::from_secs(20), "compaction", || {
+        match c.watch_roles(1).timeout(Duration::from_secs(1)).call() {
+            Err(ureq::Error::Status(410, r)) => Some((
+                410,
+                serde_json::from_str::<Value>(&r.into_string().ok()?).ok()?,
+            )),
+            _ => None,
+        }
+    });
     assert_eq!(code, 410);
     assert!(
         body["error"].as_str().unwrap().contains("compacted"),
@@ -139,12 +130,8 @@ fn a_watch_from_a_compacted_revision_gets_410_with_a_resync_hint() {
     // Listing again gives a revision to watch from.
     let list = c.get_json(&["roles"]);
     let revision = list["revision"].as_i64().unwrap();
-    let response = common::http()
-        .get(&format!(
-            "{}/v1/roles?watch=true&revision={revision}",
-            c.server
-        ))
-        .set("Authorization", &format!("Bearer {}", c.token))
+    let response = c
+        .watch_roles(revision)
         .call()
         .expect("a watch from the listed revision opens");
     assert_eq!(response.status(), 200);

@@ -1,9 +1,9 @@
-//! `texu agent`: joins the cluster, follows this board's containers and makes them so.
+//! `texu agent`: joins the cluster (`join`), follows this board's containers and makes them so.
 //!
 //! Three parts run together: a watcher thread that lists and watches this node's containers
-//! (level-triggered: every change wakes the reconciler at once), the reconciler that moves the
-//! runtime toward that desired state and keeps each container's status, and a heartbeat that
-//! carries those statuses to the controller. The controller being unreachable changes nothing
+//! (`watchers`; level-triggered: every change wakes the reconciler at once), the reconciler that
+//! moves the runtime toward that desired state and keeps each container's status (`reconcile`),
+//! and a heartbeat that carries those statuses to the controller (`heartbeat`). The controller being unreachable changes nothing
 //! on the board: containers keep running and the agent retries with capped backoff.
 //!
 //! These parts (and the route keeper and the metrics server) run supervised: one that panics or
@@ -14,8 +14,10 @@ pub mod client;
 pub mod contact;
 mod decide;
 pub mod facts;
+mod heartbeat;
 pub mod hostports;
 pub mod images;
+mod join;
 mod live_files;
 pub mod network;
 mod pre_stop;
@@ -27,6 +29,7 @@ pub mod servers;
 mod slot;
 mod spec;
 pub mod trust;
+mod watchers;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -39,7 +42,10 @@ use tokio::sync::{mpsc, watch, Mutex, Notify};
 use crate::runtime::Runtime;
 use client::{Client, ClientError, Reported};
 use contact::Contact;
+use heartbeat::heartbeat_loop;
+pub use join::{credential, JoinToken, CLUSTER_CIDR_FILE, CREDENTIAL_FILE};
 pub use reconcile::Reconciler;
+use watchers::{spawn_endpoints_watcher, spawn_watcher};
 
 /// How the agent is configured.
 #[derive(Debug, Clone)]
@@ -64,59 +70,6 @@ pub struct Config {
     /// The board's own service ports, never published as a `hostPort` (the controller's port
     /// is added to these).
     pub reserved_ports: Vec<u16>,
-}
-
-/// The cluster join token, shared by every copy of the agent's config so that forgetting it
-/// once forgets it everywhere. Its bytes are overwritten when dropped.
-#[derive(Clone)]
-pub struct JoinToken(Arc<std::sync::Mutex<Option<Secret>>>);
-
-impl JoinToken {
-    /// Holds `token`.
-    pub fn new(token: String) -> Self {
-        Self(Arc::new(std::sync::Mutex::new(Some(Secret(token)))))
-    }
-
-    /// The token, unless forgotten.
-    fn get(&self) -> Option<Secret> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// Drops the token (and wipes it): the node holds its own credential now.
-    pub fn forget(&self) {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
-    }
-
-    /// Whether the token is still held.
-    pub fn is_held(&self) -> bool {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).is_some()
-    }
-}
-
-impl std::fmt::Debug for JoinToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.is_held() {
-            "JoinToken(held)"
-        } else {
-            "JoinToken(forgotten)"
-        })
-    }
-}
-
-/// A string whose bytes are zeroed when it is dropped.
-#[derive(Clone)]
-struct Secret(String);
-
-impl Drop for Secret {
-    fn drop(&mut self) {
-        let s = std::mem::take(&mut self.0);
-        let mut bytes = s.into_bytes();
-        for b in bytes.iter_mut() {
-            // SAFETY: a valid, exclusive pointer into the vector; volatile so the zeroing of a
-            // buffer about to be freed is not optimized away.
-            unsafe { std::ptr::write_volatile(b, 0) };
-        }
-    }
 }
 
 /// What stops the agent from starting.
@@ -144,12 +97,6 @@ pub enum AgentError {
     #[error("the agent stopped: its {task} task {how}")]
     Task { task: &'static str, how: String },
 }
-
-/// File holding the node's credential inside the data dir (mode 0600).
-pub const CREDENTIAL_FILE: &str = "node.credential";
-/// File holding the cluster's container range, as the join answer gave it: routes go only to
-/// subnets inside it.
-pub const CLUSTER_CIDR_FILE: &str = "cluster.cidr";
 
 /// A change seen by the watcher thread.
 #[derive(Debug)]
@@ -179,86 +126,6 @@ pub fn node_spec(config: &Config) -> NodeSpec {
         unschedulable: false,
         draining: false,
     }
-}
-
-/// Reads the stored credential, or joins with the join token and stores the new one.
-pub async fn credential(config: &Config, client: &Client) -> Result<String, AgentError> {
-    let path = config.data_dir.join(CREDENTIAL_FILE);
-    if let Ok(text) = std::fs::read_to_string(&path) {
-        let c = text.trim().to_string();
-        if !c.is_empty() {
-            if let Some(t) = &config.join_token {
-                t.forget();
-            }
-            return Ok(c);
-        }
-    }
-    let token = config
-        .join_token
-        .as_ref()
-        .and_then(JoinToken::get)
-        .ok_or(AgentError::NoJoinToken)?;
-    let spec = node_spec(config);
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        let (client, name, labels, spec, token) = (
-            client.clone(),
-            config.name.clone(),
-            config.labels.clone(),
-            spec.clone(),
-            token.clone(),
-        );
-        let result =
-            tokio::task::spawn_blocking(move || client.join(&token.0, &name, &labels, &spec))
-                .await
-                .unwrap_or_else(|e| Err(ClientError::Decode(format!("join task failed: {e}"))));
-        match result {
-            Ok((credential, cluster_cidr)) => {
-                if let Some(cidr) = cluster_cidr {
-                    let cidr_path = config.data_dir.join(CLUSTER_CIDR_FILE);
-                    write_private(&cidr_path, &cidr).map_err(|source| AgentError::DataDir {
-                        path: cidr_path,
-                        source,
-                    })?;
-                }
-                write_private(&path, &credential).map_err(|source| AgentError::DataDir {
-                    path: path.clone(),
-                    source,
-                })?;
-                tracing::info!(node = %config.name, "joined the cluster");
-                if let Some(t) = &config.join_token {
-                    t.forget();
-                }
-                return Ok(credential);
-            }
-            // Refused outright: retrying will not help.
-            Err(
-                e @ ClientError::Status {
-                    status: 400..=499, ..
-                },
-            ) => return Err(AgentError::Join(e)),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot join yet; retrying in {backoff:?}");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
-}
-
-fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(tmp, path)
 }
 
 /// Runs the agent (and its metrics server on `metrics`) until `stop` flips to true, or until one
@@ -443,238 +310,5 @@ async fn assigned_subnet(client: &Client, credential: &str, name: &str) -> netwo
         }
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
-    }
-}
-
-/// Lists then watches every role's endpoints on a blocking thread, forever, with backoff,
-/// passing the whole map on after each change (live templates render from it).
-fn spawn_endpoints_watcher(
-    client: Client,
-    credential: String,
-    tx: mpsc::Sender<Desired>,
-    stop: watch::Receiver<bool>,
-) {
-    let spawned = std::thread::Builder::new()
-        .name("texu-endpoints".into())
-        .spawn(move || {
-            let mut backoff = Duration::from_millis(100);
-            while !*stop.borrow() {
-                let result = client
-                    .endpoints(&credential)
-                    .and_then(|(mut all, revision)| {
-                        if tx.blocking_send(Desired::Endpoints(all.clone())).is_err() {
-                            return Ok(());
-                        }
-                        backoff = Duration::from_millis(100);
-                        client.watch_endpoints(&credential, revision, |event| {
-                            if event.kind == "ERROR" {
-                                return false;
-                            }
-                            let Ok(e) =
-                                serde_json::from_value::<texu_api::RoleEndpoints>(event.object)
-                            else {
-                                return !*stop.borrow();
-                            };
-                            if event.kind == "DELETED" {
-                                all.remove(&e.role);
-                            } else {
-                                all.insert(e.role.clone(), e);
-                            }
-                            tx.blocking_send(Desired::Endpoints(all.clone())).is_ok()
-                        })
-                    });
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, "endpoints watch ended; listing again");
-                }
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        });
-    if let Err(e) = spawned {
-        tracing::warn!(error = %e, "cannot start the endpoints watcher: live templates will not follow endpoints");
-    }
-}
-
-/// Lists then watches this node's containers on a blocking thread, forever, with backoff.
-///
-/// While heartbeats do not get through it neither lists nor passes on events: a stream that
-/// survived a partition may deliver moves the controller made meanwhile, and acting on them
-/// before the controller has seen this board again could stop the copy that should win. After
-/// a cut-off it drops the old stream and lists afresh, tagging the list with the new epoch.
-fn spawn_watcher(
-    client: Client,
-    credential: String,
-    node: String,
-    contact: Arc<Contact>,
-    tx: mpsc::Sender<Desired>,
-    stop: watch::Receiver<bool>,
-) -> tokio::sync::oneshot::Receiver<()> {
-    // Dropped when the thread ends, however it ends (a panic unwinds through it too).
-    let (alive, ended) = tokio::sync::oneshot::channel::<()>();
-    std::thread::Builder::new()
-        .name("texu-watch".into())
-        .spawn(move || {
-            let _alive = alive;
-            let mut backoff = Duration::from_millis(100);
-            while !*stop.borrow() {
-                if contact.is_cut_off() {
-                    std::thread::sleep(Duration::from_millis(100));
-                    continue;
-                }
-                let epoch = contact.epoch();
-                let result = client.containers(&credential, &node).and_then(|(items, revision)| {
-                    if tx.blocking_send(Desired::Snapshot(items, epoch)).is_err() {
-                        return Ok(());
-                    }
-                    backoff = Duration::from_millis(100);
-                    client.watch(&credential, &node, revision, |event| {
-                        if contact.is_cut_off() || contact.epoch() != epoch {
-                            return false;
-                        }
-                        let name = event.object["metadata"]["name"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .to_string();
-                        let msg = match event.kind.as_str() {
-                            "BOOKMARK" => return !*stop.borrow(),
-                            "DELETED" => Desired::Remove(name),
-                            "ERROR" => return false,
-                            _ => match serde_json::from_value::<Container>(event.object) {
-                                Ok(c) if c.spec.runs_on(&node) => Desired::Upsert(Box::new(c)),
-                                // Moved to another node: for this board it is gone.
-                                Ok(_) => Desired::Remove(name),
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "undecodable container event");
-                                    return true;
-                                }
-                            },
-                        };
-                        tx.blocking_send(msg).is_ok() && !*stop.borrow()
-                    })
-                });
-                if tx.is_closed() {
-                    return;
-                }
-                match result {
-                    // The revision listed was compacted away meanwhile: list again at once.
-                    Err(ClientError::Status { status: 410, .. }) => {
-                        tracing::info!("watch history compacted; listing this node's containers again");
-                        continue;
-                    }
-                    Err(e) => tracing::warn!(error = %e, "watch of this node's containers failed; retrying in {backoff:?}"),
-                    Ok(()) => {}
-                }
-                std::thread::sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        })
-        .map(|_| ())
-        .unwrap_or_else(|e| tracing::error!(error = %e, "cannot start the watch thread"));
-    ended
-}
-
-/// A random duration in `[0, max)` for chaos testing; no need for a good generator here.
-fn jitter(max: Duration) -> Duration {
-    if max.is_zero() {
-        return Duration::ZERO;
-    }
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos() as u64 ^ d.as_secs());
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    max.mul_f64((x >> 11) as f64 / (1u64 << 53) as f64)
-}
-
-/// How long a prompt heartbeat waits for more changes of the same burst, and how close the
-/// regular one may be due for a prompt one to be left to it.
-const PROMPT_GATHER: Duration = Duration::from_millis(50);
-
-/// Sends a heartbeat every period with the latest container statuses, and a prompt one as soon
-/// as a container's phase changed (a replacement is seen Ready without waiting for the period);
-/// never gives up.
-async fn heartbeat_loop(
-    client: Client,
-    credential: String,
-    config: Config,
-    statuses: Arc<Mutex<Vec<Reported>>>,
-    changed: Arc<Notify>,
-    contact: Arc<Contact>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let spec = node_spec(&config);
-    let mut failures = 0u32;
-    let mut prompt = false;
-    let mut next_regular = tokio::time::Instant::now();
-    loop {
-        let containers = statuses.lock().await.clone();
-        let (c, cred, name, labels, spec2) = (
-            client.clone(),
-            credential.clone(),
-            config.name.clone(),
-            config.labels.clone(),
-            spec.clone(),
-        );
-        let injected = jitter(config.heartbeat_jitter);
-        if !injected.is_zero() {
-            tokio::select! {
-                _ = stop.wait_for(|s| *s) => return,
-                _ = tokio::time::sleep(injected) => {}
-            }
-        }
-        let started = tokio::time::Instant::now();
-        let result = tokio::task::spawn_blocking(move || {
-            c.heartbeat(&cred, &name, &spec2, &labels, &containers, prompt)
-        })
-        .await;
-        let delay = match result {
-            Ok(Ok(())) => {
-                if failures > 0 {
-                    tracing::info!("controller reachable again");
-                }
-                failures = 0;
-                contact.heartbeat_ok(started.into_std());
-                crate::metrics::heartbeat_rtt(started.elapsed());
-                config.heartbeat
-            }
-            Ok(Err(e)) => {
-                if matches!(e, ClientError::Unreachable { .. }) {
-                    contact.heartbeat_unreachable();
-                }
-                failures += 1;
-                if failures == 1 || failures.is_multiple_of(20) {
-                    tracing::warn!(error = %e, failures, "heartbeat failed; containers keep running");
-                }
-                (config.heartbeat * 2u32.saturating_pow(failures.min(4)))
-                    .min(Duration::from_secs(2))
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "heartbeat task failed");
-                config.heartbeat
-            }
-        };
-        // A prompt beat leaves the rhythm alone: the controller learns the link's usual delay
-        // from the regular ones.
-        if !prompt {
-            next_regular = tokio::time::Instant::now() + delay;
-        }
-        let news = tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
-            _ = tokio::time::sleep_until(next_regular) => false,
-            // While failing, the regular beat's backoff decides.
-            _ = changed.notified(), if failures == 0 => true,
-        };
-        prompt = false;
-        if news {
-            // Gather the rest of the burst; leave it to the regular beat if that is due anyway.
-            tokio::time::sleep(PROMPT_GATHER).await;
-            if next_regular <= tokio::time::Instant::now() + PROMPT_GATHER {
-                tokio::time::sleep_until(next_regular).await;
-            } else {
-                prompt = true;
-            }
-        }
     }
 }

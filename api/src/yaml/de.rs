@@ -5,8 +5,8 @@
 //! give strings), numbers and booleans are strict (`replicas: "3"` is an error), and an empty
 //! value (`labels:`) stands for an empty mapping or sequence. Duplicate keys are errors.
 
-use super::entry_mark;
-use super::tree::{Mark, Node, ScalarKind, Value};
+use super::tree::{Mark, Node, Value};
+use super::{entry_mark, ScalarKind};
 use crate::validate::{child, item};
 use serde::de::{self, DeserializeOwned, DeserializeSeed, Unexpected, Visitor};
 use std::collections::BTreeMap;

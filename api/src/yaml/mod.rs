@@ -1,11 +1,14 @@
-//! YAML reading for manifests: a position-keeping tree (`tree`), a serde deserializer over it
-//! (`de`), and the map from field paths to positions that validation errors are reported at.
+//! YAML reading for manifests: a position-keeping tree (`tree`) whose scalars are resolved by
+//! the YAML 1.2 core schema (`schema`), a serde deserializer over it (`de`), and the map from
+//! field paths to positions that validation errors are reported at.
 
 mod de;
+mod schema;
 mod tree;
 
 pub(crate) use de::from_node;
-pub(crate) use tree::{load, Document, Mark, Node, ScalarKind, Value};
+pub(crate) use schema::ScalarKind;
+pub(crate) use tree::{load, Document, Mark, Node, Value};
 pub use tree::{MAX_DEPTH, MAX_NODES};
 
 use crate::validate::{child, item, parent};
