@@ -88,13 +88,13 @@ impl CassandraLedger {
             .ok_or_else(|| LedgerError::not_found("account", code))
     }
 
-    async fn marker(&self, code: &str, key: &str, how: Read) -> Result<Option<String>> {
+    async fn marker(&self, code: &str, key: &str) -> Result<Option<String>> {
         let found = self
             .select(
                 "read marker",
                 read(
                     "SELECT data FROM account_log WHERE code = ? AND kind = 'm' AND key = ?",
-                    how,
+                    Read::Serial,
                 ),
                 (code, key),
             )
@@ -102,11 +102,14 @@ impl CassandraLedger {
         Ok(found.first().and_then(|r| text(r, 0)))
     }
 
-    /// Brings one side of transfer `t` (attempt `attempt`) to `goal`. The first try reads the
-    /// account and the marker at QUORUM, together (two reads in one round trip's time, no
-    /// Paxos): its batch is conditional on the version it read, so a stale read only loses
-    /// the condition, and every later try reads at SERIAL. A step is one Paxos round when
-    /// nothing else changes the account meanwhile (three when every read was SERIAL).
+    /// Brings one side of transfer `t` (attempt `attempt`) to `goal`. Each try reads the
+    /// account, then the marker, both at SERIAL and in that order, then writes a batch
+    /// conditional on the version it read. The order and SERIAL are what make the batch's
+    /// condition enough: the marker read is never older than the version read, so a marker
+    /// another driver moved meanwhile shows in the version. (Reading the two at QUORUM and at
+    /// once let a driver pair a new version with an old `reserved` marker and apply a side
+    /// twice when the request and a recovery pass drove the same transfer: the power-cut test
+    /// caught it.)
     pub(super) async fn step(
         &self,
         t: &Transfer,
@@ -120,10 +123,9 @@ impl CassandraLedger {
             &t.payee
         };
         let mark_key = format!("{}#{attempt}", t.id);
-        let mut how = Read::Quorum;
         for _ in 0..MAX_ATTEMPTS {
-            let (s, mark) =
-                tokio::try_join!(self.existing(code, how), self.marker(code, &mark_key, how))?;
+            let s = self.existing(code, Read::Serial).await?;
+            let mark = self.marker(code, &mark_key).await?;
             let a = &s.account;
             let (mut balance, mut held, mut incoming, mut entries) =
                 (a.balance, s.held, s.incoming, a.entries as i64);
@@ -193,11 +195,6 @@ impl CassandraLedger {
                     MARK_RELEASED
                 }
                 (Goal::Release, None) => MARK_RELEASED,
-                // What a QUORUM read cannot tell from a transaction in progress: read again.
-                _ if how == Read::Quorum => {
-                    how = Read::Serial;
-                    continue;
-                }
                 (goal, mark) => {
                     return Err(LedgerError::Inconsistent {
                         what: format!(
@@ -236,7 +233,6 @@ impl CassandraLedger {
             if applied(result)? {
                 return Ok(Step::Done);
             }
-            how = Read::Serial;
         }
         Err(LedgerError::contention(
             format!("account {code}"),

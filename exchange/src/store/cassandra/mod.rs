@@ -19,11 +19,11 @@
 //! written `released`, fencing a slow driver that has not reserved yet).
 //!
 //! Paxos rounds are what a transfer's time is made of (each costs a few round trips to a
-//! quorum). The reads that precede a conditional write go at QUORUM first, since the condition
-//! checks what they read, and at SERIAL only on a retry after a lost condition; a driver that
-//! wins a move knows the row without reading it back; the two sides of an apply or a release
-//! go at once. A transfer that meets no contention is 6 rounds one after the other (the
-//! insert, two reservations, a move, the applies, a move), where it was 20.
+//! quorum). A driver that wins a move knows the row without reading it back, the two sides of
+//! an apply or a release go at once, and the accounts' existence is read at QUORUM (they are
+//! never deleted): a transfer that meets no contention is 12 rounds one after the other (the
+//! insert; two reservations of three each, two SERIAL reads and the batch; a move; the applies;
+//! a move), where it was 20. An account step's reads stay SERIAL ([`account_step`] says why).
 //!
 //! Rooms: [`schema`] (connecting, the keyspace and tables), [`cql`] (running a statement and
 //! reading its rows), [`account_step`] (one side of a transfer on its account partition),
