@@ -373,7 +373,12 @@ impl Store for EmbeddedStore {
     }
 
     async fn range(&self, prefix: &str) -> Result<RangeResult> {
+        self.range_containing(prefix, &[]).await
+    }
+
+    async fn range_containing(&self, prefix: &str, needles: &[Vec<u8>]) -> Result<RangeResult> {
         let prefix = prefix.to_string();
+        let needles = needles.to_vec();
         self.read(move |snapshot| {
             let kv = snapshot.open_table(KV)?;
             let mut kvs = Vec::new();
@@ -383,7 +388,10 @@ impl Store for EmbeddedStore {
                 if !key.starts_with(prefix.as_str()) {
                     break;
                 }
-                kvs.push(codec::decode_kv(key, v.value())?);
+                // The record holds the value verbatim: a needle in it is in the value.
+                if super::contains_all(v.value(), &needles) {
+                    kvs.push(codec::decode_kv(key, v.value())?);
+                }
             }
             let meta = snapshot.open_table(META)?;
             let revision = meta.get(META_REVISION)?.map_or(0, |g| g.value());
