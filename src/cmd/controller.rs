@@ -148,15 +148,18 @@ pub fn run(args: &Args, config_path: Option<PathBuf>) -> Result<ExitCode> {
     })
 }
 
-/// Caps glibc's malloc arenas (before any other thread starts) and gives free memory back to the
+/// Caps glibc's malloc arenas (before any other thread starts; unless MALLOC_ARENA_MAX is set) and gives free memory back to the
 /// system every [`TRIM_EVERY`] from a thread of its own (see [`MALLOC_ARENAS`]).
 fn tune_malloc() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         // SAFETY: mallopt sets a tuning parameter and malloc_trim releases free pages; both
         // are thread-safe glibc calls that touch no Rust-owned memory.
-        unsafe {
-            nix::libc::mallopt(nix::libc::M_ARENA_MAX, MALLOC_ARENAS);
+        // An operator's MALLOC_ARENA_MAX (glibc reads it itself) wins over the cap.
+        if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+            unsafe {
+                nix::libc::mallopt(nix::libc::M_ARENA_MAX, MALLOC_ARENAS);
+            }
         }
         let trimmer = std::thread::Builder::new()
             .name("texu-malloc-trim".into())
