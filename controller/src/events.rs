@@ -1,6 +1,7 @@
 //! Events: one record per controller decision, kept in a bounded in-memory ring, followed live
-//! by `texu events --watch`, and saved to the store in one batched transaction at most every
-//! [`FLUSH_INTERVAL`], so a controller on an SD card writes little even when a board fails.
+//! by `texu events --watch`, and saved to the store at most every [`FLUSH_INTERVAL`], every
+//! pending event in one batch of transactions (one commit in the embedded store), so a
+//! controller on an SD card writes little even when a board fails or a burst follows a start.
 //!
 //! Recording never waits for I/O and never fails: a store that is down only delays the saving.
 //! After a restart the saved events come back into the ring and the sequence continues.
@@ -16,7 +17,7 @@ use tokio::sync::{broadcast, watch};
 
 use crate::clock;
 use crate::metrics::KindLabels;
-use crate::store::{Store, StoreError, Txn};
+use crate::store::{Op, Store, StoreError, Txn};
 
 /// Events kept in memory; the oldest go first.
 pub const RING_CAPACITY: usize = 1000;
@@ -26,14 +27,14 @@ pub const STORED_MAX: usize = 1000;
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(10);
 /// Where events are saved: one key per event, `EVENT_PREFIX` + the seq in 20 digits.
 pub const EVENT_PREFIX: &str = "/texu/v1/events/";
-/// Puts and deletes in one flush. etcd refuses transactions of more than 128 operations by
-/// default (`--max-txn-ops`), and a small bound keeps each SD-card write small; a larger burst is
-/// saved over the next intervals.
-const MAX_OPS_PER_FLUSH: usize = 128;
+/// Puts and deletes in one transaction of a flush: etcd refuses transactions of more than 128
+/// operations by default (`--max-txn-ops`). A flush sends as many as its events need, in one
+/// batch.
+const MAX_OPS_PER_TXN: usize = 128;
 /// Events a live follower may fall behind before it has to catch up from the ring.
 const LIVE_BUFFER: usize = 256;
-/// Flushes at shutdown, enough to save a full ring in batches of [`MAX_OPS_PER_FLUSH`].
-const FINAL_FLUSHES: usize = 2 * RING_CAPACITY / MAX_OPS_PER_FLUSH + 2;
+/// Flushes at shutdown: one saves everything, the others retry what a partly failed batch left.
+const FINAL_FLUSHES: usize = 3;
 
 /// The store key of the event with sequence number `seq`.
 pub fn event_key(seq: u64) -> String {
@@ -199,54 +200,70 @@ impl Events {
         Ok(count)
     }
 
-    /// Saves the events recorded since the last flush in one transaction, deleting the oldest
-    /// saved ones beyond [`STORED_MAX`]. Writes nothing when nothing is new. Returns true when
-    /// more events wait (a burst larger than one transaction holds). On an error nothing is
-    /// lost from memory and the next flush tries again.
+    /// Saves every event recorded since the last flush, deleting the oldest saved ones beyond
+    /// [`STORED_MAX`], in one [`Store::txn_batch`] of transactions of at most
+    /// [`MAX_OPS_PER_TXN`] ops each (the embedded store commits it with one sync). Writes
+    /// nothing when nothing is new. Returns true when events still wait because a transaction
+    /// of the batch failed: those before it count as saved, the rest is sent again by the next
+    /// flush (a later one that did succeed is merely written twice: puts and deletes of event
+    /// keys are idempotent). `Err` when nothing could be saved; nothing is lost from memory.
     pub async fn flush(&self, store: &dyn Store) -> Result<bool, StoreError> {
         let _one_at_a_time = self.inner.flushing.lock().await;
-        let (txn, saved, deleted, last, more) = {
+        let mut chunks = {
             let ring = self.lock();
             let start = ring.events.partition_point(|e| e.seq <= ring.flushed_seq);
-            let pending = ring.events.len() - start;
-            if pending == 0 {
+            if start == ring.events.len() {
                 return Ok(false);
             }
-            let excess = |puts: usize| (ring.stored.len() + puts).saturating_sub(STORED_MAX);
-            let mut puts = 0;
-            while puts < pending && puts + 1 + excess(puts + 1) <= MAX_OPS_PER_FLUSH {
-                puts += 1;
-            }
-            let deletes = excess(puts).min(MAX_OPS_PER_FLUSH - puts);
-            let mut txn = Txn::new();
-            let mut saved = Vec::with_capacity(puts);
-            let mut last = ring.flushed_seq;
-            for event in ring.events.range(start..start + puts) {
-                last = event.seq;
-                match serde_json::to_vec(event) {
-                    Ok(value) => {
-                        txn = txn.put(event_key(event.seq), value);
-                        saved.push(event.seq);
-                    }
-                    Err(e) => {
-                        tracing::warn!(seq = event.seq, error = %e, "cannot encode an event; not saving it")
-                    }
-                }
-            }
-            for seq in ring.stored.iter().take(deletes) {
-                txn = txn.delete(event_key(*seq));
-            }
-            (txn, saved, deletes, last, puts < pending)
+            plan_flush(ring.events.range(start..), &ring.stored)
         };
-        if !txn.ops.is_empty() {
-            store.txn(txn).await?;
+        // Only the last chunk can be empty (its events did not encode): it needs no write.
+        let txns: Vec<Txn> = chunks
+            .iter_mut()
+            .filter(|c| !c.txn.ops.is_empty())
+            .map(|c| std::mem::take(&mut c.txn))
+            .collect();
+        let sent = txns.len();
+        let answers = if sent == 0 {
+            Vec::new()
+        } else {
+            store.txn_batch(txns).await?
+        };
+        let saved = answers
+            .iter()
+            .take_while(|a| matches!(a, Ok(r) if r.succeeded))
+            .count();
+        let all = saved == sent;
+        let failed = answers.into_iter().nth(saved);
+        {
+            let mut ring = self.lock();
+            for chunk in chunks
+                .into_iter()
+                .take(if all { usize::MAX } else { saved })
+            {
+                ring.flushed_seq = ring.flushed_seq.max(chunk.through_seq);
+                let deleted = chunk.deletes.min(ring.stored.len());
+                ring.stored.drain(..deleted);
+                ring.stored.extend(chunk.saved);
+            }
         }
-        let mut ring = self.lock();
-        ring.flushed_seq = ring.flushed_seq.max(last);
-        let deleted = deleted.min(ring.stored.len());
-        ring.stored.drain(..deleted);
-        ring.stored.extend(saved);
-        Ok(more)
+        if all {
+            return Ok(false);
+        }
+        match failed {
+            Some(Err(e)) if saved == 0 => Err(e),
+            failed => {
+                let reason = match failed {
+                    Some(Err(e)) => e.to_string(),
+                    _ => "the store did not apply it".to_string(),
+                };
+                tracing::warn!(
+                    saved, sent, error = %reason,
+                    "saved the events of only the first transactions; the rest waits for the next flush"
+                );
+                Ok(true)
+            }
+        }
     }
 
     /// Flushes every `interval` until `stop` flips to true (or its sender goes), then saves
@@ -287,6 +304,73 @@ impl Events {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// One transaction of a flush, and what it saved once it succeeded.
+#[derive(Default)]
+struct Chunk {
+    txn: Txn,
+    /// Every pending event up to this seq is saved (or skipped) once this chunk is.
+    through_seq: u64,
+    /// The seqs this chunk puts, oldest first.
+    saved: Vec<u64>,
+    /// How many of the oldest stored events this chunk deletes.
+    deletes: usize,
+}
+
+/// Splits the saving of `pending` into transactions of at most [`MAX_OPS_PER_TXN`] ops, in seq
+/// order. Each put comes after the deletes that keep the store at [`STORED_MAX`] events, so any
+/// prefix of the chunks leaves the store bounded and the ring's account of it exact. Pending
+/// events that this very flush would delete again are not written at all.
+fn plan_flush<'a>(
+    pending: impl ExactSizeIterator<Item = &'a Event>,
+    stored: &VecDeque<u64>,
+) -> Vec<Chunk> {
+    let skip = pending.len().saturating_sub(STORED_MAX);
+    let mut chunks = Vec::new();
+    let mut chunk = Chunk::default();
+    let mut in_store = stored.len();
+    let mut oldest = stored.iter();
+    fn add(chunks: &mut Vec<Chunk>, chunk: &mut Chunk, op: Op) {
+        if chunk.txn.ops.len() >= MAX_OPS_PER_TXN {
+            chunks.push(std::mem::take(chunk));
+        }
+        chunk.txn.ops.push(op);
+    }
+    for event in pending.skip(skip) {
+        match serde_json::to_vec(event) {
+            Ok(value) => {
+                while in_store >= STORED_MAX {
+                    let Some(seq) = oldest.next() else { break };
+                    add(
+                        &mut chunks,
+                        &mut chunk,
+                        Op::Delete {
+                            key: event_key(*seq),
+                        },
+                    );
+                    chunk.deletes += 1;
+                    in_store -= 1;
+                }
+                add(
+                    &mut chunks,
+                    &mut chunk,
+                    Op::Put {
+                        key: event_key(event.seq),
+                        value,
+                    },
+                );
+                chunk.saved.push(event.seq);
+                in_store += 1;
+            }
+            Err(e) => {
+                tracing::warn!(seq = event.seq, error = %e, "cannot encode an event; not saving it")
+            }
+        }
+        chunk.through_seq = event.seq;
+    }
+    chunks.push(chunk);
+    chunks
 }
 
 #[cfg(test)]

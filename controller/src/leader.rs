@@ -195,6 +195,9 @@ impl Store for FencedStore {
     async fn range(&self, prefix: &str) -> Result<RangeResult> {
         self.inner.range(prefix).await
     }
+    async fn range_containing(&self, prefix: &str, needles: &[Vec<u8>]) -> Result<RangeResult> {
+        self.inner.range_containing(prefix, needles).await
+    }
     async fn txn(&self, txn: Txn) -> Result<TxnResult> {
         let Some(term) = self.leadership.view.borrow().term else {
             self.leadership.refused_writes.inc();

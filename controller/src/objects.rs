@@ -161,7 +161,17 @@ impl Objects {
 
     /// Lists every object of a kind, sorted by name, and the revision of the read.
     pub async fn list<T: Object>(&self) -> Result<(Vec<T>, i64)> {
-        let range = self.store.range(&kind_prefix(T::KIND)).await?;
+        self.list_containing(&[]).await
+    }
+
+    /// The objects of a kind whose stored JSON contains every one of `needles` (a superset
+    /// for the caller to filter exactly), with the revision they were read at; only those are
+    /// copied out of the store and decoded.
+    pub async fn list_containing<T: Object>(&self, needles: &[Vec<u8>]) -> Result<(Vec<T>, i64)> {
+        let range = self
+            .store
+            .range_containing(&kind_prefix(T::KIND), needles)
+            .await?;
         let items = range.kvs.iter().map(decode).collect::<Result<Vec<T>>>()?;
         Ok((items, range.revision))
     }

@@ -14,6 +14,16 @@ use crate::config::{self, ClientConfig};
 /// Most threads the controller's store reads run on at once (see the runtime below).
 const MAX_BLOCKING_THREADS: usize = 16;
 
+/// glibc malloc arenas the controller allocates from. glibc's default is 8 per core, one per
+/// thread that contends: at 1,000 simulated boards the 16 blocking threads and 2 runtime
+/// workers had 16 arenas holding 594 MB for 258 MB in use (`malloc_stats`), each blocking
+/// thread's arena mostly empty. Two suit a runtime with two workers.
+const MALLOC_ARENAS: i32 = 2;
+/// How often memory that malloc holds free is given back to the system: a join burst frees
+/// most of what it allocated, in pages glibc keeps until `malloc_trim` (it returns only the
+/// top of a heap by itself).
+const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Arguments of `texu controller`.
 #[derive(clap::Args)]
 pub struct Args {
@@ -105,6 +115,7 @@ pub fn run(args: &Args, config_path: Option<PathBuf>) -> Result<ExitCode> {
         },
         advertise: args.advertise.clone(),
     };
+    tune_malloc();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         // The embedded store reads on blocking threads: past a few per core they only queue
@@ -135,6 +146,34 @@ pub fn run(args: &Args, config_path: Option<PathBuf>) -> Result<ExitCode> {
         controller.serve(shutdown_signal()).await?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// Caps glibc's malloc arenas (before any other thread starts; unless MALLOC_ARENA_MAX is set) and gives free memory back to the
+/// system every [`TRIM_EVERY`] from a thread of its own (see [`MALLOC_ARENAS`]).
+fn tune_malloc() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        // SAFETY: mallopt sets a tuning parameter and malloc_trim releases free pages; both
+        // are thread-safe glibc calls that touch no Rust-owned memory.
+        // An operator's MALLOC_ARENA_MAX (glibc reads it itself) wins over the cap.
+        if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+            unsafe {
+                nix::libc::mallopt(nix::libc::M_ARENA_MAX, MALLOC_ARENAS);
+            }
+        }
+        let trimmer = std::thread::Builder::new()
+            .name("texu-malloc-trim".into())
+            .spawn(|| loop {
+                std::thread::sleep(TRIM_EVERY);
+                // SAFETY: as above.
+                unsafe {
+                    nix::libc::malloc_trim(0);
+                }
+            });
+        if let Err(e) = trimmer {
+            tracing::warn!(error = %e, "cannot start the malloc trim thread");
+        }
+    }
 }
 
 /// Writes the local user's client config when there is none or it names this controller (its

@@ -39,7 +39,13 @@ pub(super) async fn list<T: Object>(state: &ApiState, req: &Request) -> Answer {
         };
         return watch::serve(state, req, T::KIND, after, role_filter, node_filter).await;
     }
-    let (mut items, revision) = state.objects.list::<T>().await?;
+    let (mut items, revision) = if T::KIND == Kind::Container {
+        // A board's list of its own containers reads and decodes only those that may be its.
+        let needles = watch::filter_needles(role_filter, node_filter);
+        state.objects.list_containing::<T>(&needles).await?
+    } else {
+        state.objects.list::<T>().await?
+    };
     if T::KIND == Kind::Container {
         items.retain(|item| {
             let value = serde_json::to_value(item).unwrap_or_default();

@@ -96,7 +96,10 @@ pub async fn serve(
     let filtered = role.is_some() || node.is_some();
     let mut matching: HashSet<String> = HashSet::new();
     if filtered {
-        let (items, _) = state.objects.list::<Container>().await?;
+        // Only the containers that may match are copied out of the store and decoded: a
+        // thousand boards starting their watches at once each hold their own ten, not all.
+        let needles = filter_needles(role, node);
+        let (items, _) = state.objects.list_containing::<Container>(&needles).await?;
         for item in items {
             if container_matches(&item, role, node) {
                 matching.insert(item.metadata.name);
@@ -216,15 +219,7 @@ struct Prefilter {
 
 impl Prefilter {
     fn new(role: Option<&String>, node: Option<&String>, matching: HashSet<String>) -> Self {
-        let pattern = |field: &str, value: &String| {
-            let mut p = format!("\"{field}\":").into_bytes();
-            p.extend(serde_json::to_vec(value).unwrap_or_default());
-            p
-        };
-        let mut patterns = Vec::new();
-        patterns.extend(role.map(|r| pattern("role", r)));
-        patterns.extend(node.map(|n| pattern("node", n)));
-        let patterns = patterns
+        let patterns = filter_needles(role, node)
             .iter()
             .map(|p| memchr::memmem::Finder::new(p).into_owned())
             .collect();
@@ -245,6 +240,21 @@ impl Prefilter {
             self.maybe.remove(name)
         }
     }
+}
+
+/// What the stored JSON of every container matching the `?role=` and `?node=` filters
+/// contains: `"role":"NAME"` and `"node":"NAME"` (compact JSON; a handoff's node too). A
+/// superset: the exact decision is [`matches_filters`].
+pub fn filter_needles(role: Option<&String>, node: Option<&String>) -> Vec<Vec<u8>> {
+    let pattern = |field: &str, value: &String| {
+        let mut p = format!("\"{field}\":").into_bytes();
+        p.extend(serde_json::to_vec(value).unwrap_or_default());
+        p
+    };
+    let mut needles = Vec::new();
+    needles.extend(role.map(|r| pattern("role", r)));
+    needles.extend(node.map(|n| pattern("node", n)));
+    needles
 }
 
 fn line_of<T: serde::Serialize>(value: &T) -> Vec<u8> {

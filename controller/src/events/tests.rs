@@ -9,18 +9,38 @@ use async_trait::async_trait;
 use super::*;
 use crate::store::{KeyValue, Op, RangeResult, TxnResult, WatchStream};
 
-/// A map behind a mutex that counts transactions and can be told to fail.
+/// A map behind a mutex that counts transactions, batches and puts, and can be told to fail.
 #[derive(Default)]
 struct CountingStore {
     keys: std::sync::Mutex<BTreeMap<String, Vec<u8>>>,
     txns: AtomicUsize,
+    batches: AtomicUsize,
+    /// Puts of each key, to tell an event saved twice.
+    puts: std::sync::Mutex<BTreeMap<String, usize>>,
     revision: AtomicUsize,
     fail: AtomicBool,
+    /// Transactions tried so far, and the first (counting from 1) that fails with every later
+    /// one; 0: none fails.
+    tried: AtomicUsize,
+    fail_from: AtomicUsize,
 }
 
 impl CountingStore {
     fn txns(&self) -> usize {
         self.txns.load(Ordering::SeqCst)
+    }
+    fn batches(&self) -> usize {
+        self.batches.load(Ordering::SeqCst)
+    }
+    /// The most times one key was put.
+    fn most_puts(&self) -> usize {
+        self.puts
+            .lock()
+            .unwrap()
+            .values()
+            .copied()
+            .max()
+            .unwrap_or(0)
     }
     fn seqs(&self) -> Vec<u64> {
         self.keys
@@ -55,15 +75,18 @@ impl Store for CountingStore {
         })
     }
     async fn txn(&self, txn: Txn) -> Result<TxnResult, StoreError> {
-        if self.fail.load(Ordering::SeqCst) {
+        let tried = self.tried.fetch_add(1, Ordering::SeqCst) + 1;
+        let fail_from = self.fail_from.load(Ordering::SeqCst);
+        if self.fail.load(Ordering::SeqCst) || (fail_from > 0 && tried >= fail_from) {
             return Err(StoreError::Closed);
         }
-        assert!(txn.ops.len() <= MAX_OPS_PER_FLUSH, "{} ops", txn.ops.len());
+        assert!(txn.ops.len() <= MAX_OPS_PER_TXN, "{} ops", txn.ops.len());
         self.txns.fetch_add(1, Ordering::SeqCst);
         let mut keys = self.keys.lock().unwrap();
         for op in txn.ops {
             match op {
                 Op::Put { key, value } => {
+                    *self.puts.lock().unwrap().entry(key.clone()).or_default() += 1;
                     keys.insert(key, value);
                 }
                 Op::Delete { key } => {
@@ -76,6 +99,17 @@ impl Store for CountingStore {
             succeeded: true,
             revision,
         })
+    }
+    async fn txn_batch(
+        &self,
+        txns: Vec<Txn>,
+    ) -> Result<Vec<Result<TxnResult, StoreError>>, StoreError> {
+        self.batches.fetch_add(1, Ordering::SeqCst);
+        let mut answers = Vec::with_capacity(txns.len());
+        for txn in txns {
+            answers.push(self.txn(txn).await);
+        }
+        Ok(answers)
     }
     async fn watch(&self, _prefix: &str, _from: i64) -> Result<WatchStream, StoreError> {
         Err(StoreError::Closed)
@@ -112,8 +146,12 @@ fn record_n(events: &Events, n: usize) {
     }
 }
 
+/// One flush saves every pending event.
 async fn flush_all(events: &Events, store: &CountingStore) {
-    while events.flush(store).await.unwrap() {}
+    assert!(
+        !events.flush(store).await.unwrap(),
+        "events left after a flush"
+    );
 }
 
 #[test]
@@ -241,6 +279,64 @@ async fn store_errors_keep_the_events_for_the_next_flush() {
     assert!(!events.flush(&store).await.unwrap());
     assert_eq!(store.seqs(), (1..=10).collect::<Vec<u64>>());
     assert_eq!(store.txns(), 1);
+}
+
+#[tokio::test]
+async fn a_burst_is_saved_in_one_batch_of_bounded_transactions() {
+    let store = CountingStore::default();
+    let events = Events::new();
+    // The startup backlog: a full ring at once.
+    record_n(&events, RING_CAPACITY);
+    flush_all(&events, &store).await;
+    assert_eq!((store.batches(), store.txns()), (1, 8)); // 1000 puts, 128 per transaction
+    assert_eq!(store.seqs(), (1..=1000).collect::<Vec<u64>>());
+    // A second burst also deletes as many of the oldest: 600 ops, still one batch.
+    record_n(&events, 300);
+    flush_all(&events, &store).await;
+    assert_eq!((store.batches(), store.txns()), (2, 13));
+    assert_eq!(store.seqs(), (301..=1300).collect::<Vec<u64>>());
+    assert_eq!(store.most_puts(), 1);
+}
+
+#[tokio::test]
+async fn a_batch_that_fails_part_way_keeps_what_it_saved_and_saves_the_rest_next() {
+    let store = CountingStore::default();
+    let events = Events::new();
+    record_n(&events, 1000);
+    flush_all(&events, &store).await;
+    // 500 puts and 500 deletes: 8 transactions, and the 4th with all after it fails.
+    record_n(&events, 500);
+    let tried = store.tried.load(Ordering::SeqCst);
+    store.fail_from.store(tried + 4, Ordering::SeqCst);
+    assert!(
+        events.flush(&store).await.unwrap(),
+        "a partial save reports events left"
+    );
+    // The first 3 transactions: 192 deletes, each followed by one put.
+    assert_eq!(store.seqs(), (193..=1192).collect::<Vec<u64>>());
+    assert_eq!(events.list(0).len(), RING_CAPACITY);
+    store.fail_from.store(0, Ordering::SeqCst);
+    flush_all(&events, &store).await;
+    assert_eq!(store.batches(), 3);
+    assert_eq!(store.seqs(), (501..=1500).collect::<Vec<u64>>());
+    assert_eq!(store.most_puts(), 1, "an event was saved twice");
+    // The ring's account of the store is exact: the next flush deletes the right ones.
+    record_n(&events, 1);
+    flush_all(&events, &store).await;
+    assert_eq!(store.seqs(), (502..=1501).collect::<Vec<u64>>());
+}
+
+#[tokio::test]
+async fn a_batch_whose_first_transaction_fails_saves_nothing_and_errs() {
+    let store = CountingStore::default();
+    let events = Events::new();
+    record_n(&events, 300);
+    store.fail_from.store(1, Ordering::SeqCst);
+    assert!(events.flush(&store).await.is_err());
+    assert!(store.seqs().is_empty());
+    store.fail_from.store(0, Ordering::SeqCst);
+    flush_all(&events, &store).await;
+    assert_eq!(store.seqs(), (1..=300).collect::<Vec<u64>>());
 }
 
 #[test]

@@ -41,6 +41,9 @@ impl Store for TimedStore {
     async fn range(&self, prefix: &str) -> Result<RangeResult> {
         timed("range", self.inner.range(prefix)).await
     }
+    async fn range_containing(&self, prefix: &str, needles: &[Vec<u8>]) -> Result<RangeResult> {
+        timed("range", self.inner.range_containing(prefix, needles)).await
+    }
     async fn txn(&self, txn: Txn) -> Result<TxnResult> {
         timed("txn", self.inner.txn(txn)).await
     }

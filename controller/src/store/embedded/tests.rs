@@ -293,3 +293,33 @@ fn nothing_acknowledged_is_lost_to_sigkill() {
         }
     });
 }
+
+#[tokio::test]
+async fn a_range_containing_keeps_only_the_matching_values_at_the_same_revision() {
+    let (_dir, path) = temp_db();
+    let store = open(&path);
+    for (key, node) in [
+        ("/c/a", "b1"),
+        ("/c/b", "b2"),
+        ("/c/c", "b1"),
+        ("/d/x", "b1"),
+    ] {
+        let value = format!(r#"{{"spec":{{"node":"{node}"}}}}"#).into_bytes();
+        store.put(key, value).await.expect("put");
+    }
+    let needles = [br#""node":"b1""#.to_vec()];
+    let some = store
+        .range_containing("/c/", &needles)
+        .await
+        .expect("range");
+    let keys: Vec<&str> = some.kvs.iter().map(|kv| kv.key.as_str()).collect();
+    assert_eq!(keys, ["/c/a", "/c/c"]);
+    let all = store.range("/c/").await.expect("range");
+    assert_eq!((all.kvs.len(), all.revision), (3, some.revision));
+    assert_eq!(some.kvs[1], all.kvs[2]);
+    // No needles: the whole range.
+    assert_eq!(
+        store.range_containing("/c/", &[]).await.expect("range"),
+        all
+    );
+}
