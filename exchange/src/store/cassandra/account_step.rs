@@ -4,7 +4,7 @@
 
 use scylla::statement::batch::{Batch, BatchType};
 
-use super::cql::{applied, bigint, fail, json, read, text, to_json, Read};
+use super::cql::{applied, bigint, fail, json, read, serial, text, to_json, Read};
 use super::{CassandraLedger, MAX_ATTEMPTS};
 use crate::model::{now_ms, Account, AccountState, Entry, Refusal, Transfer};
 use crate::store::{LedgerError, Result};
@@ -92,10 +92,7 @@ impl CassandraLedger {
         let found = self
             .select(
                 "read marker",
-                read(
-                    "SELECT data FROM account_log WHERE code = ? AND kind = 'm' AND key = ?",
-                    Read::Serial,
-                ),
+                serial("SELECT data FROM account_log WHERE code = ? AND kind = 'm' AND key = ?"),
                 (code, key),
             )
             .await?;
